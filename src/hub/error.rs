@@ -1,0 +1,174 @@
+use std::fmt;
+use std::path::PathBuf;
+
+use super::HubFile;
+
+/// What a 404 said was missing, from the Hub's `X-Error-Code` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotFoundKind {
+    /// The repository does not exist (or is private and no token was sent).
+    Repo,
+    /// The repository exists but not this branch, tag or commit.
+    Revision,
+    /// The revision exists but holds no such file.
+    Entry,
+}
+
+impl fmt::Display for NotFoundKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotFoundKind::Repo => "the repository does not exist, or is private",
+            NotFoundKind::Revision => "the repository has no such revision",
+            NotFoundKind::Entry => "the revision has no such file",
+        })
+    }
+}
+
+/// Everything that can go wrong getting a Hub file. Every message names the
+/// repository, revision and file at fault; none ever holds the token.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{file}: invalid name: {reason}")]
+    InvalidFile { file: HubFile, reason: String },
+
+    #[error("{file}: not found (404): {kind}")]
+    NotFound { file: HubFile, kind: NotFoundKind },
+
+    #[error(
+        "{file}: the repository is gated (401 GatedRepo): accept its licence at \
+         https://huggingface.co/{repo} while logged in, then set HF_TOKEN to a token of that account",
+        repo = file.repo
+    )]
+    Gated { file: HubFile },
+
+    #[error(
+        "{file}: authentication failed (401){}: set HF_TOKEN to a valid Hugging Face token",
+        if *token_sent { ", the token was rejected" } else { ", no token was sent" }
+    )]
+    Unauthorized { file: HubFile, token_sent: bool },
+
+    #[error(
+        "{file}: access denied (403): the token's owner has not been granted access; accept the \
+         licence at https://huggingface.co/{repo} with that account, or use another HF_TOKEN",
+        repo = file.repo
+    )]
+    Forbidden { file: HubFile },
+
+    #[error(
+        "offline (HF_HUB_OFFLINE is set) and {} file(s) are not in the cache at {}: {}",
+        missing.len(),
+        cache.display(),
+        list_files(missing)
+    )]
+    Offline {
+        missing: Vec<HubFile>,
+        cache: PathBuf,
+    },
+
+    #[error("{file}: downloaded content does not match the Hub's checksum (expected {expected}, got {actual}); the download was discarded")]
+    Integrity {
+        file: HubFile,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{file}: HTTP {status} from {endpoint}")]
+    Http {
+        file: HubFile,
+        status: u16,
+        endpoint: String,
+    },
+
+    #[error("{file}: the Hub's answer is unusable: {reason}")]
+    Protocol { file: HubFile, reason: String },
+
+    #[error("{file}: download failed after {attempts} attempt(s): {reason}")]
+    Transfer {
+        file: HubFile,
+        attempts: u32,
+        reason: String,
+    },
+
+    #[error("{file}: cache I/O on {}: {source}", path.display())]
+    Io {
+        file: HubFile,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{} files failed: {}", .0.len(), list_errors(.0))]
+    Many(Vec<HubError>),
+
+    #[error("Hub client configuration: {0}")]
+    Config(String),
+}
+
+impl HubError {
+    /// The file this error is about, where there is exactly one.
+    pub fn file(&self) -> Option<&HubFile> {
+        match self {
+            HubError::InvalidFile { file, .. }
+            | HubError::NotFound { file, .. }
+            | HubError::Gated { file }
+            | HubError::Unauthorized { file, .. }
+            | HubError::Forbidden { file }
+            | HubError::Integrity { file, .. }
+            | HubError::Http { file, .. }
+            | HubError::Protocol { file, .. }
+            | HubError::Transfer { file, .. }
+            | HubError::Io { file, .. } => Some(file),
+            HubError::Offline { .. } | HubError::Many(_) | HubError::Config(_) => None,
+        }
+    }
+
+    /// Joins the errors of a batch: one stays itself, several become [`HubError::Many`].
+    pub fn from_many(mut errors: Vec<HubError>) -> Option<HubError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(HubError::Many(errors)),
+        }
+    }
+}
+
+fn list_files(files: &[HubFile]) -> String {
+    files
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn list_errors(errors: &[HubError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gated_message_says_licence_and_token() {
+        let e = HubError::Gated {
+            file: HubFile::new("black-forest-labs/FLUX.1-schnell", "ae.safetensors"),
+        };
+        let s = e.to_string();
+        assert!(s.contains("https://huggingface.co/black-forest-labs/FLUX.1-schnell"));
+        assert!(s.contains("HF_TOKEN") && s.contains("licence") && s.contains("ae.safetensors"));
+    }
+
+    #[test]
+    fn offline_lists_every_missing_file() {
+        let e = HubError::Offline {
+            missing: vec![HubFile::new("a/b", "x.json"), HubFile::new("c/d", "y.bin")],
+            cache: PathBuf::from("/cache"),
+        };
+        let s = e.to_string();
+        assert!(s.contains("2 file(s)") && s.contains("x.json") && s.contains("c/d"));
+    }
+}

@@ -1,0 +1,49 @@
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::HubFile;
+
+/// What happens to a file while it is fetched. A CLI progress bar, the server's
+/// readiness report and the tests all consume the same events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum HubEvent {
+    /// A transfer attempt began. `resumed_from` bytes were already on disk, so the
+    /// file's progress is now `resumed_from` of `size` (this also resets progress
+    /// when a retry starts over).
+    Started {
+        file: HubFile,
+        size: u64,
+        resumed_from: u64,
+    },
+    /// `bytes` more bytes arrived.
+    Advanced { file: HubFile, bytes: u64 },
+    /// The file is complete, verified and in the cache.
+    Finished { file: HubFile, size: u64 },
+    /// The file was already cached: no request was made.
+    Cached { file: HubFile, size: u64 },
+    /// A transient failure; the next attempt starts after `delay_ms`.
+    Retrying {
+        file: HubFile,
+        attempt: u32,
+        delay_ms: u64,
+        reason: String,
+    },
+}
+
+impl HubEvent {
+    /// The file the event is about.
+    pub fn file(&self) -> &HubFile {
+        match self {
+            HubEvent::Started { file, .. }
+            | HubEvent::Advanced { file, .. }
+            | HubEvent::Finished { file, .. }
+            | HubEvent::Cached { file, .. }
+            | HubEvent::Retrying { file, .. } => file,
+        }
+    }
+}
+
+/// Receives events; called from download tasks, so it must be quick.
+pub type EventSink = Arc<dyn Fn(HubEvent) + Send + Sync>;

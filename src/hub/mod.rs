@@ -1,0 +1,33 @@
+//! One async way to get a Hugging Face Hub file, the same call on every target.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), schnell::hub::HubError> {
+//! use schnell::hub::{huggingface_file, HubFile};
+//! let config = huggingface_file(&HubFile::new("google/t5-v1_1-xxl", "config.json")).await?;
+//! let bytes = config.bytes().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Model code asks for files through [`HubModel`] (or the free functions) and never
+//! touches a download client: the backend decides how bytes arrive (concurrently,
+//! resumably, verified) and reports what happens as [`HubEvent`]s.
+
+mod error;
+mod event;
+mod file;
+
+pub use error::{HubError, NotFoundKind};
+pub use event::{EventSink, HubEvent};
+pub use file::HubFile;
+
+cfg_if::cfg_if! {
+    if #[cfg(not(target_arch = "wasm32"))] {
+        pub(crate) mod native;
+        mod model;
+        pub use native::{
+            default_client, huggingface_file, huggingface_files, FetchedFile, HubClient,
+            HubClientBuilder,
+        };
+        pub use model::HubModel;
+    }
+}

@@ -1,0 +1,242 @@
+//! The standard Hugging Face cache layout, so that Python `huggingface_hub` reads
+//! what we write and we read what it wrote:
+//!
+//! ```text
+//! <cache>/models--<org>--<name>/blobs/<etag>                 content, named by ETag
+//! <cache>/models--<org>--<name>/snapshots/<commit>/<path>    relative symlink to the blob
+//! <cache>/models--<org>--<name>/refs/<revision>              the commit a revision resolved to
+//! <cache>/.locks/models--<org>--<name>/<etag>.lock           cross-process lock (flock, as Python's filelock)
+//! ```
+//!
+//! All I/O here is async (tokio::fs) or runs on the blocking pool.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::hub::HubFile;
+
+/// Where partial downloads live, inside the repo folder so that the final
+/// rename stays on one filesystem. Python's cache scan ignores unknown folders.
+const PARTIAL_DIR: &str = ".schnell-partial";
+
+#[derive(Clone, Debug)]
+pub(crate) struct HubCache {
+    root: PathBuf,
+}
+
+impl HubCache {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `models--org--name`, as Python and hf-hub name it.
+    pub(crate) fn repo_folder(repo: &str) -> String {
+        format!("models--{}", repo.replace('/', "--"))
+    }
+
+    pub(crate) fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.root.join(Self::repo_folder(repo))
+    }
+
+    pub(crate) fn blob_path(&self, repo: &str, etag: &str) -> PathBuf {
+        self.repo_dir(repo).join("blobs").join(etag)
+    }
+
+    pub(crate) fn snapshot_path(&self, file: &HubFile, commit: &str) -> PathBuf {
+        join_relative(
+            self.repo_dir(&file.repo).join("snapshots").join(commit),
+            &file.path,
+        )
+    }
+
+    pub(crate) fn ref_path(&self, file: &HubFile) -> PathBuf {
+        join_relative(self.repo_dir(&file.repo).join("refs"), &file.revision)
+    }
+
+    pub(crate) fn lock_path(&self, repo: &str, etag: &str) -> PathBuf {
+        self.root
+            .join(".locks")
+            .join(Self::repo_folder(repo))
+            .join(format!("{etag}.lock"))
+    }
+
+    /// The cache root handed to hf-hub for the transfer itself; see [`PARTIAL_DIR`].
+    pub(crate) fn partial_root(&self, repo: &str) -> PathBuf {
+        self.repo_dir(repo).join(PARTIAL_DIR)
+    }
+
+    /// The commit a revision resolves to in the cache, as Python resolves it:
+    /// `refs/<revision>` if present, else the revision itself when it names a
+    /// snapshot.
+    pub(crate) async fn cached_commit(&self, file: &HubFile) -> Option<String> {
+        if let Ok(commit) = tokio::fs::read_to_string(self.ref_path(file)).await {
+            let commit = commit.trim().to_string();
+            if !commit.is_empty() {
+                return Some(commit);
+            }
+        }
+        let snapshot = self
+            .repo_dir(&file.repo)
+            .join("snapshots")
+            .join(&file.revision);
+        (is_commit_hash(&file.revision) && tokio::fs::metadata(snapshot).await.is_ok())
+            .then(|| file.revision.clone())
+    }
+
+    /// The cached file and its size, without any network request.
+    pub(crate) async fn lookup(&self, file: &HubFile) -> Option<(PathBuf, u64)> {
+        let commit = self.cached_commit(file).await?;
+        let path = self.snapshot_path(file, &commit);
+        // `metadata` follows the symlink: a dangling link is a miss.
+        let meta = tokio::fs::metadata(&path).await.ok()?;
+        meta.is_file().then(|| (path, meta.len()))
+    }
+
+    /// Size of the blob for `etag`, if it is present.
+    pub(crate) async fn blob_len(&self, repo: &str, etag: &str) -> Option<u64> {
+        let meta = tokio::fs::metadata(self.blob_path(repo, etag)).await.ok()?;
+        meta.is_file().then(|| meta.len())
+    }
+
+    /// Points `snapshots/<commit>/<path>` at the blob and records the revision's
+    /// commit in `refs/`. Both are replaced atomically, so a reader sees either
+    /// the old state or the new one.
+    pub(crate) async fn link(
+        &self,
+        file: &HubFile,
+        commit: &str,
+        etag: &str,
+    ) -> io::Result<PathBuf> {
+        let pointer = self.snapshot_path(file, commit);
+        let parent = pointer.parent().expect("snapshot paths have a parent");
+        tokio::fs::create_dir_all(parent).await?;
+        let depth = 2 + file.path.split('/').count() - 1;
+        let target = PathBuf::from("../".repeat(depth)).join("blobs").join(etag);
+        let tmp = sibling_tmp(&pointer);
+        let _ = tokio::fs::remove_file(&tmp).await;
+        make_link(&target, &self.blob_path(&file.repo, etag), &tmp).await?;
+        tokio::fs::rename(&tmp, &pointer).await?;
+
+        if file.revision != commit {
+            write_atomic(&self.ref_path(file), commit.as_bytes()).await?;
+        }
+        Ok(pointer)
+    }
+
+    /// Takes the cross-process lock for one blob, waiting as long as another
+    /// process holds it. The wait happens on the blocking pool.
+    pub(crate) async fn lock(&self, repo: &str, etag: &str) -> io::Result<BlobLock> {
+        let path = self.lock_path(repo, etag);
+        tokio::fs::create_dir_all(path.parent().expect("lock paths have a parent")).await?;
+        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(BlobLock { _file: file })
+    }
+}
+
+/// Held while a blob is written; dropping it closes the file and releases the lock.
+pub(crate) struct BlobLock {
+    _file: std::fs::File,
+}
+
+/// A 40-hex-digit git commit id.
+pub(crate) fn is_commit_hash(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Joins a validated `/`-separated relative path.
+fn join_relative(mut base: PathBuf, rel: &str) -> PathBuf {
+    base.extend(rel.split('/'));
+    base
+}
+
+/// A name beside `path` that no other writer, in this process or another, uses.
+fn sibling_tmp(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes a small file by writing a sibling and renaming it over the target.
+pub(crate) async fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    tokio::fs::create_dir_all(path.parent().expect("cache paths have a parent")).await?;
+    let tmp = sibling_tmp(path);
+    tokio::fs::write(&tmp, contents).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+#[cfg(unix)]
+async fn make_link(target: &Path, _blob: &Path, at: &Path) -> io::Result<()> {
+    tokio::fs::symlink(target, at).await
+}
+
+/// Where symlinks are not available, the snapshot holds a copy, as Python does.
+#[cfg(not(unix))]
+async fn make_link(_target: &Path, blob: &Path, at: &Path) -> io::Result<()> {
+    tokio::fs::copy(blob, at).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_layout_paths() {
+        let c = HubCache::new(PathBuf::from("/c"));
+        let f = HubFile::new("google/t5-v1_1-xxl", "a/b.json").at_revision("refs/pr/2");
+        assert_eq!(
+            c.snapshot_path(&f, "abc"),
+            PathBuf::from("/c/models--google--t5-v1_1-xxl/snapshots/abc/a/b.json")
+        );
+        assert_eq!(
+            c.ref_path(&f),
+            PathBuf::from("/c/models--google--t5-v1_1-xxl/refs/refs/pr/2")
+        );
+        assert_eq!(
+            c.lock_path("o/n", "e"),
+            PathBuf::from("/c/.locks/models--o--n/e.lock")
+        );
+    }
+
+    #[tokio::test]
+    async fn link_is_relative_and_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = HubCache::new(dir.path().to_path_buf());
+        let f = HubFile::new("o/n", "sub/dir/x.json");
+        let blob = c.blob_path("o/n", "e1");
+        tokio::fs::create_dir_all(blob.parent().unwrap())
+            .await
+            .unwrap();
+        tokio::fs::write(&blob, b"{}").await.unwrap();
+        let commit = "0".repeat(40);
+        let p = c.link(&f, &commit, "e1").await.unwrap();
+        assert_eq!(
+            tokio::fs::read_link(&p).await.unwrap(),
+            PathBuf::from("../../../../blobs/e1")
+        );
+        assert_eq!(c.lookup(&f).await.unwrap().1, 2);
+        assert_eq!(
+            tokio::fs::read_to_string(c.ref_path(&f)).await.unwrap(),
+            commit
+        );
+        // A commit revision resolves without a ref file.
+        let by_commit = HubFile::new("o/n", "sub/dir/x.json").at_revision(commit.clone());
+        assert!(c.lookup(&by_commit).await.is_some());
+    }
+}

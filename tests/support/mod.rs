@@ -1,0 +1,439 @@
+//! A test Hub: `schnell::mirror` on 127.0.0.1 with fault injection and
+//! counters layered on top. Test code only; the benchmark shares it.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use schnell::mirror::Mirror;
+use tokio::sync::{oneshot, watch};
+
+/// What the server saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub file: String,
+    pub range: Option<String>,
+}
+
+impl Seen {
+    /// A request for content, not hf-hub's one-byte metadata probe or a HEAD.
+    pub fn is_body(&self) -> bool {
+        self.method == Method::GET && self.range.as_deref() != Some("bytes=0-0")
+    }
+}
+
+pub struct Stats {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Body bytes actually sent, per file.
+    pub sent: Mutex<HashMap<String, u64>>,
+    /// Requests whose response has not finished (or been dropped) yet.
+    in_flight: watch::Sender<usize>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::default(),
+            sent: Mutex::default(),
+            in_flight: watch::channel(0).0,
+        }
+    }
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    fn new(stats: Arc<Stats>) -> Self {
+        stats.in_flight.send_modify(|n| *n += 1);
+        Self(stats)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Stats {
+    /// Waits until every response the server started has ended: hf-hub's
+    /// range tasks outlive a failed download, and a test must not count them
+    /// in its next phase.
+    pub async fn quiescent(&self) {
+        let mut rx = self.in_flight.subscribe();
+        rx.wait_for(|n| *n == 0).await.unwrap();
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    pub fn body_requests(&self, file: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.file == file && s.is_body())
+            .count()
+    }
+    pub fn sent(&self, file: &str) -> u64 {
+        self.sent.lock().unwrap().get(file).copied().unwrap_or(0)
+    }
+    pub fn reset(&self) {
+        self.seen.lock().unwrap().clear();
+        self.sent.lock().unwrap().clear();
+    }
+}
+
+/// Holds content requests until `want` different files are waiting at once.
+/// Reaching it proves those downloads overlapped, whatever the timing.
+pub struct Gate {
+    want: usize,
+    waiting: Mutex<HashSet<String>>,
+    reached: watch::Sender<bool>,
+    timeout: Duration,
+}
+
+impl Gate {
+    pub fn reached(&self) -> bool {
+        *self.reached.borrow()
+    }
+}
+
+pub struct BreakPlan {
+    skip: usize,
+    bytes: u64,
+    times: usize,
+}
+
+#[derive(Default)]
+pub struct Faults {
+    /// The next N requests answer 503.
+    pub fail_next: AtomicUsize,
+    pub retry_after: Mutex<Option<String>>,
+    /// Emulates a gated repo: 401 GatedRepo without a token, 403 with another.
+    pub require_token: Mutex<Option<String>>,
+    /// Per file: break connections mid-body.
+    pub drops: Mutex<HashMap<String, BreakPlan>>,
+    /// Per file: flip a byte in this many responses.
+    pub corrupt: Mutex<HashMap<String, usize>>,
+    /// Per-response bandwidth cap in bytes/s, and latency before each answer.
+    pub throttle: Mutex<Option<(f64, Duration)>>,
+    pub gate: Mutex<Option<Arc<Gate>>>,
+}
+
+impl Faults {
+    pub fn fail_next(&self, n: usize, retry_after: Option<&str>) {
+        *self.retry_after.lock().unwrap() = retry_after.map(str::to_string);
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+    /// Breaks the next `times` content responses for `file` after `bytes` bytes.
+    pub fn drop_after(&self, file: &str, bytes: u64, times: usize) {
+        self.drop_nth(file, 0, bytes, times);
+    }
+    /// Lets `skip` content responses for `file` through whole, then breaks
+    /// `times` of them after `bytes` bytes.
+    pub fn drop_nth(&self, file: &str, skip: usize, bytes: u64, times: usize) {
+        self.drops
+            .lock()
+            .unwrap()
+            .insert(file.to_string(), BreakPlan { skip, bytes, times });
+    }
+    pub fn corrupt(&self, file: &str, times: usize) {
+        self.corrupt.lock().unwrap().insert(file.to_string(), times);
+    }
+    pub fn throttle(&self, bytes_per_sec: f64, latency: Duration) {
+        *self.throttle.lock().unwrap() = Some((bytes_per_sec, latency));
+    }
+    pub fn gate(&self, want: usize, timeout: Duration) -> Arc<Gate> {
+        let gate = Arc::new(Gate {
+            want,
+            waiting: Mutex::default(),
+            reached: watch::channel(false).0,
+            timeout,
+        });
+        *self.gate.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    fn take(map: &Mutex<HashMap<String, usize>>, file: &str) -> bool {
+        let mut map = map.lock().unwrap();
+        match map.get_mut(file) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    faults: Arc<Faults>,
+    stats: Arc<Stats>,
+}
+
+/// The mirror in its own thread and runtime, so that a test's runtime (a
+/// current-thread one, say) measures only the client.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub endpoint: String,
+    pub faults: Arc<Faults>,
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestHub {
+    pub fn start(dir: &Path) -> Self {
+        let faults = Arc::new(Faults::default());
+        let stats = Arc::new(Stats::default());
+        let shared = Shared {
+            faults: faults.clone(),
+            stats: stats.clone(),
+        };
+        let (stop, stopped) = oneshot::channel();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mirror = Mirror::open(&dir).await.expect("mirror folder");
+                let app = Arc::new(mirror)
+                    .router()
+                    .layer(middleware::from_fn_with_state(shared, inject));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                bound_tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = bound_rx.recv().expect("mirror started");
+        Self {
+            addr,
+            endpoint: format!("http://{addr}"),
+            faults,
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for open connections; don't hang a test on it.
+        if let Some(thread) = self.thread.take() {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// `path` of `/{org}/{name}/resolve/{rev}/{path}`.
+fn file_of(uri_path: &str) -> String {
+    let mut parts = uri_path.splitn(6, '/');
+    match (parts.nth(3), parts.nth(1)) {
+        (Some("resolve"), Some(path)) => path.to_string(),
+        _ => uri_path.to_string(),
+    }
+}
+
+async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    let seen = Seen {
+        method: request.method().clone(),
+        file: file_of(request.uri().path()),
+        range: request
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    s.stats.seen.lock().unwrap().push(seen.clone());
+    let in_flight = InFlight::new(s.stats.clone());
+    let f = &s.faults;
+
+    let throttle = *f.throttle.lock().unwrap();
+    if let Some((_, latency)) = throttle {
+        tokio::time::sleep(latency).await;
+    }
+    if f.fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let mut r = StatusCode::SERVICE_UNAVAILABLE.into_response();
+        if let Some(ra) = f.retry_after.lock().unwrap().clone() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_str(&ra).unwrap());
+        }
+        return r;
+    }
+    let required = f.require_token.lock().unwrap().clone();
+    if let Some(token) = required {
+        let auth = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let status = match auth {
+            None => Some(StatusCode::UNAUTHORIZED),
+            Some(a) if a != format!("Bearer {token}") => Some(StatusCode::FORBIDDEN),
+            Some(_) => None,
+        };
+        if let Some(status) = status {
+            let mut r = (status, "gated").into_response();
+            r.headers_mut()
+                .insert("x-error-code", HeaderValue::from_static("GatedRepo"));
+            return r;
+        }
+    }
+    if seen.is_body() {
+        let gate = f.gate.lock().unwrap().clone();
+        if let Some(gate) = gate.filter(|g| !g.reached()) {
+            let full = {
+                let mut waiting = gate.waiting.lock().unwrap();
+                waiting.insert(seen.file.clone());
+                waiting.len() >= gate.want
+            };
+            if full {
+                gate.reached.send_replace(true);
+            }
+            let mut rx = gate.reached.subscribe();
+            let _ = tokio::time::timeout(gate.timeout, rx.wait_for(|r| *r)).await;
+        }
+    }
+
+    let response = next.run(request).await;
+    if !seen.is_body() || !response.status().is_success() {
+        return response;
+    }
+    let drop_after = {
+        let mut drops = f.drops.lock().unwrap();
+        match drops.get_mut(&seen.file) {
+            Some(d) if d.skip > 0 => {
+                d.skip -= 1;
+                None
+            }
+            Some(d) if d.times > 0 => {
+                d.times -= 1;
+                Some(d.bytes)
+            }
+            _ => None,
+        }
+    };
+    let corrupt = Faults::take(&f.corrupt, &seen.file);
+    let (parts, body) = response.into_parts();
+    let body = shape(
+        body,
+        seen.file,
+        in_flight,
+        drop_after,
+        corrupt,
+        throttle.map(|t| t.0),
+    );
+    Response::from_parts(parts, body)
+}
+
+struct Shaping {
+    inner: axum::body::BodyDataStream,
+    in_flight: InFlight,
+    pending: Bytes,
+    sent: u64,
+    start: tokio::time::Instant,
+    done: bool,
+}
+
+/// Re-streams a body in small pieces: counted, optionally capped in rate,
+/// corrupted, or cut off (which makes hyper drop the connection mid-body).
+fn shape(
+    body: Body,
+    file: String,
+    in_flight: InFlight,
+    drop_after: Option<u64>,
+    mut corrupt: bool,
+    rate: Option<f64>,
+) -> Body {
+    let state = Shaping {
+        inner: body.into_data_stream(),
+        in_flight,
+        pending: Bytes::new(),
+        sent: 0,
+        start: tokio::time::Instant::now(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, move |mut st| {
+        let file = file.clone();
+        let corrupt_now = std::mem::take(&mut corrupt);
+        async move {
+            if st.done {
+                return None;
+            }
+            if st.pending.is_empty() {
+                match st.inner.next().await {
+                    Some(Ok(b)) => st.pending = b,
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(std::io::Error::other(e)), st));
+                    }
+                    None => return None,
+                }
+            }
+            let n = st.pending.len().min(16 << 10);
+            let mut piece = st.pending.split_to(n);
+            if drop_after.is_some_and(|limit| st.sent + n as u64 > limit) {
+                st.done = true;
+                return Some((
+                    Err(std::io::Error::other("injected: connection dropped")),
+                    st,
+                ));
+            }
+            if corrupt_now {
+                let mut m = BytesMut::from(&piece[..]);
+                m[0] ^= 0xff;
+                piece = m.freeze();
+            }
+            if let Some(rate) = rate {
+                let due = Duration::from_secs_f64((st.sent + n as u64) as f64 / rate);
+                tokio::time::sleep_until(st.start + due).await;
+            }
+            st.sent += n as u64;
+            *st.in_flight.0.sent.lock().unwrap().entry(file).or_default() += n as u64;
+            Some((Ok(piece), st))
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Writes `len` bytes of seeded pseudo-random data.
+pub fn write_random(path: &Path, len: usize, seed: u64) {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
