@@ -384,3 +384,277 @@ fn range_start(range: Option<&str>) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn a_checksum_mismatch_is_rejected_and_never_cached() {
+    let dir = mirror_dir(&[("model.safetensors", 500_000), ("config.json", 300)]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let (client, events) = client(&hub, cache.path());
+
+    // Corrupt every response: the first try and its one retry both fail.
+    hub.faults.corrupt("model.safetensors", 2);
+    hub.faults.corrupt("config.json", 2);
+    for name in ["model.safetensors", "config.json"] {
+        let err = client.file(&file(name)).await.unwrap_err();
+        assert!(matches!(err, HubError::Integrity { .. }), "{err}");
+        assert!(err.to_string().contains(name));
+        assert!(client.cached(&file(name)).await.unwrap().is_none());
+    }
+    assert_eq!(hub.stats.body_requests("model.safetensors"), 2, "one retry");
+    let blobs = cache.path().join("models--acme--tiny/blobs");
+    let stored: Vec<_> = std::fs::read_dir(&blobs)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        stored.is_empty(),
+        "corrupt blobs left in the cache: {stored:?}"
+    );
+    assert!(
+        leftovers(cache.path()).is_empty(),
+        "{:?}",
+        leftovers(cache.path())
+    );
+
+    // Corrupted once: the retry gets good bytes.
+    hub.faults.corrupt("model.safetensors", 1);
+    let f = client.file(&file("model.safetensors")).await.unwrap();
+    assert_eq!(
+        f.bytes().await.unwrap(),
+        original(dir.path(), "model.safetensors")
+    );
+    assert!(retries(&events).iter().any(|(_, r)| r.contains("checksum")));
+}
+
+#[tokio::test]
+async fn the_same_file_asked_twice_at_once_downloads_once() {
+    let dir = mirror_dir(&[("model.safetensors", 2 << 20)]);
+    let hub = TestHub::start(dir.path());
+    hub.faults.throttle(8e6, Duration::ZERO);
+    let cache = tempfile::tempdir().unwrap();
+    let (client, _) = client(&hub, cache.path());
+    // A second client on the same cache stands for a second process: it waits
+    // on the cross-process lock instead of failing to take it.
+    let (other, _) = client_pair(&hub, cache.path());
+
+    let f = file("model.safetensors");
+    let (a, b, c) = tokio::join!(client.file(&f), client.file(&f), other.file(&f));
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.path(), b.path());
+    assert_eq!(a.path(), c.path());
+    assert_eq!(
+        c.bytes().await.unwrap(),
+        original(dir.path(), "model.safetensors")
+    );
+    assert_eq!(
+        hub.stats.sent("model.safetensors"),
+        2 << 20,
+        "the content was sent more than once"
+    );
+}
+
+fn client_pair(hub: &TestHub, cache: &Path) -> (HubClient, Arc<Mutex<Vec<HubEvent>>>) {
+    client(hub, cache)
+}
+
+#[test]
+fn the_runtime_never_stalls_while_files_download() {
+    let dir = mirror_dir(&[
+        ("flux1-schnell.safetensors", 96 << 20),
+        ("ae.safetensors", 6 << 20),
+        ("text_encoder/model.safetensors", 3 << 20),
+        ("tokenizer.json", 400_000),
+        ("config.json", 500),
+    ]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    // One thread runs everything: any blocking call would stop the heartbeat.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (worst, beats) = rt.block_on(async {
+        // The default range size: hf-hub buffers each range and writes it at once.
+        let client = HubClientBuilder::new(cache.path())
+            .endpoint(&hub.endpoint)
+            .build()
+            .unwrap();
+        let names = [
+            "flux1-schnell.safetensors",
+            "ae.safetensors",
+            "text_encoder/model.safetensors",
+            "tokenizer.json",
+            "config.json",
+        ];
+        let wanted: Vec<HubFile> = names.iter().map(|n| file(n)).collect();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
+            let (mut worst, mut beats) = (Duration::ZERO, 0u32);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = tokio::time::Instant::now();
+                        worst = worst.max(now - last);
+                        last = now;
+                        beats += 1;
+                    }
+                    _ = &mut stop_rx => {
+                        // A runtime blocked until the end never ticked: count that gap too.
+                        return (worst.max(tokio::time::Instant::now() - last), beats);
+                    }
+                }
+            }
+        });
+        let fetched = client.files(&wanted).await.unwrap();
+        assert_eq!(fetched.len(), names.len());
+        stop_tx.send(()).unwrap();
+        heartbeat.await.unwrap()
+    });
+    assert!(beats > 3, "the heartbeat barely ran ({beats} beats)");
+    eprintln!("longest heartbeat gap: {worst:?} over {beats} beats");
+    assert!(
+        worst < Duration::from_millis(50),
+        "the runtime stalled for {worst:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_cache_layout_is_python_compatible() {
+    let dir = mirror_dir(&[
+        ("text_encoder_2/model.safetensors", 100_000),
+        ("config.json", 321),
+    ]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let (client, _) = client(&hub, cache.path());
+    let wanted = [
+        file("text_encoder_2/model.safetensors").at_revision("refs/pr/2"),
+        file("config.json").at_revision("refs/pr/2"),
+    ];
+    let fetched = client.files(&wanted).await.unwrap();
+
+    let head = reqwest::Client::new()
+        .head(wanted[0].resolve_url(&hub.endpoint))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        head.headers()[name]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let commit = header("x-repo-commit");
+    let sha256 = header("x-linked-etag");
+    let repo = cache.path().join("models--acme--tiny");
+
+    // refs/<revision> holds the commit, nested for a revision with slashes.
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/refs/pr/2")).unwrap(),
+        commit
+    );
+    // The blob is named by the sha256 of its content...
+    let blob = repo.join("blobs").join(&sha256);
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        original(dir.path(), "text_encoder_2/model.safetensors")
+    );
+    // ...and the snapshot entry is a relative link to it, as Python makes.
+    let pointer = repo
+        .join("snapshots")
+        .join(&commit)
+        .join("text_encoder_2/model.safetensors");
+    assert_eq!(fetched[0].path(), pointer);
+    assert_eq!(
+        std::fs::read_link(&pointer).unwrap(),
+        PathBuf::from(format!("../../../blobs/{sha256}"))
+    );
+    // A small file's blob is named by its git blob sha1.
+    let small = repo.join("snapshots").join(&commit).join("config.json");
+    let target = std::fs::read_link(&small).unwrap();
+    let sha1 = target.file_name().unwrap().to_str().unwrap();
+    assert_eq!(sha1.len(), 40);
+    assert_eq!(target, PathBuf::from(format!("../../blobs/{sha1}")));
+    // Locks sit where Python's filelock puts them.
+    assert!(cache
+        .path()
+        .join(".locks/models--acme--tiny")
+        .join(format!("{sha256}.lock"))
+        .exists());
+}
+
+#[tokio::test]
+async fn a_cache_written_by_python_is_read_without_requests() {
+    // The layout `huggingface_hub` writes, made by hand.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--google--t5-v1_1-xxl");
+    let commit = "a".repeat(40);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(&commit)).unwrap();
+    std::fs::write(
+        repo.join("blobs/0123456789012345678901234567890123456789"),
+        b"{\"d_model\": 4096}",
+    )
+    .unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+    std::os::unix::fs::symlink(
+        "../../blobs/0123456789012345678901234567890123456789",
+        repo.join("snapshots").join(&commit).join("config.json"),
+    )
+    .unwrap();
+
+    // An endpoint nothing listens on: any request would fail.
+    let client = HubClientBuilder::new(cache.path())
+        .endpoint("http://127.0.0.1:9")
+        .retries(0, Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let by_branch = client
+        .file(&HubFile::new("google/t5-v1_1-xxl", "config.json"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &by_branch.bytes().await.unwrap()[..],
+        b"{\"d_model\": 4096}"
+    );
+    let by_commit = HubFile::new("google/t5-v1_1-xxl", "config.json").at_revision(commit);
+    assert!(client.file(&by_commit).await.unwrap().from_cache());
+}
+
+/// Model code asks through the trait and never sees a download client.
+struct TinyModel {
+    hub: HubClient,
+}
+
+impl schnell::hub::HubModel for TinyModel {
+    fn hub(&self) -> Result<HubClient, HubError> {
+        Ok(self.hub.clone())
+    }
+}
+
+#[tokio::test]
+async fn model_code_fetches_through_the_trait() {
+    use schnell::hub::HubModel;
+    let dir = mirror_dir(&[("config.json", 50), ("model.safetensors", 70_000)]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let model = TinyModel {
+        hub: client(&hub, cache.path()).0,
+    };
+    let config = model.huggingface_file(REPO, "config.json").await.unwrap();
+    assert_eq!(
+        config.bytes().await.unwrap(),
+        original(dir.path(), "config.json")
+    );
+    let both = model
+        .huggingface_files(&[file("model.safetensors"), file("config.json")])
+        .await
+        .unwrap();
+    assert_eq!(both[0].file.path, "model.safetensors");
+    assert!(both[1].from_cache());
+}

@@ -2,6 +2,7 @@
 
 mod progress;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,11 +138,14 @@ async fn mirror(args: MirrorArgs) -> Result<()> {
         .with_context(|| format!("cannot serve {}", args.dir.display()))?;
     let (root, layout) = (mirror.root().to_path_buf(), mirror.layout());
     schnell::mirror::serve(mirror, args.addr, |addr| {
-        println!(
+        // A closed stdout must not take the server down with it.
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
             "serving {} ({layout:?} layout) at http://{addr}",
             root.display()
         );
-        println!("use it with: HF_ENDPOINT=http://{addr}");
+        let _ = writeln!(out, "use it with: HF_ENDPOINT=http://{addr}");
     })
     .await
     .with_context(|| format!("mirror on {}", args.addr))

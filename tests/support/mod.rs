@@ -402,7 +402,7 @@ fn shape(
                     None => return None,
                 }
             }
-            let n = st.pending.len().min(16 << 10);
+            let n = st.pending.len().min(64 << 10);
             let mut piece = st.pending.split_to(n);
             if drop_after.is_some_and(|limit| st.sent + n as u64 > limit) {
                 st.done = true;

@@ -1,0 +1,168 @@
+//! The `schnell` binary: `fetch` and `mirror` as a user runs them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use support::{write_random, TestHub};
+
+const BIN: &str = env!("CARGO_BIN_EXE_schnell");
+
+fn fetch(endpoint: &str, cache: &std::path::Path, files: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "fetch",
+            "--endpoint",
+            endpoint,
+            "--repo",
+            "acme/tiny",
+            "--file",
+        ])
+        .args(files)
+        .env("HF_HUB_CACHE", cache)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fetch_prints_where_each_file_landed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("acme/tiny/model.safetensors"), 300_000, 7);
+    std::fs::write(dir.path().join("acme/tiny/config.json"), b"{}").unwrap();
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+
+    let out = fetch(
+        &hub.endpoint,
+        cache.path(),
+        &["model.safetensors", "config.json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, name) in lines.iter().zip(["model.safetensors", "config.json"]) {
+        let path = line.split('\t').nth(1).unwrap();
+        assert!(path.starts_with(cache.path().to_str().unwrap()) && path.ends_with(name));
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            std::fs::read(dir.path().join("acme/tiny").join(name)).unwrap()
+        );
+    }
+
+    // One missing file: a non-zero exit that names it.
+    let out = fetch(
+        &hub.endpoint,
+        cache.path(),
+        &["config.json", "missing.json"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing.json") && stderr.contains("acme/tiny"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mirror_serves_a_folder_to_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("acme/tiny")).unwrap();
+    std::fs::write(dir.path().join("acme/tiny/config.json"), b"{\"a\":1}").unwrap();
+    let mut mirror = Command::new(BIN)
+        .args([
+            "mirror",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(mirror.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let endpoint = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+
+    let cache = tempfile::tempdir().unwrap();
+    let out = fetch(&endpoint, cache.path(), &["config.json"]);
+    mirror.kill().unwrap();
+    let _ = mirror.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config.json"));
+}
+
+#[test]
+fn fetch_reads_endpoint_home_and_token_file_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("acme/tiny")).unwrap();
+    std::fs::write(dir.path().join("acme/tiny/config.json"), b"{}").unwrap();
+    let hub = TestHub::start(dir.path());
+    *hub.faults.require_token.lock().unwrap() = Some("hf_from_file".into());
+    let home = tempfile::tempdir().unwrap();
+    let run = |token_file: Option<&str>, token_env: Option<&str>| {
+        if let Some(t) = token_file {
+            std::fs::write(home.path().join("token"), format!("{t}\n")).unwrap();
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(["fetch", "--repo", "acme/tiny", "--file", "config.json"])
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE");
+        if let Some(t) = token_env {
+            cmd.env("HF_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = run(None, None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HF_TOKEN") && stderr.contains("licence"),
+        "{stderr}"
+    );
+
+    let out = run(None, Some("hf_secret_wrong"));
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("403") && !all.contains("hf_secret_wrong"),
+        "{all}"
+    );
+
+    let out = run(Some("hf_from_file"), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = home.path().join("hub/models--acme--tiny/snapshots");
+    assert!(stdout.contains(expected.to_str().unwrap()), "{stdout}");
+    assert!(!stdout.contains("hf_from_file"));
+}
