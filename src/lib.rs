@@ -10,6 +10,7 @@ pub mod hub;
 
 cfg_if::cfg_if! {
     if #[cfg(not(target_arch = "wasm32"))] {
+        pub mod flux;
         pub mod mirror;
     }
 }

@@ -166,3 +166,87 @@ fn fetch_reads_endpoint_home_and_token_file_from_the_environment() {
     assert!(stdout.contains(expected.to_str().unwrap()), "{stdout}");
     assert!(!stdout.contains("hf_from_file"));
 }
+
+#[test]
+fn generate_makes_a_png_from_tiny_models_with_both_text_encoder_sets() {
+    let models = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "tiny-models", models.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("noise"));
+    let hub = TestHub::start(models.path());
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    for encoders in ["flux-repo", "original"] {
+        let png = work.path().join(format!("{encoders}.png"));
+        let out = Command::new(BIN)
+            .args([
+                "generate",
+                "a robot on a beach",
+                "--width",
+                "256",
+                "--height",
+                "288",
+                "--steps",
+                "2",
+            ])
+            .args([
+                "--seed",
+                "11",
+                "--text-encoders",
+                encoders,
+                "--endpoint",
+                &hub.endpoint,
+            ])
+            .arg("-o")
+            .arg(&png)
+            .env("HF_HUB_CACHE", cache.path())
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{encoders}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("seed: 11") && stdout.contains("timings:"),
+            "{stdout}"
+        );
+        let img = image::open(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (256, 288));
+    }
+
+    // Everything is cached now: offline works, and a bad size is refused clearly.
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "x",
+            "--width",
+            "250",
+            "--steps",
+            "1",
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .arg("-o")
+        .arg(work.path().join("bad.png"))
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("width") && stderr.contains("256"),
+        "{stderr}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Subcommands; each is a thin shell over the library.
 
+mod generate;
 mod progress;
 
 use std::io::Write;
@@ -9,14 +10,15 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use schnell::hub::{HubClientBuilder, HubFile};
+use schnell::flux::{ModelDescription, TextEncoders};
+use schnell::hub::{HubClient, HubClientBuilder, HubFile};
 use schnell::mirror::Mirror;
 
 #[derive(Parser)]
 #[command(
     name = "schnell",
     version,
-    about = "FLUX.1-schnell text-to-image: fetch, mirror and serve models"
+    about = "FLUX.1-schnell text-to-image: generate, fetch and mirror models"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,29 +27,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download files from the Hugging Face Hub into the standard cache.
+    /// Make an image from a prompt.
+    Generate(generate::GenerateArgs),
+    /// Download a model's files (or any Hub files) into the standard cache.
     Fetch(FetchArgs),
     /// Serve a folder of model files over the Hub's resolve protocol.
     Mirror(MirrorArgs),
+    /// Developer tools.
+    #[command(subcommand)]
+    Dev(DevCommand),
 }
 
-#[derive(Args)]
-struct FetchArgs {
-    /// Repository, `org/name`.
-    #[arg(long)]
-    repo: String,
-    /// Branch, tag, `refs/pr/N` or commit.
-    #[arg(long, default_value = "main")]
-    revision: String,
-    /// Files to fetch (repeat, or list several).
-    #[arg(long = "file", required = true, num_args = 1..)]
-    files: Vec<String>,
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Write tiny random-weight models (real file and tensor names, toy sizes;
+    /// their images are noise) for `schnell mirror --dir DIR`.
+    TinyModels {
+        /// Folder to write `<org>/<name>/<path>` into.
+        dir: PathBuf,
+    },
+}
+
+/// Where files come from and go to.
+#[derive(Args, Clone)]
+struct HubArgs {
     /// Hub or mirror to fetch from (default: $HF_ENDPOINT, else https://huggingface.co).
     #[arg(long)]
     endpoint: Option<String>,
     /// Cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+}
+
+impl HubArgs {
+    fn client(&self, bars: &progress::DownloadBars) -> Result<HubClient> {
+        let mut builder = HubClientBuilder::from_env();
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.endpoint(endpoint);
+        }
+        if let Some(dir) = &self.cache_dir {
+            builder = builder.cache_dir(dir);
+        }
+        Ok(builder.on_event(bars.sink()).build()?)
+    }
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Every file of a model: `flux-schnell`.
+    #[arg(long, conflicts_with_all = ["repo", "files"])]
+    model: Option<String>,
+    /// With --model: which text encoders.
+    #[arg(long, default_value_t = TextEncoders::FluxRepo)]
+    text_encoders: TextEncoders,
+    /// Repository, `org/name`, for ad-hoc files.
+    #[arg(long, requires = "files")]
+    repo: Option<String>,
+    /// Branch, tag, `refs/pr/N` or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Files of --repo to fetch.
+    #[arg(long = "file", num_args = 1.., requires = "repo")]
+    files: Vec<String>,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 #[derive(Args)]
@@ -64,7 +107,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Mirror(_) => "info",
-        Command::Fetch(_) => "warn",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,8 +125,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Generate(args) => generate::run(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Mirror(args) => mirror(args).await,
+            Command::Dev(DevCommand::TinyModels { dir }) => tiny_models(dir).await,
         }
     });
     match result {
@@ -96,20 +141,21 @@ pub fn main() -> ExitCode {
 }
 
 async fn fetch(args: FetchArgs) -> Result<()> {
-    let mut builder = HubClientBuilder::from_env();
-    if let Some(endpoint) = args.endpoint {
-        builder = builder.endpoint(endpoint);
-    }
-    if let Some(dir) = args.cache_dir {
-        builder = builder.cache_dir(dir);
-    }
+    let files: Vec<HubFile> = match (&args.model, &args.repo) {
+        (Some(name), _) => {
+            let model = ModelDescription::find(name)
+                .with_context(|| format!("unknown model {name:?}: try flux-schnell"))?;
+            model.files(args.text_encoders).all()
+        }
+        (None, Some(repo)) => args
+            .files
+            .iter()
+            .map(|f| HubFile::new(repo, f).at_revision(&args.revision))
+            .collect(),
+        (None, None) => bail!("say what to fetch: --model flux-schnell, or --repo R --file F…"),
+    };
     let bars = progress::DownloadBars::new();
-    let client = builder.on_event(bars.sink()).build()?;
-    let files: Vec<HubFile> = args
-        .files
-        .iter()
-        .map(|f| HubFile::new(&args.repo, f).at_revision(&args.revision))
-        .collect();
+    let client = args.hub.client(&bars)?;
     let fetched = client.files(&files).await;
     bars.finish();
     let fetched = fetched.context("fetch failed")?;
@@ -149,4 +195,19 @@ async fn mirror(args: MirrorArgs) -> Result<()> {
     })
     .await
     .with_context(|| format!("mirror on {}", args.addr))
+}
+
+async fn tiny_models(dir: PathBuf) -> Result<()> {
+    let target = dir.clone();
+    let written =
+        tokio::task::spawn_blocking(move || schnell::flux::tiny::write_tiny_models(&target))
+            .await?
+            .map_err(|e| anyhow::anyhow!("writing tiny models into {}: {e}", dir.display()))?;
+    println!(
+        "wrote {} files of tiny random-weight models into {} (their images are noise)",
+        written.len(),
+        dir.display()
+    );
+    println!("serve them with: schnell mirror --dir {}", dir.display());
+    Ok(())
 }

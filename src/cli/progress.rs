@@ -43,7 +43,17 @@ impl DownloadBars {
             .clone()
     }
 
-    fn on(&self, event: HubEvent) {
+    /// Adds another bar (the steps) below the downloads.
+    pub fn add(&self, bar: ProgressBar) -> ProgressBar {
+        self.multi.add(bar)
+    }
+
+    /// Prints above the bars.
+    pub fn println(&self, line: String) {
+        let _ = self.multi.println(line);
+    }
+
+    pub fn on(&self, event: HubEvent) {
         match event {
             HubEvent::Started {
                 file,

@@ -1,0 +1,484 @@
+//! The engine: files through the hub, candle on a dedicated thread.
+//!
+//! Requests queue to one worker thread that owns the loaded models, so candle
+//! never runs on a tokio worker and models load once. The files arrive first,
+//! through [`HubClient`], in one concurrent batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::DType;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, OnceCell};
+
+use super::device::DeviceChoice;
+use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
+use super::loaded::{LocalFiles, LocalModel, Resident};
+use super::pipeline;
+use super::request::{Component, GenerateEvent, GenerateRequest};
+use super::weights::Named;
+use super::FluxError;
+use crate::hub::{FetchedFile, HubClient, HubEvent, HubFile};
+
+/// How the engine runs.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub device: DeviceChoice,
+    /// Default: bf16 on GPUs, f32 on the CPU.
+    pub dtype: Option<DType>,
+    pub text_encoders: TextEncoders,
+    /// Keep only CLIP and the VAE resident; load T5, encode, free it, then
+    /// load the transformer, on every request.
+    pub low_memory: bool,
+}
+
+/// Where loading stands, for readiness reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Idle,
+    Downloading,
+    Loading,
+    Ready,
+    Failed,
+}
+
+/// Bytes of one file so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileProgress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A snapshot of the engine's state.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineStatus {
+    pub phase: Phase,
+    /// Keyed `repo/path`.
+    pub files: BTreeMap<String, FileProgress>,
+    pub error: Option<String>,
+}
+
+/// Counters, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Times the models were loaded.
+    pub loads: AtomicU64,
+    /// Transformer passes run.
+    pub steps: AtomicU64,
+    /// Images finished.
+    pub images: AtomicU64,
+}
+
+/// FLUX.1-schnell, ready to be asked for images. Cheap to clone.
+#[derive(Clone)]
+pub struct FluxSchnell {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: HubClient,
+    files: ModelFiles,
+    jobs: std_mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    local: OnceCell<Arc<LocalFiles>>,
+}
+
+/// What the worker and the async side both see.
+struct Shared {
+    status: Mutex<EngineStatus>,
+    stats: EngineStats,
+}
+
+impl Shared {
+    fn set_phase(&self, phase: Phase, error: Option<String>) {
+        let mut status = self.status.lock().expect("not poisoned");
+        status.phase = phase;
+        status.error = error;
+    }
+
+    fn on_download(&self, event: &HubEvent) {
+        let mut status = self.status.lock().expect("not poisoned");
+        let key = |f: &HubFile| format!("{}/{}", f.repo, f.path);
+        let entry = status.files.entry(key(event.file())).or_default();
+        match event {
+            HubEvent::Started {
+                size, resumed_from, ..
+            } => {
+                *entry = FileProgress {
+                    done: *resumed_from,
+                    total: *size,
+                }
+            }
+            HubEvent::Advanced { bytes, .. } => entry.done += bytes,
+            HubEvent::Finished { size, .. } | HubEvent::Cached { size, .. } => {
+                *entry = FileProgress {
+                    done: *size,
+                    total: *size,
+                }
+            }
+            HubEvent::Retrying { .. } => {}
+        }
+    }
+}
+
+enum Job {
+    Load {
+        local: Arc<LocalFiles>,
+        reply: oneshot::Sender<Result<(), Arc<FluxError>>>,
+    },
+    Generate {
+        local: Arc<LocalFiles>,
+        request: GenerateRequest,
+        seed: u64,
+        events: mpsc::UnboundedSender<GenerateEvent>,
+    },
+}
+
+impl Job {
+    fn local(&self) -> &Arc<LocalFiles> {
+        match self {
+            Job::Load { local, .. } | Job::Generate { local, .. } => local,
+        }
+    }
+
+    fn emit(&self, event: GenerateEvent) -> bool {
+        match self {
+            Job::Load { .. } => true,
+            Job::Generate { events, .. } => events.send(event).is_ok(),
+        }
+    }
+
+    fn fail(self, error: Arc<FluxError>) {
+        match self {
+            Job::Load { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Generate { events, .. } => {
+                let _ = events.send(GenerateEvent::Failed { error });
+            }
+        }
+    }
+}
+
+impl FluxSchnell {
+    /// An engine for FLUX.1-schnell fetching through `hub`. Nothing is
+    /// downloaded or loaded until [`FluxSchnell::prepare`] or the first request.
+    pub fn new(hub: HubClient, options: EngineOptions) -> Self {
+        Self::for_model(&FLUX_SCHNELL, hub, options)
+    }
+
+    pub fn for_model(model: &ModelDescription, hub: HubClient, options: EngineOptions) -> Self {
+        let shared = Arc::new(Shared {
+            status: Mutex::new(EngineStatus {
+                phase: Phase::Idle,
+                files: BTreeMap::new(),
+                error: None,
+            }),
+            stats: EngineStats::default(),
+        });
+        let (jobs, queue) = std_mpsc::channel();
+        let worker_shared = shared.clone();
+        let worker_options = options.clone();
+        std::thread::Builder::new()
+            .name("schnell-candle".into())
+            .spawn(move || worker(queue, worker_options, worker_shared))
+            .expect("spawn the candle thread");
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                files: model.files(options.text_encoders),
+                jobs,
+                shared,
+                local: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Every Hub file this engine needs.
+    pub fn files(&self) -> &ModelFiles {
+        &self.inner.files
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.inner
+            .shared
+            .status
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.shared.stats
+    }
+
+    /// Downloads every file (once) and loads the models (once).
+    pub async fn prepare(&self) -> Result<(), Arc<FluxError>> {
+        let local = self.local_files(None).await.map_err(Arc::new)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job::Load { local, reply })
+            .map_err(|_| Arc::new(FluxError::EngineStopped))?;
+        answer
+            .await
+            .map_err(|_| Arc::new(FluxError::EngineStopped))?
+    }
+
+    /// Makes one image. The stream reports downloads and loading (the first
+    /// time), warnings, every step with a preview, then `Done` or `Failed`.
+    /// Dropping the stream cancels the request at the next step.
+    pub fn generate(
+        &self,
+        request: GenerateRequest,
+    ) -> impl Stream<Item = GenerateEvent> + Send + 'static {
+        let (events, rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = request.validate() {
+                let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                return;
+            }
+            let local = match this.local_files(Some(&events)).await {
+                Ok(local) => local,
+                Err(e) => {
+                    let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                    return;
+                }
+            };
+            let seed = request.seed.unwrap_or_else(rand::random);
+            let job = Job::Generate {
+                local,
+                request,
+                seed,
+                events,
+            };
+            if let Err(std_mpsc::SendError(job)) = this.inner.jobs.send(job) {
+                job.fail(Arc::new(FluxError::EngineStopped));
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+    }
+
+    /// The local copies of every file, fetched concurrently the first time.
+    async fn local_files(
+        &self,
+        events: Option<&mpsc::UnboundedSender<GenerateEvent>>,
+    ) -> Result<Arc<LocalFiles>, FluxError> {
+        if let Some(local) = self.inner.local.get() {
+            return Ok(local.clone());
+        }
+        let shared = self.inner.shared.clone();
+        let forward = events.cloned();
+        let hub = self.inner.hub.with_events(Arc::new(move |event: HubEvent| {
+            shared.on_download(&event);
+            if let Some(tx) = &forward {
+                let _ = tx.send(GenerateEvent::Download(event));
+            }
+        }));
+        let shared = &self.inner.shared;
+        if shared.status.lock().expect("not poisoned").phase == Phase::Idle {
+            shared.set_phase(Phase::Downloading, None);
+        }
+        let result = fetch_local(&hub, &self.inner.files).await;
+        match result {
+            Ok(local) => {
+                let local = Arc::new(local);
+                let _ = self.inner.local.set(local.clone());
+                Ok(self.inner.local.get().cloned().unwrap_or(local))
+            }
+            Err(e) => {
+                shared.set_phase(Phase::Failed, Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The index of a sharded checkpoint.
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+async fn fetch_local(hub: &HubClient, files: &ModelFiles) -> Result<LocalFiles, FluxError> {
+    let fetched = hub.files(&files.all()).await?;
+    let by_file: HashMap<&HubFile, &FetchedFile> = fetched.iter().map(|f| (&f.file, f)).collect();
+    let named = |f: &HubFile| Named::from(by_file[f]);
+
+    let t5_weights = match &files.t5_index {
+        None => files.t5_weights.iter().map(named).collect(),
+        Some(index) => {
+            // The shards the index names: usually those already fetched.
+            let index_file = by_file[index];
+            let bytes = index_file.bytes().await?;
+            let parsed: ShardIndex =
+                serde_json::from_slice(&bytes).map_err(|e| FluxError::Load {
+                    file: Named::from(index_file).to_string(),
+                    reason: format!("not a safetensors index: {e}"),
+                })?;
+            let dir = index.path.rsplit_once('/').map_or("", |(d, _)| d);
+            let shards: BTreeSet<HubFile> = parsed
+                .weight_map
+                .values()
+                .map(|name| {
+                    let path = if dir.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{dir}/{name}")
+                    };
+                    HubFile::new(&index.repo, path).at_revision(&index.revision)
+                })
+                .collect();
+            let shards: Vec<HubFile> = shards.into_iter().collect();
+            hub.files(&shards).await?.iter().map(Named::from).collect()
+        }
+    };
+    Ok(LocalFiles {
+        transformer: named(&files.transformer),
+        transformer_config: named(&files.transformer_config),
+        vae: named(&files.vae),
+        vae_config: named(&files.vae_config),
+        t5_config: named(&files.t5_config),
+        t5_weights,
+        t5_tokenizer: named(&files.t5_tokenizer),
+        clip_config: named(&files.clip_config),
+        clip_weights: named(&files.clip_weights),
+        clip_tokenizer: named(&files.clip_tokenizer),
+    })
+}
+
+type Loaded = (LocalModel, Resident);
+
+/// The candle thread: loads on the first job, then runs jobs in order.
+fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Shared>) {
+    let mut loaded: Option<Loaded> = None;
+    while let Ok(job) = queue.recv() {
+        let mut load_time = None;
+        if loaded.is_none() {
+            shared.set_phase(Phase::Loading, None);
+            let started = Instant::now();
+            let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                load(job.local(), &options, &mut |c| {
+                    job.emit(GenerateEvent::Loading { component: c })
+                })
+            }))
+            .unwrap_or_else(|panic| Err(panicked("loading", panic)));
+            match attempt {
+                Ok(models) => {
+                    shared.stats.loads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(elapsed = ?started.elapsed(), "models loaded");
+                    load_time = Some(started.elapsed());
+                    shared.set_phase(Phase::Ready, None);
+                    loaded = Some(models);
+                }
+                Err(e) => {
+                    // Everyone waiting gets this error; a later request tries again.
+                    tracing::error!(error = %e, "loading failed");
+                    shared.set_phase(Phase::Failed, Some(e.to_string()));
+                    let e = Arc::new(e);
+                    job.fail(e.clone());
+                    while let Ok(waiting) = queue.try_recv() {
+                        waiting.fail(e.clone());
+                    }
+                    continue;
+                }
+            }
+        }
+        let (model, resident) = loaded.as_mut().expect("loaded above");
+        match job {
+            Job::Load { reply, .. } => {
+                let _ = reply.send(Ok(()));
+            }
+            Job::Generate {
+                request,
+                seed,
+                events,
+                ..
+            } => {
+                let mut emit = |event: GenerateEvent| events.send(event).is_ok();
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    pipeline::generate(model, resident, &request, seed, &mut emit, || {
+                        shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                    })
+                }));
+                let result = match result {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        // The models may be in any state: load them again next time.
+                        loaded = None;
+                        Err(panicked("generation", panic))
+                    }
+                };
+                match result {
+                    Ok((image, mut timings)) => {
+                        // This request waited for the models to load: count it.
+                        if let Some(load) = load_time {
+                            timings.load += load;
+                            timings.total += load;
+                        }
+                        shared.stats.images.fetch_add(1, Ordering::Relaxed);
+                        let _ = events.send(GenerateEvent::Done {
+                            image,
+                            seed,
+                            timings,
+                        });
+                    }
+                    Err(FluxError::Cancelled) => tracing::info!("request cancelled"),
+                    Err(e) => {
+                        let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn panicked(stage: &'static str, panic: Box<dyn std::any::Any + Send>) -> FluxError {
+    let reason = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into());
+    FluxError::Compute { stage, reason }
+}
+
+fn load(
+    local: &LocalFiles,
+    options: &EngineOptions,
+    emit: &mut dyn FnMut(Component) -> bool,
+) -> Result<Loaded, FluxError> {
+    let device = options.device.open()?;
+    let dtype = options
+        .dtype
+        .unwrap_or_else(|| options.device.default_dtype());
+    let model = LocalModel::open(local.clone(), device, dtype)?;
+    let tokenizers = model.tokenizers()?;
+    emit(Component::Clip);
+    let clip = model.load_clip()?;
+    emit(Component::Vae);
+    let decoder = model.load_decoder()?;
+    let (t5, flux) = if options.low_memory {
+        (None, None)
+    } else {
+        emit(Component::T5);
+        let t5 = model.load_t5()?;
+        emit(Component::Transformer);
+        (Some(t5), Some(model.load_flux()?))
+    };
+    Ok((
+        model,
+        Resident {
+            tokenizers,
+            clip,
+            decoder,
+            t5,
+            flux,
+        },
+    ))
+}

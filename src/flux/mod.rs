@@ -1,0 +1,29 @@
+//! FLUX.1-schnell with candle: files through the hub, configs from the files,
+//! one engine thread for all compute.
+
+mod config;
+mod device;
+mod engine;
+mod error;
+mod files;
+mod loaded;
+mod pipeline;
+mod preview;
+mod request;
+mod text;
+pub mod tiny;
+mod weights;
+
+pub use config::{
+    check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
+};
+pub use device::{parse_dtype, DeviceChoice};
+pub use engine::{EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, Phase};
+pub use error::FluxError;
+pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};
+pub use pipeline::seeded_noise;
+pub use request::{
+    Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS, MAX_SIDE,
+    MAX_STEPS, MIN_SIDE,
+};
+pub use text::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};

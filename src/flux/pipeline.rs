@@ -1,0 +1,195 @@
+//! One generation, start to finish, on the engine's thread: encode the prompt,
+//! run the schedule one transformer pass at a time, decode the latent.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_transformers::models::flux::autoencoder::{self, Decoder};
+use candle_transformers::models::flux::model::Flux;
+use candle_transformers::models::flux::sampling::{get_schedule, unpack, State};
+use candle_transformers::models::flux::WithForward;
+use rand::SeedableRng;
+use rand_distr::Distribution;
+
+use super::loaded::{LocalModel, Resident};
+use super::preview::latent_preview;
+use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
+use super::FluxError;
+
+/// Sends an event; `false` means nobody listens any more (cancelled).
+pub type Emit<'a> = &'a mut dyn FnMut(GenerateEvent) -> bool;
+
+/// Makes one image. Events go out as they happen; each `Step` right after its
+/// transformer pass.
+pub fn generate(
+    model: &LocalModel,
+    resident: &mut Resident,
+    request: &GenerateRequest,
+    seed: u64,
+    emit: Emit,
+    mut on_step: impl FnMut(),
+) -> Result<(Image, Timings), FluxError> {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let (device, dtype) = (&model.device, model.dtype);
+    let mut say = |event: GenerateEvent| {
+        if emit(event) {
+            Ok(())
+        } else {
+            Err(FluxError::Cancelled)
+        }
+    };
+    if request.guidance.is_some() {
+        say(GenerateEvent::Warning {
+            message: "guidance is ignored: FLUX.1-schnell is guidance-distilled".into(),
+        })?;
+    }
+
+    let tokens = resident.tokenizers.tokenize(&request.prompt)?;
+    for message in tokens.warnings.clone() {
+        say(GenerateEvent::Warning { message })?;
+    }
+
+    // T5 stays resident unless memory is short; then it is loaded for this
+    // prompt and freed before the transformer loads.
+    let t5_emb = match resident.t5.as_mut() {
+        Some(t5) => {
+            let t = Instant::now();
+            let emb = t5.encode(&tokens.t5, device)?;
+            timings.text_encoding += t.elapsed();
+            emb
+        }
+        None => {
+            say(GenerateEvent::Loading {
+                component: Component::T5,
+            })?;
+            let t = Instant::now();
+            let mut t5 = model.load_t5()?;
+            timings.load += t.elapsed();
+            let t = Instant::now();
+            let emb = t5.encode(&tokens.t5, device)?;
+            timings.text_encoding += t.elapsed();
+            emb
+        }
+    };
+    let t = Instant::now();
+    let clip_emb = resident
+        .clip
+        .encode(&tokens.clip, tokens.clip_end, device)?;
+    timings.text_encoding += t.elapsed();
+
+    let (width, height) = (request.width as usize, request.height as usize);
+    let noise = seeded_noise(seed, width, height, device, dtype)?;
+    let compute = FluxError::compute;
+    let state = State::new(
+        &t5_emb.to_dtype(dtype).map_err(compute("denoising"))?,
+        &clip_emb.to_dtype(dtype).map_err(compute("denoising"))?,
+        &noise,
+    )
+    .map_err(compute("denoising"))?;
+    drop((t5_emb, clip_emb));
+
+    let loaded_here;
+    let flux: &Flux = match resident.flux.as_ref() {
+        Some(flux) => flux,
+        None => {
+            say(GenerateEvent::Loading {
+                component: Component::Transformer,
+            })?;
+            let t = Instant::now();
+            loaded_here = model.load_flux()?;
+            timings.load += t.elapsed();
+            &loaded_here
+        }
+    };
+
+    // schnell's schedule has no resolution shift.
+    let timesteps = get_schedule(request.steps as usize, None);
+    let total = request.steps;
+    let mut img = state.img.clone();
+    for (i, window) in timesteps.windows(2).enumerate() {
+        let (t_curr, t_prev) = (window[0], window[1]);
+        let t = Instant::now();
+        let step = || -> candle_core::Result<(Tensor, Tensor)> {
+            let t_vec = Tensor::full(t_curr as f32, img.dim(0)?, device)?;
+            let velocity = flux.forward(
+                &img,
+                &state.img_ids,
+                &state.txt,
+                &state.txt_ids,
+                &t_vec,
+                &state.vec,
+                None,
+            )?;
+            // Rectified flow: x_t = (1-t)·x0 + t·noise and v = noise - x0.
+            let x0 = (&img - (&velocity * t_curr)?)?;
+            let next = (&img + (velocity * (t_prev - t_curr))?)?;
+            Ok((next, x0))
+        };
+        let (next, x0) = step().map_err(compute("denoising"))?;
+        img = next;
+        on_step();
+        let preview = latent_preview(&x0, width, height)?;
+        timings.steps.push(t.elapsed());
+        say(GenerateEvent::Step {
+            index: i as u32 + 1,
+            total,
+            preview,
+        })?;
+    }
+
+    let t = Instant::now();
+    let image = decode(&resident.decoder, &model.vae_config, &img, width, height)?;
+    timings.vae_decode = t.elapsed();
+    timings.total = start.elapsed();
+    Ok((image, timings))
+}
+
+/// The initial latent noise, drawn on the CPU from a seeded ChaCha RNG (candle
+/// cannot seed its CPU generator), so a seed gives the same noise everywhere.
+pub fn seeded_noise(
+    seed: u64,
+    width: usize,
+    height: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor, FluxError> {
+    let (h, w) = (height.div_ceil(16) * 2, width.div_ceil(16) * 2);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = rand_distr::StandardNormal
+        .sample_iter(&mut rng)
+        .take(16 * h * w)
+        .collect();
+    Tensor::from_vec(values, (1, 16, h, w), &Device::Cpu)
+        .and_then(|t| t.to_device(device))
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(FluxError::compute("noise"))
+}
+
+/// Packed latent → RGB pixels through the VAE decoder.
+fn decode(
+    decoder: &Decoder,
+    cfg: &autoencoder::Config,
+    img: &Tensor,
+    width: usize,
+    height: usize,
+) -> Result<Image, FluxError> {
+    let run = || -> candle_core::Result<Vec<u8>> {
+        let latent = unpack(img, height, width)?;
+        let latent = ((latent / cfg.scale_factor)? + cfg.shift_factor)?;
+        let rgb = decoder.forward(&latent)?.to_dtype(DType::F32)?;
+        let rgb = ((rgb.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.round()?;
+        rgb.to_dtype(DType::U8)?
+            .squeeze(0)?
+            .permute((1, 2, 0))?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<u8>()
+    };
+    let rgb = run().map_err(FluxError::compute("VAE decoding"))?;
+    Ok(Image {
+        width: width as u32,
+        height: height as u32,
+        rgb,
+    })
+}

@@ -1,0 +1,360 @@
+//! FLUX.1-schnell end to end on tiny random-weight models served by the mirror.
+//! The images are noise; what is tested is the pipeline around them.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use schnell::flux::{
+    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, TextEncoders,
+};
+use schnell::hub::HubClientBuilder;
+use support::TestHub;
+
+/// One set of tiny models for the whole test binary (read-only).
+fn tiny_models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        schnell::flux::tiny::write_tiny_models(&dir).unwrap();
+        dir
+    })
+}
+
+/// A private copy of the tiny models, for tests that break a file.
+fn tiny_copy() -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in walkdir::WalkDir::new(tiny_models()) {
+        let entry = entry.unwrap();
+        let to = copy
+            .path()
+            .join(entry.path().strip_prefix(tiny_models()).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    copy
+}
+
+struct Setup {
+    hub: TestHub,
+    _cache: tempfile::TempDir,
+    engine: FluxSchnell,
+}
+
+fn setup_with(dir: &Path, options: EngineOptions, token: Option<&str>) -> Setup {
+    let hub = TestHub::start(dir);
+    let cache = tempfile::tempdir().unwrap();
+    let client = HubClientBuilder::new(cache.path())
+        .endpoint(&hub.endpoint)
+        .token(token.map(str::to_string))
+        .retries(1, Duration::from_millis(5), Duration::from_millis(10))
+        .build()
+        .unwrap();
+    Setup {
+        hub,
+        _cache: cache,
+        engine: FluxSchnell::new(client, options),
+    }
+}
+
+fn setup(encoders: TextEncoders) -> Setup {
+    setup_with(
+        tiny_models(),
+        EngineOptions {
+            text_encoders: encoders,
+            ..Default::default()
+        },
+        None,
+    )
+}
+
+fn small(prompt: &str, seed: u64) -> GenerateRequest {
+    GenerateRequest::new(prompt)
+        .size(256, 320)
+        .steps(2)
+        .seed(seed)
+}
+
+async fn run(engine: &FluxSchnell, request: GenerateRequest) -> Vec<GenerateEvent> {
+    engine.generate(request).collect().await
+}
+
+fn done(events: &[GenerateEvent]) -> (&Image, u64) {
+    match events.last() {
+        Some(GenerateEvent::Done { image, seed, .. }) => (image, *seed),
+        Some(GenerateEvent::Failed { error }) => panic!("generation failed: {error}"),
+        other => panic!("the stream ended without Done: {other:?}"),
+    }
+}
+
+fn failure(events: &[GenerateEvent]) -> String {
+    match events.last() {
+        Some(GenerateEvent::Failed { error }) => error.to_string(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn both_text_encoder_sets_make_a_png_of_the_requested_size() {
+    for encoders in [TextEncoders::FluxRepo, TextEncoders::Original] {
+        let s = setup(encoders);
+        let events = run(&s.engine, small("a red fox in the snow", 7)).await;
+        let (image, seed) = done(&events);
+        assert_eq!(seed, 7);
+        let png = image.to_png().unwrap();
+        let decoded = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (256, 320),
+            "{encoders}"
+        );
+        // Every file came through the hub, in one batch, from the mirror.
+        assert!(s.hub.stats.requests() > 0);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, GenerateEvent::Download(_))),
+            "no download events"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_png_and_another_seed_another_image() {
+    let s = setup(TextEncoders::FluxRepo);
+    let png = |events: Vec<GenerateEvent>| done(&events).0.to_png().unwrap();
+    let a = png(run(&s.engine, small("a cat", 42)).await);
+    let b = png(run(&s.engine, small("a cat", 42)).await);
+    let c = png(run(&s.engine, small("a cat", 43)).await);
+    assert_eq!(a, b, "same seed, different bytes");
+    assert_ne!(a, c, "different seeds, same image");
+
+    // A random seed is reported back, and reproduces the image.
+    let mut random = small("a cat", 0);
+    random.seed = None;
+    let events = run(&s.engine, random.clone()).await;
+    let (image, seed) = done(&events);
+    random.seed = Some(seed);
+    let again = run(&s.engine, random).await;
+    assert_eq!(image, done(&again).0);
+    assert_eq!(
+        s.engine
+            .stats()
+            .loads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "models load once"
+    );
+}
+
+#[tokio::test]
+async fn steps_arrive_one_by_one_before_done() {
+    let s = setup(TextEncoders::FluxRepo);
+    let events = run(&s.engine, small("a lighthouse at night", 1).steps(4)).await;
+    let steps: Vec<(u32, u32, u32, u32)> = events
+        .iter()
+        .filter_map(|e| match e {
+            GenerateEvent::Step {
+                index,
+                total,
+                preview,
+            } => Some((*index, *total, preview.width, preview.height)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, (1..=4).map(|i| (i, 4, 32, 40)).collect::<Vec<_>>());
+    let last_step = events
+        .iter()
+        .rposition(|e| matches!(e, GenerateEvent::Step { .. }))
+        .unwrap();
+    assert_eq!(last_step, events.len() - 2, "Done follows the last step");
+    done(&events);
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_between_steps() {
+    let s = setup(TextEncoders::FluxRepo);
+    let mut stream = Box::pin(s.engine.generate(small("a slow one", 3).steps(50)));
+    while let Some(event) = stream.next().await {
+        if matches!(event, GenerateEvent::Step { .. }) {
+            break;
+        }
+    }
+    drop(stream);
+    // Jobs run in order: once this one is done, the cancelled one has stopped.
+    let after = run(&s.engine, small("next", 4)).await;
+    done(&after);
+    let steps = s
+        .engine
+        .stats()
+        .steps
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(steps < 50, "the cancelled request ran {} steps", steps - 2);
+}
+
+#[tokio::test]
+async fn bad_sizes_and_step_counts_are_clear_errors() {
+    let s = setup(TextEncoders::FluxRepo);
+    let msg = failure(&run(&s.engine, GenerateRequest::new("x").size(1000, 512)).await);
+    assert!(msg.contains("width") && msg.contains("1008"), "{msg}");
+    let msg = failure(&run(&s.engine, GenerateRequest::new("x").size(512, 512).steps(0)).await);
+    assert!(msg.contains("steps"), "{msg}");
+    assert_eq!(
+        s.hub.stats.requests(),
+        0,
+        "an invalid request fetched files"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_weight_file_is_named() {
+    let dir = tiny_copy();
+    std::fs::remove_file(
+        dir.path()
+            .join("black-forest-labs/FLUX.1-schnell/ae.safetensors"),
+    )
+    .unwrap();
+    let s = setup_with(dir.path(), EngineOptions::default(), None);
+    let msg = failure(&run(&s.engine, small("x", 1)).await);
+    assert!(
+        msg.contains("ae.safetensors") && msg.contains("404"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_weight_file_is_named() {
+    let dir = tiny_copy();
+    let ae = dir
+        .path()
+        .join("black-forest-labs/FLUX.1-schnell/ae.safetensors");
+    std::fs::write(&ae, b"this is not a safetensors file").unwrap();
+    let s = setup_with(dir.path(), EngineOptions::default(), None);
+    let msg = failure(&run(&s.engine, small("x", 1)).await);
+    assert!(
+        msg.contains("ae.safetensors") && msg.contains("safetensors file"),
+        "{msg}"
+    );
+
+    // Weights whose tensors do not fit the config are named too.
+    let dir = tiny_copy();
+    let flux = dir
+        .path()
+        .join("black-forest-labs/FLUX.1-schnell/flux1-schnell.safetensors");
+    std::fs::copy(
+        dir.path()
+            .join("black-forest-labs/FLUX.1-schnell/text_encoder/model.safetensors"),
+        &flux,
+    )
+    .unwrap();
+    let s = setup_with(dir.path(), EngineOptions::default(), None);
+    let msg = failure(&run(&s.engine, small("x", 1)).await);
+    assert!(msg.contains("flux1-schnell.safetensors"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_gated_repo_without_a_token_asks_for_the_licence() {
+    let s = setup(TextEncoders::FluxRepo);
+    *s.hub.faults.require_token.lock().unwrap() = Some("hf_accepted".into());
+    let msg = failure(&run(&s.engine, small("x", 1)).await);
+    assert!(
+        msg.contains("licence") && msg.contains("HF_TOKEN") && msg.contains("FLUX.1-schnell"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_prompt_is_truncated_with_a_warning() {
+    let s = setup(TextEncoders::FluxRepo);
+    let prompt = "a quiet forest with a river at night ".repeat(20);
+    let events = run(&s.engine, small(&prompt, 5)).await;
+    let warnings: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            GenerateEvent::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("CLIP") && w.contains("77")),
+        "{warnings:?}"
+    );
+    done(&events);
+}
+
+#[tokio::test]
+async fn two_first_requests_at_once_load_the_models_once() {
+    let s = setup(TextEncoders::Original);
+    let (a, b) = tokio::join!(
+        run(&s.engine, small("one", 1)),
+        run(&s.engine, small("two", 2))
+    );
+    done(&a);
+    done(&b);
+    assert_eq!(
+        s.engine
+            .stats()
+            .loads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn low_memory_mode_makes_the_same_image() {
+    let resident = setup(TextEncoders::FluxRepo);
+    let frugal = setup_with(
+        tiny_models(),
+        EngineOptions {
+            low_memory: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let a = run(&resident.engine, small("a castle", 9)).await;
+    let b = run(&frugal.engine, small("a castle", 9)).await;
+    assert_eq!(done(&a).0, done(&b).0);
+    let loading: Vec<_> = b
+        .iter()
+        .filter(|e| matches!(e, GenerateEvent::Loading { .. }))
+        .collect();
+    assert!(
+        loading.len() >= 4,
+        "T5 and the transformer load per request: {loading:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_load_reaches_every_waiting_request() {
+    let dir = tiny_copy();
+    let config = dir
+        .path()
+        .join("black-forest-labs/FLUX.1-schnell/transformer/config.json");
+    std::fs::write(
+        &config,
+        br#"{"attention_head_dim": 16, "num_attention_heads": 2}"#,
+    )
+    .unwrap();
+    let s = setup_with(dir.path(), EngineOptions::default(), None);
+    let (a, b) = tokio::join!(
+        run(&s.engine, small("one", 1)),
+        run(&s.engine, small("two", 2))
+    );
+    for events in [a, b] {
+        let msg = failure(&events);
+        assert!(
+            msg.contains("transformer/config.json") && msg.contains("num_layers"),
+            "{msg}"
+        );
+    }
+    let status = s.engine.status();
+    assert_eq!(status.phase, schnell::flux::Phase::Failed);
+}

@@ -1,0 +1,133 @@
+//! The real config files map exactly to candle's FLUX.1-schnell values.
+
+use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
+use candle_transformers::models::flux::{autoencoder, model};
+use schnell::flux::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn src(name: &str) -> ConfigSource {
+    ConfigSource(name.into())
+}
+
+#[test]
+fn the_transformer_config_is_candles_schnell() {
+    let parsed = flux_config(
+        &src("transformer/config.json"),
+        &fixture("hub/black-forest-labs/FLUX.1-schnell/transformer/config.json"),
+    )
+    .unwrap();
+    // candle's Config has no PartialEq; its Debug lists every field.
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", model::Config::schnell())
+    );
+}
+
+#[test]
+fn the_vae_config_is_candles_schnell_autoencoder() {
+    let parsed = vae_config(
+        &src("vae/config.json"),
+        &fixture("hub/black-forest-labs/FLUX.1-schnell/vae/config.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", autoencoder::Config::schnell())
+    );
+}
+
+#[test]
+fn the_t5_config_is_t5_v1_1_xxl() {
+    let c = t5_config(
+        &src("config.json"),
+        &fixture("hub/google/t5-v1_1-xxl/config.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.d_model, c.d_kv, c.d_ff, c.num_layers, c.num_heads),
+        (4096, 64, 10240, 24, 64)
+    );
+    assert_eq!(
+        (c.vocab_size, c.relative_attention_num_buckets),
+        (32128, 32)
+    );
+    assert!(c.feed_forward_proj.gated, "gated-gelu");
+    assert_eq!(
+        c.feed_forward_proj.activation,
+        candle_nn::Activation::NewGelu
+    );
+    assert!(!c.tie_word_embeddings);
+}
+
+/// The CLIP-L text config candle's flux example builds by hand.
+fn candle_clip_l() -> ClipTextConfig {
+    ClipTextConfig {
+        vocab_size: 49408,
+        projection_dim: 768,
+        activation: Activation::QuickGelu,
+        intermediate_size: 3072,
+        embed_dim: 768,
+        max_position_embeddings: 77,
+        pad_with: None,
+        num_hidden_layers: 12,
+        num_attention_heads: 12,
+    }
+}
+
+#[test]
+fn clip_configs_flat_and_nested_give_clip_l() {
+    for path in [
+        "reconstructed/flux-text_encoder-config.json",
+        "reconstructed/openai-clip-config.json",
+    ] {
+        let parsed = clip_text_config(&src(path), &fixture(path)).unwrap();
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", candle_clip_l()),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_field() {
+    let err = flux_config(&src("transformer/config.json"), br#"{"attention_head_dim": 128, "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "in_channels": 64, "joint_attention_dim": 4096, "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 50]}"#).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("transformer/config.json") && msg.contains("axes_dims_rope"),
+        "{msg}"
+    );
+    let err = flux_config(
+        &src("transformer/config.json"),
+        br#"{"attention_head_dim": 128}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("num_attention_heads"), "{err}");
+    let err = clip_text_config(&src("text_encoder/config.json"), br#"{"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "hidden_act": "gelu"}"#).unwrap_err();
+    assert!(err.to_string().contains("hidden_act"), "{err}");
+}
+
+#[test]
+fn tiny_models_are_the_same_every_time() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let files_a = schnell::flux::tiny::write_tiny_models(a.path()).unwrap();
+    schnell::flux::tiny::write_tiny_models(b.path()).unwrap();
+    assert!(files_a.len() >= 20, "{} files", files_a.len());
+    for f in files_a {
+        let rel = f.strip_prefix(a.path()).unwrap();
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            std::fs::read(b.path().join(rel)).unwrap(),
+            "{}",
+            rel.display()
+        );
+    }
+}
