@@ -12,5 +12,6 @@ cfg_if::cfg_if! {
     if #[cfg(not(target_arch = "wasm32"))] {
         pub mod flux;
         pub mod mirror;
+        pub mod server;
     }
 }

@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,17 +11,7 @@ use schnell::flux::{
     EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, TextEncoders,
 };
 use schnell::hub::HubClientBuilder;
-use support::TestHub;
-
-/// One set of tiny models for the whole test binary (read-only).
-fn tiny_models() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        schnell::flux::tiny::write_tiny_models(&dir).unwrap();
-        dir
-    })
-}
+use support::{tiny_models, TestHub};
 
 /// A private copy of the tiny models, for tests that break a file.
 fn tiny_copy() -> tempfile::TempDir {

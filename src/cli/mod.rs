@@ -2,6 +2,7 @@
 
 mod generate;
 mod progress;
+mod serve;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Make an image from a prompt.
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI-style images API and the web UI.
+    Serve(serve::ServeArgs),
     /// Download a model's files (or any Hub files) into the standard cache.
     Fetch(FetchArgs),
     /// Serve a folder of model files over the Hub's resolve protocol.
@@ -60,7 +63,8 @@ struct HubArgs {
 }
 
 impl HubArgs {
-    fn client(&self, bars: &progress::DownloadBars) -> Result<HubClient> {
+    /// The environment's settings, overridden by the flags.
+    fn builder(&self) -> HubClientBuilder {
         let mut builder = HubClientBuilder::from_env();
         if let Some(endpoint) = &self.endpoint {
             builder = builder.endpoint(endpoint);
@@ -68,7 +72,12 @@ impl HubArgs {
         if let Some(dir) = &self.cache_dir {
             builder = builder.cache_dir(dir);
         }
-        Ok(builder.on_event(bars.sink()).build()?)
+        builder
+    }
+
+    /// A client that draws progress bars.
+    fn client(&self, bars: &progress::DownloadBars) -> Result<HubClient> {
+        Ok(self.builder().on_event(bars.sink()).build()?)
     }
 }
 
@@ -106,7 +115,7 @@ struct MirrorArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Mirror(_) => "info",
+        Command::Mirror(_) | Command::Serve(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -126,6 +135,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Generate(args) => generate::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Mirror(args) => mirror(args).await,
             Command::Dev(DevCommand::TinyModels { dir }) => tiny_models(dir).await,

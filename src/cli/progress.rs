@@ -55,6 +55,9 @@ impl DownloadBars {
 
     pub fn on(&self, event: HubEvent) {
         match event {
+            HubEvent::Queued { file, size } => {
+                self.bar(&file, size).set_length(size);
+            }
             HubEvent::Started {
                 file,
                 size,

@@ -106,6 +106,7 @@ impl Shared {
         let key = |f: &HubFile| format!("{}/{}", f.repo, f.path);
         let entry = status.files.entry(key(event.file())).or_default();
         match event {
+            HubEvent::Queued { size, .. } => entry.total = *size,
             HubEvent::Started {
                 size, resumed_from, ..
             } => {
@@ -282,7 +283,10 @@ impl FluxSchnell {
             }
         }));
         let shared = &self.inner.shared;
-        if shared.status.lock().expect("not poisoned").phase == Phase::Idle {
+        if matches!(
+            shared.status.lock().expect("not poisoned").phase,
+            Phase::Idle | Phase::Failed
+        ) {
             shared.set_phase(Phase::Downloading, None);
         }
         let result = fetch_local(&hub, &self.inner.files).await;
@@ -359,6 +363,12 @@ type Loaded = (LocalModel, Resident);
 fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Shared>) {
     let mut loaded: Option<Loaded> = None;
     while let Ok(job) = queue.recv() {
+        if let Job::Generate { events, .. } = &job {
+            if events.is_closed() {
+                // Cancelled while it waited in the queue.
+                continue;
+            }
+        }
         let mut load_time = None;
         if loaded.is_none() {
             shared.set_phase(Phase::Loading, None);

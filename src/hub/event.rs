@@ -9,6 +9,8 @@ use super::HubFile;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum HubEvent {
+    /// The Hub said how large the file is; it will be downloaded.
+    Queued { file: HubFile, size: u64 },
     /// A transfer attempt began. `resumed_from` bytes were already on disk, so the
     /// file's progress is now `resumed_from` of `size` (this also resets progress
     /// when a retry starts over).
@@ -36,7 +38,8 @@ impl HubEvent {
     /// The file the event is about.
     pub fn file(&self) -> &HubFile {
         match self {
-            HubEvent::Started { file, .. }
+            HubEvent::Queued { file, .. }
+            | HubEvent::Started { file, .. }
             | HubEvent::Advanced { file, .. }
             | HubEvent::Finished { file, .. }
             | HubEvent::Cached { file, .. }

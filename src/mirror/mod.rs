@@ -49,10 +49,20 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Serves `dir`, detecting its layout.
+    /// Serves `dir`, detecting its layout: a folder holding `models--*`
+    /// folders is a Hugging Face cache.
     pub async fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with(dir, None).await
+    }
+
+    /// Serves `dir` in the given layout (a cache may still be empty).
+    pub async fn open_as(dir: &Path, layout: Layout) -> io::Result<Self> {
+        Self::open_with(dir, Some(layout)).await
+    }
+
+    async fn open_with(dir: &Path, layout: Option<Layout>) -> io::Result<Self> {
         Ok(Self {
-            source: Source::open(dir).await?,
+            source: Source::open(dir, layout).await?,
             repos: None,
         })
     }

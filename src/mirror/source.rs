@@ -85,8 +85,9 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// Opens `dir`, which becomes the boundary no request may cross.
-    pub(crate) async fn open(dir: &Path) -> io::Result<Self> {
+    /// Opens `dir`, which becomes the boundary no request may cross; the
+    /// layout is detected unless given.
+    pub(crate) async fn open(dir: &Path, layout: Option<Layout>) -> io::Result<Self> {
         let root = tokio::fs::canonicalize(dir).await?;
         if !tokio::fs::metadata(&root).await?.is_dir() {
             return Err(io::Error::new(
@@ -94,7 +95,10 @@ impl Source {
                 format!("{} is not a folder", root.display()),
             ));
         }
-        let layout = detect_layout(&root).await?;
+        let layout = match layout {
+            Some(layout) => layout,
+            None => detect_layout(&root).await?,
+        };
         Ok(Self {
             root,
             layout,

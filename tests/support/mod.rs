@@ -437,3 +437,13 @@ pub fn write_random(path: &Path, len: usize, seed: u64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, data).unwrap();
 }
+
+/// Tiny random-weight FLUX models, written once per test binary (read-only).
+pub fn tiny_models() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        schnell::flux::tiny::write_tiny_models(&dir).unwrap();
+        dir
+    })
+}

@@ -470,6 +470,10 @@ impl HubClient {
                 remote::head(&self.inner.http, self.endpoint(), token, file).await
             })
             .await?;
+        self.emit(HubEvent::Queued {
+            file: file.clone(),
+            size: remote.size,
+        });
         Ok(Lookup::Remote(remote))
     }
 

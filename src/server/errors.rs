@@ -1,0 +1,144 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::flux::FluxError;
+
+/// One API error, ready to send.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or incorrect API key: send `Authorization: Bearer <key>`".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            retry_after: None,
+        }
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body is larger than {} KiB", limit / 1024),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+            retry_after: None,
+        }
+    }
+
+    pub fn queue_full(max: usize) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("the queue is full ({max} requests); retry shortly"),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+            retry_after: Some(2),
+        }
+    }
+
+    pub fn not_ready(message: String) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            kind: "server_error",
+            param: None,
+            code: Some("model_not_ready"),
+            retry_after: Some(5),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+            retry_after: None,
+        }
+    }
+
+    /// What a failed generation tells the client.
+    pub fn from_flux(e: &FluxError) -> Self {
+        match e {
+            FluxError::InvalidRequest { field, .. } => {
+                let param = match *field {
+                    "width" | "height" => "size",
+                    "steps" => "steps",
+                    "prompt" => "prompt",
+                    _ => "request",
+                };
+                Self::invalid(Some(param), e.to_string())
+            }
+            FluxError::Cancelled => Self {
+                status: StatusCode::from_u16(499).expect("valid status"),
+                message: e.to_string(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("cancelled"),
+                retry_after: None,
+            },
+            _ => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: e.to_string(),
+                kind: "server_error",
+                param: None,
+                code: None,
+                retry_after: None,
+            },
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": self })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

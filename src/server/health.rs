@@ -1,0 +1,47 @@
+//! `/healthz` (the process answers) and `/readyz` (the model is loaded).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+use crate::flux::Phase;
+
+/// Always quick: touches nothing but memory.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 once the model is ready; until then 503 with the phase and, for every
+/// file, the bytes done and total; 503 with the error if loading failed.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let status = state.engine.status();
+    let (done, total) = status
+        .files
+        .values()
+        .fold((0u64, 0u64), |(d, t), f| (d + f.done, t + f.total));
+    let code = if status.phase == Phase::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let queued = state.max_queue - state.queue.available_permits();
+    (
+        code,
+        Json(json!({
+            "ready": status.phase == Phase::Ready,
+            "phase": status.phase,
+            "model": state.model.id,
+            "bytes_done": done,
+            "bytes_total": total,
+            "files": status.files,
+            "error": status.error,
+            "queue": { "in_use": queued, "max": state.max_queue },
+        })),
+    )
+        .into_response()
+}
