@@ -52,26 +52,23 @@ pub fn generate(
 
     // T5 stays resident unless memory is short; then it is loaded for this
     // prompt and freed before the transformer loads.
-    let t5_emb = match resident.t5.as_mut() {
-        Some(t5) => {
-            let t = Instant::now();
-            let emb = t5.encode(&tokens.t5, device)?;
-            timings.text_encoding += t.elapsed();
-            emb
-        }
+    let mut borrowed_t5 = None;
+    let t5 = match resident.t5.as_mut() {
+        Some(t5) => t5,
         None => {
             say(GenerateEvent::Loading {
                 component: Component::T5,
             })?;
             let t = Instant::now();
-            let mut t5 = model.load_t5()?;
+            let t5 = borrowed_t5.insert(model.load_t5()?);
             timings.load += t.elapsed();
-            let t = Instant::now();
-            let emb = t5.encode(&tokens.t5, device)?;
-            timings.text_encoding += t.elapsed();
-            emb
+            t5
         }
     };
+    let t = Instant::now();
+    let t5_emb = t5.encode(&tokens.t5, device)?;
+    timings.text_encoding += t.elapsed();
+    drop(borrowed_t5);
     let t = Instant::now();
     let clip_emb = resident
         .clip
