@@ -178,9 +178,9 @@ mod tests {
     fn both_file_sets_are_complete() {
         let flux = FLUX_SCHNELL.files(TextEncoders::FluxRepo);
         assert_eq!(flux.all().len(), 12);
-        assert_eq!(flux.repos(), [CLIP_REPO, FLUX_REPO]);
+        assert_eq!(flux.repos(), [FLUX_REPO, CLIP_REPO]);
         let original = FLUX_SCHNELL.files(TextEncoders::Original);
-        assert_eq!(original.all().len(), 11);
+        assert_eq!(original.all().len(), 10);
         assert_eq!(original.t5_weights[0].revision, "refs/pr/2");
         assert_eq!(original.repos().len(), 4);
         assert!(ModelDescription::find("flux-schnell").is_some());

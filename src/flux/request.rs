@@ -161,42 +161,6 @@ pub enum GenerateEvent {
     },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_must_be_multiples_of_16_in_range() {
-        let ok = GenerateRequest::new("a cat").size(512, 768);
-        ok.validate().unwrap();
-        let err = GenerateRequest::new("a cat")
-            .size(1000, 512)
-            .validate()
-            .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("width") && msg.contains("1008"), "{msg}");
-        let err = GenerateRequest::new("a cat")
-            .size(512, 4096)
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("2048"));
-        let err = GenerateRequest::new("a cat")
-            .size(128, 512)
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("256"));
-    }
-
-    #[test]
-    fn steps_are_bounded() {
-        assert!(GenerateRequest::new("x").steps(0).validate().is_err());
-        assert!(GenerateRequest::new("x").steps(51).validate().is_err());
-        GenerateRequest::new("x").steps(50).validate().unwrap();
-        let err = GenerateRequest::new("x").steps(0).validate().unwrap_err();
-        assert!(err.to_string().contains("steps"));
-    }
-}
-
 fn encode(
     width: u32,
     height: u32,
@@ -235,5 +199,41 @@ impl Image {
 impl Preview {
     pub fn to_png(&self) -> Result<Vec<u8>, FluxError> {
         encode(self.width, self.height, &self.rgb, image::ImageFormat::Png)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_must_be_multiples_of_16_in_range() {
+        let ok = GenerateRequest::new("a cat").size(512, 768);
+        ok.validate().unwrap();
+        let err = GenerateRequest::new("a cat")
+            .size(1000, 512)
+            .validate()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("width") && msg.contains("1008"), "{msg}");
+        let err = GenerateRequest::new("a cat")
+            .size(512, 4096)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("2048"));
+        let err = GenerateRequest::new("a cat")
+            .size(128, 512)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("256"));
+    }
+
+    #[test]
+    fn steps_are_bounded() {
+        assert!(GenerateRequest::new("x").steps(0).validate().is_err());
+        assert!(GenerateRequest::new("x").steps(51).validate().is_err());
+        GenerateRequest::new("x").steps(50).validate().unwrap();
+        let err = GenerateRequest::new("x").steps(0).validate().unwrap_err();
+        assert!(err.to_string().contains("steps"));
     }
 }

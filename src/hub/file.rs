@@ -98,7 +98,7 @@ pub(crate) fn is_safe_relative_path(path: &str) -> bool {
         && path
             .split('/')
             .all(|s| !s.is_empty() && s != "." && s != "..")
-        && !path.chars().nth(1).is_some_and(|c| c == ':')
+        && path.chars().nth(1) != Some(':')
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

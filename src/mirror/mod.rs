@@ -161,17 +161,17 @@ fn requested(
     name: &str,
     revision: &str,
     path: &str,
-) -> Result<HubFile, Response> {
+) -> Result<HubFile, Box<Response>> {
     let file = HubFile::new(format!("{org}/{name}"), path).at_revision(revision);
     if let Err(e) = file.validate() {
-        return Err(hub_error(
+        return Err(Box::new(hub_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             e.to_string(),
-        ));
+        )));
     }
     if !mirror.allows(&file.repo) {
-        return Err(missing(&file, Missing::Repo));
+        return Err(Box::new(missing(&file, Missing::Repo)));
     }
     Ok(file)
 }
@@ -184,7 +184,7 @@ async fn resolve(
 ) -> Response {
     let file = match requested(&mirror, &org, &name, &revision, &path) {
         Ok(file) => file,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let found = match mirror.source.resolve(&file).await {
         Ok(found) => found,
@@ -276,7 +276,7 @@ async fn model_info_at(
 async fn info(mirror: &Mirror, org: &str, name: &str, revision: &str) -> Response {
     let file = match requested(mirror, org, name, revision, "_") {
         Ok(file) => file,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match mirror.source.list(&file).await {
         Ok((sha, names)) => Json(json!({

@@ -94,13 +94,13 @@ impl HubCache {
         let path = self.snapshot_path(file, &commit);
         // `metadata` follows the symlink: a dangling link is a miss.
         let meta = tokio::fs::metadata(&path).await.ok()?;
-        meta.is_file().then(|| (path, meta.len()))
+        meta.is_file().then_some((path, meta.len()))
     }
 
     /// Size of the blob for `etag`, if it is present.
     pub(crate) async fn blob_len(&self, repo: &str, etag: &str) -> Option<u64> {
         let meta = tokio::fs::metadata(self.blob_path(repo, etag)).await.ok()?;
-        meta.is_file().then(|| meta.len())
+        meta.is_file().then_some(meta.len())
     }
 
     /// Points `snapshots/<commit>/<path>` at the blob and records the revision's
