@@ -254,30 +254,10 @@ where
         .build()
         .unwrap();
     rt.block_on(async {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let heartbeat = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = tokio::time::Instant::now();
-            let mut worst = Duration::ZERO;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let now = tokio::time::Instant::now();
-                        worst = worst.max(now - last);
-                        last = now;
-                    }
-                    // The gap up to now counts too: a blocked runtime never ticked.
-                    _ = &mut stopped => return worst.max(tokio::time::Instant::now() - last),
-                }
-            }
-        });
-        // Let the heartbeat start before the work.
-        tokio::task::yield_now().await;
+        let heartbeat = support::Heartbeat::start().await;
         let start = Instant::now();
         work().await;
         let wall = start.elapsed();
-        stop.send(()).unwrap();
-        (wall, heartbeat.await.unwrap())
+        (wall, heartbeat.stop().await.0)
     })
 }

@@ -487,31 +487,10 @@ fn the_runtime_never_stalls_while_files_download() {
             "config.json",
         ];
         let wanted: Vec<HubFile> = names.iter().map(|n| file(n)).collect();
-        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let heartbeat = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = tokio::time::Instant::now();
-            let (mut worst, mut beats) = (Duration::ZERO, 0u32);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let now = tokio::time::Instant::now();
-                        worst = worst.max(now - last);
-                        last = now;
-                        beats += 1;
-                    }
-                    _ = &mut stop_rx => {
-                        // A runtime blocked until the end never ticked: count that gap too.
-                        return (worst.max(tokio::time::Instant::now() - last), beats);
-                    }
-                }
-            }
-        });
+        let heartbeat = support::Heartbeat::start().await;
         let fetched = client.files(&wanted).await.unwrap();
         assert_eq!(fetched.len(), names.len());
-        stop_tx.send(()).unwrap();
-        heartbeat.await.unwrap()
+        heartbeat.stop().await
     });
     assert!(beats > 3, "the heartbeat barely ran ({beats} beats)");
     eprintln!("longest heartbeat gap: {worst:?} over {beats} beats");

@@ -7,12 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use schnell::flux::{
-    parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest,
-    TextEncoders,
-};
+use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest};
 
-use super::{progress::DownloadBars, HubArgs};
+use super::{progress::DownloadBars, EngineArgs, HubArgs};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -33,34 +30,15 @@ pub struct GenerateArgs {
     /// Random if absent; printed either way.
     #[arg(long)]
     seed: Option<u64>,
-    /// cpu, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// bf16 or f32 (default: bf16 on GPUs, f32 on the CPU).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// flux-repo (about 34 GB) or original (about 70 GB, candle's file list).
-    #[arg(long, default_value_t = TextEncoders::FluxRepo)]
-    text_encoders: TextEncoders,
-    /// Load T5, encode, free it, then load the transformer.
-    #[arg(long)]
-    low_memory: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
     #[command(flatten)]
     hub: HubArgs,
 }
 
 pub async fn run(args: GenerateArgs) -> Result<()> {
-    let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
     let bars = DownloadBars::new();
-    let engine = FluxSchnell::new(
-        args.hub.client(&bars)?,
-        EngineOptions {
-            device: args.device,
-            dtype,
-            text_encoders: args.text_encoders,
-            low_memory: args.low_memory,
-        },
-    );
+    let engine = FluxSchnell::new(args.hub.client(&bars)?, args.engine.options()?);
     let mut request = GenerateRequest::new(&args.prompt)
         .size(args.width, args.height)
         .steps(args.steps);

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use schnell::flux::{ModelDescription, TextEncoders};
+use schnell::flux::{parse_dtype, DeviceChoice, EngineOptions, ModelDescription, TextEncoders};
 use schnell::hub::{HubClient, HubClientBuilder, HubFile};
 use schnell::mirror::Mirror;
 
@@ -78,6 +78,34 @@ impl HubArgs {
     /// A client that draws progress bars.
     fn client(&self, bars: &progress::DownloadBars) -> Result<HubClient> {
         Ok(self.builder().on_event(bars.sink()).build()?)
+    }
+}
+
+/// How the engine runs.
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// bf16 or f32 (default: bf16 on GPUs, f32 on the CPU; f16 is refused).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// flux-repo (about 34 GB) or original (about 70 GB, candle's file list).
+    #[arg(long, default_value_t = TextEncoders::FluxRepo)]
+    text_encoders: TextEncoders,
+    /// Load T5, encode, free it, then load the transformer, on every image.
+    #[arg(long)]
+    low_memory: bool,
+}
+
+impl EngineArgs {
+    fn options(&self) -> Result<EngineOptions> {
+        Ok(EngineOptions {
+            device: self.device,
+            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            text_encoders: self.text_encoders,
+            low_memory: self.low_memory,
+        })
     }
 }
 

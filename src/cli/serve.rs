@@ -6,12 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use schnell::flux::{
-    parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, ModelDescription, TextEncoders,
-};
+use schnell::flux::{FluxSchnell, ModelDescription};
 use schnell::server::{self, ServerConfig};
 
-use super::HubArgs;
+use super::{EngineArgs, HubArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -21,18 +19,8 @@ pub struct ServeArgs {
     /// The model to serve.
     #[arg(long, default_value = "flux-schnell")]
     model: String,
-    /// cpu, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// bf16 or f32 (default: bf16 on GPUs, f32 on the CPU).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// flux-repo or original.
-    #[arg(long, default_value_t = TextEncoders::FluxRepo)]
-    text_encoders: TextEncoders,
-    /// Load T5 and the transformer per request instead of keeping them.
-    #[arg(long)]
-    low_memory: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Requests admitted at once (running and waiting); more get 429.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
@@ -55,19 +43,9 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> Result<()> {
     let model = ModelDescription::find(&args.model)
         .with_context(|| format!("unknown model {:?}: try flux-schnell", args.model))?;
-    let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
     let hub = args.hub.builder().build()?;
     let hub_cache = hub.cache_dir().to_path_buf();
-    let engine = FluxSchnell::for_model(
-        model,
-        hub,
-        EngineOptions {
-            device: args.device,
-            dtype,
-            text_encoders: args.text_encoders,
-            low_memory: args.low_memory,
-        },
-    );
+    let engine = FluxSchnell::for_model(model, hub, args.engine.options()?);
     let app = server::router(
         engine.clone(),
         model,

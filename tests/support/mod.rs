@@ -447,3 +447,44 @@ pub fn tiny_models() -> &'static Path {
         dir
     })
 }
+
+/// A task ticking every 5 ms on the current runtime, recording the longest gap
+/// between ticks: any blocking call on that runtime shows up as a gap.
+pub struct Heartbeat {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(Duration, u32)>,
+}
+
+impl Heartbeat {
+    /// Starts ticking; call from inside the runtime under test.
+    pub async fn start() -> Self {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
+            let (mut worst, mut beats) = (Duration::ZERO, 0u32);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = tokio::time::Instant::now();
+                        worst = worst.max(now - last);
+                        last = now;
+                        beats += 1;
+                    }
+                    // A runtime blocked until the end never ticked: count that gap too.
+                    _ = &mut stopped => return (worst.max(tokio::time::Instant::now() - last), beats),
+                }
+            }
+        });
+        // Let it take its first tick before the work starts.
+        tokio::task::yield_now().await;
+        Self { stop, task }
+    }
+
+    /// The longest gap, and how many ticks there were.
+    pub async fn stop(self) -> (Duration, u32) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}
