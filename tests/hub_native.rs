@@ -457,49 +457,6 @@ fn client_pair(hub: &TestHub, cache: &Path) -> (HubClient, Arc<Mutex<Vec<HubEven
     client(hub, cache)
 }
 
-#[test]
-fn the_runtime_never_stalls_while_files_download() {
-    let dir = mirror_dir(&[
-        ("flux1-schnell.safetensors", 96 << 20),
-        ("ae.safetensors", 6 << 20),
-        ("text_encoder/model.safetensors", 3 << 20),
-        ("tokenizer.json", 400_000),
-        ("config.json", 500),
-    ]);
-    let hub = TestHub::start(dir.path());
-    let cache = tempfile::tempdir().unwrap();
-    // One thread runs everything: any blocking call would stop the heartbeat.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (worst, beats) = rt.block_on(async {
-        // The default range size: hf-hub buffers each range and writes it at once.
-        let client = HubClientBuilder::new(cache.path())
-            .endpoint(&hub.endpoint)
-            .build()
-            .unwrap();
-        let names = [
-            "flux1-schnell.safetensors",
-            "ae.safetensors",
-            "text_encoder/model.safetensors",
-            "tokenizer.json",
-            "config.json",
-        ];
-        let wanted: Vec<HubFile> = names.iter().map(|n| file(n)).collect();
-        let heartbeat = support::Heartbeat::start().await;
-        let fetched = client.files(&wanted).await.unwrap();
-        assert_eq!(fetched.len(), names.len());
-        heartbeat.stop().await
-    });
-    assert!(beats > 3, "the heartbeat barely ran ({beats} beats)");
-    eprintln!("longest heartbeat gap: {worst:?} over {beats} beats");
-    assert!(
-        worst < Duration::from_millis(50),
-        "the runtime stalled for {worst:?}"
-    );
-}
-
 #[tokio::test]
 async fn the_cache_layout_is_python_compatible() {
     let dir = mirror_dir(&[

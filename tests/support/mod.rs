@@ -2,6 +2,8 @@
 //! counters layered on top. Test code only; the benchmark shares it.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;

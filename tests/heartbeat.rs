@@ -1,0 +1,66 @@
+//! The runtime is never blocked while files download. Alone in its own test
+//! binary, so that other tests' CPU load cannot pass for a stall.
+
+mod support;
+
+use std::time::Duration;
+
+use schnell::hub::{HubClientBuilder, HubFile};
+use support::{write_random, TestHub};
+
+const REPO: &str = "acme/tiny";
+
+fn file(name: &str) -> HubFile {
+    HubFile::new(REPO, name)
+}
+
+fn mirror_dir(files: &[(&str, usize)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (name, len)) in files.iter().enumerate() {
+        write_random(&dir.path().join(REPO).join(name), *len, i as u64 + 1);
+    }
+    dir
+}
+
+#[test]
+fn the_runtime_never_stalls_while_files_download() {
+    let dir = mirror_dir(&[
+        ("flux1-schnell.safetensors", 96 << 20),
+        ("ae.safetensors", 6 << 20),
+        ("text_encoder/model.safetensors", 3 << 20),
+        ("tokenizer.json", 400_000),
+        ("config.json", 500),
+    ]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    // One thread runs everything: any blocking call would stop the heartbeat.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (worst, beats) = rt.block_on(async {
+        // The default range size: hf-hub buffers each range and writes it at once.
+        let client = HubClientBuilder::new(cache.path())
+            .endpoint(&hub.endpoint)
+            .build()
+            .unwrap();
+        let names = [
+            "flux1-schnell.safetensors",
+            "ae.safetensors",
+            "text_encoder/model.safetensors",
+            "tokenizer.json",
+            "config.json",
+        ];
+        let wanted: Vec<HubFile> = names.iter().map(|n| file(n)).collect();
+        let heartbeat = support::Heartbeat::start().await;
+        let fetched = client.files(&wanted).await.unwrap();
+        assert_eq!(fetched.len(), names.len());
+        heartbeat.stop().await
+    });
+    assert!(beats > 3, "the heartbeat barely ran ({beats} beats)");
+    eprintln!("longest heartbeat gap: {worst:?} over {beats} beats");
+    assert!(
+        worst < Duration::from_millis(50),
+        "the runtime stalled for {worst:?}"
+    );
+}

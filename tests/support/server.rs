@@ -1,0 +1,142 @@
+//! `schnell serve` in-process on 127.0.0.1, with tiny models behind the mirror.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use schnell::flux::{EngineOptions, FluxSchnell, FLUX_SCHNELL};
+use schnell::hub::HubClientBuilder;
+use schnell::server::{self, ServerConfig};
+use serde_json::{json, Value};
+
+use super::{tiny_models, TestHub};
+
+pub const HF_TOKEN: &str = "hf_server_secret_token";
+
+pub struct TestServer {
+    pub url: String,
+    pub engine: FluxSchnell,
+    pub hub: TestHub,
+    pub http: reqwest::Client,
+    _cache: tempfile::TempDir,
+}
+
+/// A server on a free port. With `prepare`, returns once the model is ready;
+/// otherwise loading goes on in the background.
+pub async fn start(
+    config: ServerConfig,
+    prepare: bool,
+    configure_hub: impl FnOnce(&TestHub),
+) -> TestServer {
+    let hub = TestHub::start(tiny_models());
+    configure_hub(&hub);
+    let cache = tempfile::tempdir().unwrap();
+    let client = HubClientBuilder::new(cache.path())
+        .endpoint(&hub.endpoint)
+        .token(Some(HF_TOKEN.into()))
+        .retries(1, Duration::from_millis(5), Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let engine = FluxSchnell::new(client, EngineOptions::default());
+    let app = server::router(
+        engine.clone(),
+        &FLUX_SCHNELL,
+        ServerConfig {
+            hub_cache: cache.path().to_path_buf(),
+            dist: cache.path().join("no-dist"),
+            ..config
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    if prepare {
+        engine.prepare().await.unwrap();
+    } else {
+        let background = engine.clone();
+        tokio::spawn(async move { background.prepare().await });
+    }
+    TestServer {
+        url,
+        engine,
+        hub,
+        http: reqwest::Client::new(),
+        _cache: cache,
+    }
+}
+
+pub async fn ready(config: ServerConfig) -> TestServer {
+    start(config, true, |_| {}).await
+}
+
+impl TestServer {
+    pub async fn post(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/images/generations", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until no request holds a queue place (the server noticed a
+    /// disconnect, say), checking /readyz; fails after 20 s.
+    pub async fn queue_drains(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status: Value = self.get("/readyz").await.json().await.unwrap();
+            if status["queue"]["in_use"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the queue never drained: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn steps_run(&self) -> u64 {
+        self.engine.stats().steps.load(Ordering::Relaxed)
+    }
+}
+
+pub fn request(size: &str, seed: u64) -> Value {
+    json!({ "prompt": "a red fox in the snow", "size": size, "steps": 2, "seed": seed })
+}
+
+pub fn png_size(b64: &str) -> (u32, u32) {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).unwrap();
+    (img.width(), img.height())
+}
+
+/// Server-sent events: (event name, JSON data).
+pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = Some(n.trim().to_string());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            Some((name?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
