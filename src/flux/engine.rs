@@ -292,9 +292,10 @@ impl FluxSchnell {
         let result = fetch_local(&hub, &self.inner.files).await;
         match result {
             Ok(local) => {
+                // A concurrent first request may have set it already: same files.
                 let local = Arc::new(local);
                 let _ = self.inner.local.set(local.clone());
-                Ok(self.inner.local.get().cloned().unwrap_or(local))
+                Ok(local)
             }
             Err(e) => {
                 shared.set_phase(Phase::Failed, Some(e.to_string()));

@@ -122,7 +122,10 @@ pub async fn router(
         .merge(api)
         .with_state(state)
         .nest("/hub", Arc::new(hub).router())
-        .merge(ui::router(&config.dist)))
+        .merge(ui::router(&config.dist))
+        // Method, path, status and latency at debug level; never headers, so
+        // no key or token reaches the log.
+        .layer(tower_http::trace::TraceLayer::new_for_http()))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -365,10 +365,11 @@ impl HubClient {
         unique.dedup();
 
         let lookups = join_all(unique.iter().map(|f| self.lookup(f))).await;
+        let mut pending: Vec<(HubFile, Result<Lookup, HubError>)> =
+            unique.into_iter().zip(lookups).collect();
         if self.is_offline() {
-            let missing: Vec<HubFile> = unique
+            let missing: Vec<HubFile> = pending
                 .iter()
-                .zip(&lookups)
                 .filter(|(_, l)| !matches!(l, Ok(Lookup::Cached(_))))
                 .map(|(f, _)| f.clone())
                 .collect();
@@ -382,35 +383,26 @@ impl HubClient {
 
         // Largest first: the connection budget is handed out in order, so the
         // long transfers start at once and the small ones fill in at the end.
-        let mut order: Vec<usize> = (0..unique.len()).collect();
-        order.sort_by_key(|&i| match &lookups[i] {
-            Ok(Lookup::Remote(r)) => std::cmp::Reverse(r.size),
-            _ => std::cmp::Reverse(0),
+        pending.sort_by_key(|(_, lookup)| {
+            std::cmp::Reverse(match lookup {
+                Ok(Lookup::Remote(remote)) => remote.size,
+                _ => 0,
+            })
         });
-        let mut lookups: Vec<Option<Result<Lookup, HubError>>> =
-            lookups.into_iter().map(Some).collect();
-        let jobs = order.iter().map(|&i| {
-            let lookup = lookups[i].take().expect("each lookup is used once");
-            let file = &unique[i];
-            async move {
-                match lookup? {
-                    Lookup::Cached(hit) => Ok(hit),
-                    Lookup::Remote(remote) => self.download(file, remote).await,
-                }
+        let results = join_all(pending.into_iter().map(|(file, lookup)| async move {
+            match lookup? {
+                Lookup::Cached(hit) => Ok(hit),
+                Lookup::Remote(remote) => self.download(&file, remote).await,
             }
-        });
-        let mut results: Vec<Option<Result<FetchedFile, HubError>>> =
-            unique.iter().map(|_| None).collect();
-        for (i, result) in order.iter().zip(join_all(jobs).await) {
-            results[*i] = Some(result);
-        }
+        }))
+        .await;
 
         let mut errors = Vec::new();
         let mut by_file = HashMap::new();
-        for (file, result) in unique.iter().zip(results) {
-            match result.expect("every file has a result") {
+        for result in results {
+            match result {
                 Ok(fetched) => {
-                    by_file.insert(file.clone(), fetched);
+                    by_file.insert(fetched.file.clone(), fetched);
                 }
                 Err(e) => errors.push(e),
             }
