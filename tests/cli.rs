@@ -250,3 +250,58 @@ fn generate_makes_a_png_from_tiny_models_with_both_text_encoder_sets() {
         "{stderr}"
     );
 }
+
+#[test]
+fn two_processes_fetching_one_file_download_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("acme/tiny/model.safetensors"), 3 << 20, 3);
+    let hub = TestHub::start(dir.path());
+    // Slow enough that the second process starts while the first downloads.
+    hub.faults.throttle(1.5e6, std::time::Duration::ZERO);
+    let cache = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Command::new(BIN)
+            .args([
+                "fetch",
+                "--endpoint",
+                &hub.endpoint,
+                "--repo",
+                "acme/tiny",
+                "--file",
+                "model.safetensors",
+            ])
+            .env("HF_HUB_CACHE", cache.path())
+            .env_remove("HF_HUB_OFFLINE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Neither found it cached when it looked, so both were fetching at once…
+    for out in [&a, &b] {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("downloaded"));
+    }
+    // …and the second waited on the first's lock instead of downloading again.
+    assert_eq!(
+        hub.stats.sent("model.safetensors"),
+        3 << 20,
+        "the content was sent twice"
+    );
+    let path = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .split('\t')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(path(&a), path(&b));
+}
