@@ -22,7 +22,7 @@ use super::pipeline;
 use super::request::{Component, GenerateEvent, GenerateRequest};
 use super::weights::Named;
 use super::FluxError;
-use crate::hub::{FetchedFile, HubClient, HubEvent, HubFile};
+use crate::hub::{FetchedFile, HubClient, HubError, HubEvent, HubFile, HubModel};
 
 /// How the engine runs.
 #[derive(Clone, Debug, Default)]
@@ -289,7 +289,7 @@ impl FluxSchnell {
         ) {
             shared.set_phase(Phase::Downloading, None);
         }
-        let result = fetch_local(&hub, &self.inner.files).await;
+        let result = fetch_local(&ModelHub(hub), &self.inner.files).await;
         match result {
             Ok(local) => {
                 // A concurrent first request may have set it already: same files.
@@ -311,8 +311,25 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
-async fn fetch_local(hub: &HubClient, files: &ModelFiles) -> Result<LocalFiles, FluxError> {
-    let fetched = hub.files(&files.all()).await?;
+/// The engine's client, reporting to this request: model code fetches
+/// through [`HubModel`] and never touches the client itself.
+struct ModelHub(HubClient);
+
+impl HubModel for ModelHub {
+    fn hub(&self) -> Result<HubClient, HubError> {
+        Ok(self.0.clone())
+    }
+}
+
+impl HubModel for FluxSchnell {
+    fn hub(&self) -> Result<HubClient, HubError> {
+        Ok(self.inner.hub.clone())
+    }
+}
+
+/// Every file of the model, in one concurrent batch.
+async fn fetch_local(model: &impl HubModel, files: &ModelFiles) -> Result<LocalFiles, FluxError> {
+    let fetched = model.huggingface_files(&files.all()).await?;
     let by_file: HashMap<&HubFile, &FetchedFile> = fetched.iter().map(|f| (&f.file, f)).collect();
     let named = |f: &HubFile| Named::from(by_file[f]);
 
@@ -341,7 +358,12 @@ async fn fetch_local(hub: &HubClient, files: &ModelFiles) -> Result<LocalFiles, 
                 })
                 .collect();
             let shards: Vec<HubFile> = shards.into_iter().collect();
-            hub.files(&shards).await?.iter().map(Named::from).collect()
+            model
+                .huggingface_files(&shards)
+                .await?
+                .iter()
+                .map(Named::from)
+                .collect()
         }
     };
     Ok(LocalFiles {
