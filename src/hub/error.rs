@@ -97,11 +97,83 @@ pub enum HubError {
         source: std::io::Error,
     },
 
+    #[error("{file}: the browser's storage is full ({reason}); clear schnell's cached files or free space")]
+    StorageFull { file: HubFile, reason: String },
+
     #[error("{} files failed: {}", .0.len(), list_errors(.0))]
     Many(Vec<HubError>),
 
     #[error("Hub client configuration: {0}")]
     Config(String),
+}
+
+/// By hand because `std::io::Error` is not `Clone`: concurrent callers that
+/// shared one download each get the error.
+impl Clone for HubError {
+    fn clone(&self) -> Self {
+        match self {
+            HubError::InvalidFile { file, reason } => HubError::InvalidFile {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            HubError::NotFound { file, kind } => HubError::NotFound {
+                file: file.clone(),
+                kind: *kind,
+            },
+            HubError::Gated { file } => HubError::Gated { file: file.clone() },
+            HubError::Unauthorized { file, token_sent } => HubError::Unauthorized {
+                file: file.clone(),
+                token_sent: *token_sent,
+            },
+            HubError::Forbidden { file } => HubError::Forbidden { file: file.clone() },
+            HubError::Offline { missing, cache } => HubError::Offline {
+                missing: missing.clone(),
+                cache: cache.clone(),
+            },
+            HubError::Integrity {
+                file,
+                expected,
+                actual,
+            } => HubError::Integrity {
+                file: file.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            HubError::Http {
+                file,
+                status,
+                endpoint,
+            } => HubError::Http {
+                file: file.clone(),
+                status: *status,
+                endpoint: endpoint.clone(),
+            },
+            HubError::Protocol { file, reason } => HubError::Protocol {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            HubError::Transfer {
+                file,
+                attempts,
+                reason,
+            } => HubError::Transfer {
+                file: file.clone(),
+                attempts: *attempts,
+                reason: reason.clone(),
+            },
+            HubError::Io { file, path, source } => HubError::Io {
+                file: file.clone(),
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            HubError::StorageFull { file, reason } => HubError::StorageFull {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            HubError::Many(errors) => HubError::Many(errors.clone()),
+            HubError::Config(reason) => HubError::Config(reason.clone()),
+        }
+    }
 }
 
 impl HubError {
@@ -117,8 +189,38 @@ impl HubError {
             | HubError::Http { file, .. }
             | HubError::Protocol { file, .. }
             | HubError::Transfer { file, .. }
+            | HubError::StorageFull { file, .. }
             | HubError::Io { file, .. } => Some(file),
             HubError::Offline { .. } | HubError::Many(_) | HubError::Config(_) => None,
+        }
+    }
+
+    /// What a final (non-retryable) HTTP status from a resolve URL means,
+    /// read with the Hub's `X-Error-Code`. Both backends use it.
+    pub fn from_status(
+        file: &HubFile,
+        endpoint: &str,
+        status: u16,
+        error_code: Option<&str>,
+        token_sent: bool,
+    ) -> HubError {
+        let file = file.clone();
+        let not_found = |kind| HubError::NotFound {
+            file: file.clone(),
+            kind,
+        };
+        match (status, error_code.unwrap_or("")) {
+            (_, "RepoNotFound") => not_found(NotFoundKind::Repo),
+            (_, "RevisionNotFound") => not_found(NotFoundKind::Revision),
+            (404, _) => not_found(NotFoundKind::Entry),
+            (401, "GatedRepo") => HubError::Gated { file },
+            (401, _) => HubError::Unauthorized { file, token_sent },
+            (403, _) => HubError::Forbidden { file },
+            _ => HubError::Http {
+                file,
+                status,
+                endpoint: endpoint.to_string(),
+            },
         }
     }
 

@@ -1,3 +1,4 @@
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -48,5 +49,13 @@ impl HubEvent {
     }
 }
 
-/// Receives events; called from download tasks, so it must be quick.
-pub type EventSink = Arc<dyn Fn(HubEvent) + Send + Sync>;
+cfg_if::cfg_if! {
+    if #[cfg(target_arch = "wasm32")] {
+        /// Receives events; called as bytes arrive, so it must be quick. The
+        /// browser is single-threaded: no `Send` needed.
+        pub type EventSink = std::rc::Rc<dyn Fn(HubEvent)>;
+    } else {
+        /// Receives events; called from download tasks, so it must be quick.
+        pub type EventSink = Arc<dyn Fn(HubEvent) + Send + Sync>;
+    }
+}

@@ -12,6 +12,7 @@
 //! touches a download client: the backend decides how bytes arrive (concurrently,
 //! resumably, verified) and reports what happens as [`HubEvent`]s.
 
+pub(crate) mod digest;
 mod error;
 mod event;
 mod file;
@@ -29,5 +30,8 @@ cfg_if::cfg_if! {
             HubClientBuilder,
         };
         pub use model::HubModel;
+    } else {
+        mod wasm;
+        pub use wasm::{huggingface_file, huggingface_files, FetchedFile, HubClient, HubClientBuilder};
     }
 }

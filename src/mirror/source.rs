@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
 
-use crate::hub::native::digest::{self, EtagKind};
+use crate::hub::digest::{self, EtagKind};
 use crate::hub::HubFile;
 
 /// How the mirror's folder is organised.

@@ -267,6 +267,15 @@ fn file_of(uri_path: &str) -> String {
 }
 
 async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Response {
+    // Counters for tests that run elsewhere (the browser): read, or reset.
+    match request.uri().path() {
+        "/__stats" => return stats_response(&s.stats),
+        "/__reset" => {
+            s.stats.reset();
+            return stats_response(&s.stats);
+        }
+        _ => {}
+    }
     let seen = Seen {
         method: request.method().clone(),
         file: file_of(request.uri().path()),
@@ -489,4 +498,19 @@ impl Heartbeat {
         let _ = self.stop.send(());
         self.task.await.unwrap()
     }
+}
+
+/// `{"requests": n, "by_file": {path: n}}`, readable from any origin.
+fn stats_response(stats: &Stats) -> Response {
+    let mut by_file: HashMap<String, usize> = HashMap::new();
+    for seen in stats.seen.lock().unwrap().iter() {
+        *by_file.entry(seen.file.clone()).or_default() += 1;
+    }
+    let body = serde_json::json!({ "requests": stats.requests(), "by_file": by_file });
+    let mut r = axum::Json(body).into_response();
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }

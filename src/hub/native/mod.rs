@@ -8,7 +8,6 @@
 //! only then renamed into the cache.
 
 mod cache;
-pub(crate) mod digest;
 mod remote;
 mod retry;
 mod transfer;
@@ -27,6 +26,7 @@ use self::cache::HubCache;
 use self::remote::RemoteFile;
 use self::retry::{Backoff, Failure};
 use self::transfer::{Plan, Transfer};
+use super::digest;
 use crate::hub::{EventSink, HubError, HubEvent, HubFile};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";

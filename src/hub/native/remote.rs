@@ -5,7 +5,7 @@ use reqwest::{StatusCode, Url};
 
 use super::retry::{is_transient_status, retry_after, Failure};
 use super::Secret;
-use crate::hub::{HubError, HubFile, NotFoundKind};
+use crate::hub::{HubError, HubFile};
 
 /// The metadata of one file at one commit.
 #[derive(Clone, Debug)]
@@ -82,25 +82,14 @@ pub(crate) fn classify_status(
             made_progress: false,
         };
     }
-    let not_found = |kind| {
-        Failure::Fatal(HubError::NotFound {
-            file: file.clone(),
-            kind,
-        })
-    };
-    match (status.as_u16(), code) {
-        (_, "RepoNotFound") => not_found(NotFoundKind::Repo),
-        (_, "RevisionNotFound") => not_found(NotFoundKind::Revision),
-        (404, "EntryNotFound") | (404, _) => not_found(NotFoundKind::Entry),
-        (401, "GatedRepo") => Failure::Fatal(HubError::Gated { file }),
-        (401, _) => Failure::Fatal(HubError::Unauthorized { file, token_sent }),
-        (403, _) => Failure::Fatal(HubError::Forbidden { file }),
-        _ => Failure::Fatal(HubError::Http {
-            file,
-            status: status.as_u16(),
-            endpoint: endpoint.to_string(),
-        }),
-    }
+    let code = (!code.is_empty()).then_some(code);
+    Failure::Fatal(HubError::from_status(
+        &file,
+        endpoint,
+        status.as_u16(),
+        code,
+        token_sent,
+    ))
 }
 
 fn parse_metadata(file: &HubFile, headers: &HeaderMap) -> Result<RemoteFile, HubError> {
@@ -168,6 +157,7 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::NotFoundKind;
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

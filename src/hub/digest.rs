@@ -1,9 +1,8 @@
 //! Content digests as the Hub names them: sha256 for LFS files, the git blob
-//! sha1 for everything else. Blocking: call from `spawn_blocking`.
+//! sha1 for everything else. The file functions block: call them from
+//! `spawn_blocking`.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
 
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -30,17 +29,33 @@ impl EtagKind {
     }
 }
 
-/// The digest of a file in the given form.
-pub(crate) fn file_digest(path: &Path, kind: EtagKind) -> io::Result<String> {
-    let mut file = File::open(path)?;
+/// The digest of `len` bytes from `reader` in the given form.
+pub(crate) fn digest(reader: &mut impl Read, len: u64, kind: EtagKind) -> io::Result<String> {
     match kind {
-        EtagKind::Sha256 => hash_reader::<Sha256>(&mut file, Vec::new()),
-        EtagKind::GitSha1 => {
-            let len = file.metadata()?.len();
-            hash_reader::<Sha1>(&mut file, format!("blob {len}\0").into_bytes())
-        }
+        EtagKind::Sha256 => hash_reader::<Sha256>(reader, Vec::new()),
+        EtagKind::GitSha1 => hash_reader::<Sha1>(reader, format!("blob {len}\0").into_bytes()),
         EtagKind::Opaque => Ok(String::new()),
     }
+}
+
+/// In-memory content against the ETag that names it: `Some(actual)` on a mismatch.
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) fn bytes_mismatch(bytes: &[u8], etag: &str) -> Option<String> {
+    let kind = EtagKind::of(etag);
+    if kind == EtagKind::Opaque {
+        return None;
+    }
+    let actual =
+        digest(&mut &bytes[..], bytes.len() as u64, kind).expect("reading memory cannot fail");
+    (!actual.eq_ignore_ascii_case(etag)).then_some(actual)
+}
+
+/// The digest of a file in the given form.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn file_digest(path: &std::path::Path, kind: EtagKind) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    digest(&mut file, len, kind)
 }
 
 fn hash_reader<D: Digest>(reader: &mut impl Read, prefix: Vec<u8>) -> io::Result<String> {
@@ -59,7 +74,8 @@ fn hash_reader<D: Digest>(reader: &mut impl Read, prefix: Vec<u8>) -> io::Result
 
 /// Checks a file against the ETag that will name its blob. `Ok(None)` when it
 /// matches, `Ok(Some(actual))` when it does not.
-pub(crate) fn mismatch(path: &Path, etag: &str) -> io::Result<Option<String>> {
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn mismatch(path: &std::path::Path, etag: &str) -> io::Result<Option<String>> {
     let kind = EtagKind::of(etag);
     if kind == EtagKind::Opaque {
         return Ok(None);
@@ -68,7 +84,7 @@ pub(crate) fn mismatch(path: &Path, etag: &str) -> io::Result<Option<String>> {
     Ok((!actual.eq_ignore_ascii_case(etag)).then_some(actual))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 
@@ -95,5 +111,10 @@ mod tests {
             None
         );
         assert!(mismatch(&p, &"0".repeat(64)).unwrap().is_some());
+        assert_eq!(
+            bytes_mismatch(b"hello\n", "ce013625030ba8dba906f756967f9e9ca394464a"),
+            None
+        );
+        assert!(bytes_mismatch(b"hello!", "ce013625030ba8dba906f756967f9e9ca394464a").is_some());
     }
 }

@@ -1,0 +1,22 @@
+//! A test Hub for the browser tests: `schnell mirror` plus the test layer's
+//! counters at `/__stats` (and `/__reset`). Writes a few files into DIR,
+//! prints its URL, and serves until killed. Test tooling only.
+//!
+//! `cargo run --example test_mirror -- DIR`
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+fn main() {
+    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: test_mirror DIR"));
+    let repo = dir.join("acme/tiny");
+    std::fs::create_dir_all(repo.join("tokenizer")).unwrap();
+    std::fs::write(repo.join("config.json"), b"{\"hidden_size\": 8}\n").unwrap();
+    support::write_random(&repo.join("tokenizer/tokenizer.json"), 40_000, 1);
+    support::write_random(&repo.join("model.safetensors"), 300_000, 2);
+    let hub = support::TestHub::start(&dir);
+    println!("{}", hub.endpoint);
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,169 @@
+//! `huggingface_file` in a real browser: fetch + the Cache API, against the
+//! test mirror that `scripts/test.sh` starts (`examples/test_mirror.rs`), whose
+//! URL arrives at build time in `SCHNELL_TEST_MIRROR`.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use schnell::hub::{HubClient, HubClientBuilder, HubError, HubEvent, HubFile, NotFoundKind};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const MIRROR: &str = env!("SCHNELL_TEST_MIRROR");
+
+async fn get_json(url: &str) -> serde_json::Value {
+    let window = web_sys::window().unwrap();
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
+        .await
+        .unwrap()
+        .unchecked_into();
+    let text = JsFuture::from(response.text().unwrap()).await.unwrap();
+    serde_json::from_str(&text.as_string().unwrap()).unwrap()
+}
+
+/// Requests the mirror has seen for one file.
+async fn requests_for(path: &str) -> u64 {
+    get_json(&format!("{MIRROR}/__stats")).await["by_file"][path]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn client(cache: &str) -> (HubClient, Rc<RefCell<Vec<HubEvent>>>) {
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let sink = events.clone();
+    let client = HubClientBuilder::new()
+        .endpoint(MIRROR)
+        .cache_name(cache)
+        .on_event(Rc::new(move |e| sink.borrow_mut().push(e)))
+        .build()
+        .unwrap();
+    client.clear_cache().await.unwrap();
+    (client, events)
+}
+
+#[wasm_bindgen_test]
+async fn a_miss_fetches_and_a_hit_makes_no_request() {
+    let (client, events) = client("test-miss-hit").await;
+    let file = HubFile::new("acme/tiny", "config.json");
+    let before = requests_for("config.json").await;
+    let first = client.file(&file).await.unwrap();
+    assert!(!first.from_cache());
+    assert_eq!(&first.bytes().await.unwrap()[..], b"{\"hidden_size\": 8}\n");
+    assert_eq!(requests_for("config.json").await, before + 1);
+
+    let second = client.file(&file).await.unwrap();
+    assert!(second.from_cache());
+    assert_eq!(second.bytes().await.unwrap(), first.bytes().await.unwrap());
+    assert_eq!(
+        requests_for("config.json").await,
+        before + 1,
+        "a cache hit made a request"
+    );
+    assert!(events
+        .borrow()
+        .iter()
+        .any(|e| matches!(e, HubEvent::Cached { .. })));
+
+    let urls = client.cached_urls().await.unwrap();
+    assert_eq!(urls, vec![file.resolve_url(MIRROR)]);
+    assert!(client.clear_cache().await.unwrap());
+    assert!(client.cached_urls().await.unwrap().is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn progress_events_count_every_byte() {
+    let (client, events) = client("test-progress").await;
+    let fetched = client
+        .file(&HubFile::new("acme/tiny", "model.safetensors"))
+        .await
+        .unwrap();
+    assert_eq!(fetched.size(), 300_000);
+    let events = events.borrow();
+    let started = events.iter().find_map(|e| match e {
+        HubEvent::Started { size, .. } => Some(*size),
+        _ => None,
+    });
+    assert_eq!(started, Some(300_000));
+    let advanced: u64 = events
+        .iter()
+        .map(|e| match e {
+            HubEvent::Advanced { bytes, .. } => *bytes,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(advanced, 300_000);
+    assert!(matches!(
+        events.last(),
+        Some(HubEvent::Finished { size: 300_000, .. })
+    ));
+}
+
+#[wasm_bindgen_test]
+async fn a_404_names_the_repo_and_file() {
+    let (client, _) = client("test-404").await;
+    let err = client
+        .file(&HubFile::new("acme/tiny", "missing.json"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HubError::NotFound {
+                kind: NotFoundKind::Entry,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("missing.json") && msg.contains("acme/tiny"),
+        "{msg}"
+    );
+    let err = client
+        .file(&HubFile::new("acme/none", "config.json"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HubError::NotFound {
+                kind: NotFoundKind::Repo,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn concurrent_calls_for_one_file_make_one_fetch() {
+    let (client, _) = client("test-dedup").await;
+    let file = HubFile::new("acme/tiny", "tokenizer/tokenizer.json");
+    let before = requests_for("tokenizer/tokenizer.json").await;
+    let (a, b, c) = futures::join!(client.file(&file), client.file(&file), client.file(&file));
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.size(), 40_000);
+    assert_eq!(a.bytes().await.unwrap(), b.bytes().await.unwrap());
+    assert_eq!(b.bytes().await.unwrap(), c.bytes().await.unwrap());
+    assert_eq!(requests_for("tokenizer/tokenizer.json").await, before + 1);
+}
+
+#[wasm_bindgen_test]
+async fn an_unreachable_endpoint_is_a_network_error() {
+    let client = HubClientBuilder::new()
+        .endpoint("http://127.0.0.1:9")
+        .cache_name("test-offline")
+        .build()
+        .unwrap();
+    let err = client
+        .file(&HubFile::new("acme/tiny", "config.json"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Transfer { .. }), "{err}");
+    assert!(err.to_string().contains("network error"), "{err}");
+}
