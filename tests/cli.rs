@@ -1,4 +1,5 @@
 //! The `schnell` binary: `fetch` and `mirror` as a user runs them.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

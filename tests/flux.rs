@@ -1,5 +1,6 @@
 //! FLUX.1-schnell end to end on tiny random-weight models served by the mirror.
 //! The images are noise; what is tested is the pipeline around them.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

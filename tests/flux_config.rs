@@ -1,4 +1,5 @@
 //! The real config files map exactly to candle's FLUX.1-schnell values.
+#![cfg(not(target_arch = "wasm32"))]
 
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::flux::{autoencoder, model};

@@ -1,5 +1,6 @@
 //! The runtime is never blocked while files download. Alone in its own test
 //! binary, so that other tests' CPU load cannot pass for a stall.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

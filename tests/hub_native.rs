@@ -1,4 +1,5 @@
 //! The native `huggingface_file` against a local mirror with injected faults.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! `schnell mirror` speaks the Hub's resolve protocol.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

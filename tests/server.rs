@@ -1,4 +1,5 @@
 //! `schnell serve` over real HTTP on 127.0.0.1, with tiny models behind the mirror.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! `/readyz` and `/healthz` during a throttled download. Alone in its own test
 //! binary, so that other tests' image generation cannot slow `/healthz`.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 
