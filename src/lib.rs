@@ -7,6 +7,7 @@
 //! Target-specific code is chosen here, at module boundaries, and nowhere else.
 
 pub mod hub;
+pub mod web;
 
 cfg_if::cfg_if! {
     if #[cfg(not(target_arch = "wasm32"))] {
