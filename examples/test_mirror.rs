@@ -14,6 +14,8 @@ fn main() {
     std::fs::write(repo.join("config.json"), b"{\"hidden_size\": 8}\n").unwrap();
     support::write_random(&repo.join("tokenizer/tokenizer.json"), 40_000, 1);
     support::write_random(&repo.join("model.safetensors"), 300_000, 2);
+    // The tiny models' tokenizers, for token counting in the browser.
+    schnell::flux::tiny::write_tiny_models(&dir).unwrap();
     let hub = support::TestHub::start(&dir);
     println!("{}", hub.endpoint);
     loop {

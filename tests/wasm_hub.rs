@@ -167,3 +167,40 @@ async fn an_unreachable_endpoint_is_a_network_error() {
     assert!(matches!(err, HubError::Transfer { .. }), "{err}");
     assert!(err.to_string().contains("network error"), "{err}");
 }
+
+#[wasm_bindgen_test]
+async fn token_counts_use_tokenizers_fetched_through_the_hub() {
+    use schnell::web::tokens::{TokenCounter, CLIP_LIMIT};
+    let (client, _) = client("test-tokens").await;
+    let files = client
+        .files(&[
+            HubFile::new(
+                "black-forest-labs/FLUX.1-schnell",
+                "tokenizer_2/tokenizer.json",
+            ),
+            HubFile::new("openai/clip-vit-large-patch14", "tokenizer.json"),
+        ])
+        .await
+        .unwrap();
+    let counter = TokenCounter::from_json(
+        &files[0].bytes().await.unwrap(),
+        &files[1].bytes().await.unwrap(),
+    )
+    .unwrap();
+    let short = counter.count("a red fox").unwrap();
+    // T5 appends </s>; CLIP wraps in start and end tokens. These words are whole tokens.
+    assert_eq!((short.t5, short.clip), (4, 5));
+    assert_eq!((short.t5_dropped, short.clip_dropped), (None, None));
+
+    let long = counter.count(&"a red fox ".repeat(30)).unwrap();
+    assert_eq!(long.clip, 92);
+    assert!(long.clip > CLIP_LIMIT);
+    let dropped = long.clip_dropped.expect("past CLIP's limit");
+    assert!(
+        dropped.starts_with("fox a red fox")
+            || dropped.starts_with("red fox")
+            || dropped.starts_with("a red"),
+        "{dropped}"
+    );
+    assert_eq!(long.t5_dropped, None);
+}

@@ -98,16 +98,6 @@ impl Tokenizers {
             warnings,
         })
     }
-
-    /// How many tokens each encoder would see, before fitting (for UIs).
-    pub fn counts(&self, prompt: &str) -> Result<(usize, usize), FluxError> {
-        let n = |tok: &Tokenizer| tok.encode(prompt, true).map(|e| e.get_ids().len());
-        let err = |e: tokenizers::Error| FluxError::Compute {
-            stage: "tokenization",
-            reason: e.to_string(),
-        };
-        Ok((n(&self.t5).map_err(err)?, n(&self.clip).map_err(err)?))
-    }
 }
 
 /// `len` ids: truncated keeping the last (special) token, or padded.
@@ -120,26 +110,16 @@ fn fit(
     warnings: &mut Vec<String>,
 ) -> Vec<u32> {
     let ids = encoding.get_ids();
-    if ids.len() > len {
-        let kept_chars = encoding
-            .get_offsets()
-            .get(len - 1)
-            .map_or(prompt.len(), |(start, _)| *start);
-        let dropped: String = prompt
-            .get(kept_chars..)
-            .unwrap_or("")
-            .chars()
-            .take(60)
-            .collect();
+    if let Some(dropped) = crate::web::tokens::dropped_text(prompt, encoding, len) {
+        let shown: String = dropped.chars().take(60).collect();
+        let more = if shown.len() < dropped.len() {
+            "…"
+        } else {
+            ""
+        };
         warnings.push(format!(
-            "the prompt is {} {name} tokens; {name} reads the first {len}, so it ignores \"{}{}\"",
-            ids.len(),
-            dropped.trim(),
-            if prompt.len() - kept_chars > 60 {
-                "…"
-            } else {
-                ""
-            }
+            "the prompt is {} {name} tokens; {name} reads the first {len}, so it ignores \"{shown}{more}\"",
+            ids.len()
         ));
         let mut kept = ids[..len - 1].to_vec();
         kept.push(*ids.last().expect("longer than len"));
