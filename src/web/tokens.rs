@@ -64,3 +64,29 @@ pub fn dropped_text(prompt: &str, encoding: &Encoding, limit: usize) -> Option<S
         .map_or(prompt.len(), |(s, _)| *s);
     Some(prompt.get(start..).unwrap_or("").trim().to_string())
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_dropped_words_with_the_tiny_tokenizers() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::flux::tiny::write_tiny_models(dir.path()).unwrap();
+        let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+        let counter = TokenCounter::from_json(
+            &read("black-forest-labs/FLUX.1-schnell/tokenizer_2/tokenizer.json"),
+            &read("openai/clip-vit-large-patch14/tokenizer.json"),
+        )
+        .unwrap();
+        let long = counter.count(&"a red fox ".repeat(30)).unwrap();
+        // 90 words, one token each. T5 adds the trailing space's "▁" and `</s>`;
+        // CLIP its start and end tokens. CLIP keeps the start token and 75
+        // words, so word 76 ("a") is the first dropped.
+        assert_eq!((long.t5, long.clip), (92, 92));
+        let dropped = long.clip_dropped.unwrap();
+        assert!(dropped.starts_with("a red fox"), "{dropped}");
+        assert_eq!(dropped.split_whitespace().count(), 90 - 75);
+        assert_eq!(long.t5_dropped, None);
+    }
+}
