@@ -145,15 +145,17 @@ fn main() {
             measure(|| async {
                 let t0 = Instant::now();
                 let timeline = std::env::var_os("SCHNELL_BENCH_TIMELINE").is_some();
-                let client = HubClientBuilder::new(cache.path())
+                let mut builder = HubClientBuilder::new(cache.path())
                     .endpoint(&hub.endpoint)
-                    .max_connections(CONNECTIONS)
-                    .chunk_size(
-                        std::env::var("SCHNELL_BENCH_CHUNK_MB")
-                            .ok()
-                            .and_then(|c| c.parse::<u64>().ok())
-                            .map_or(16 << 20, |mb| mb << 20),
-                    )
+                    .max_connections(CONNECTIONS);
+                // The client's default unless a size is asked for.
+                if let Some(mb) = std::env::var("SCHNELL_BENCH_CHUNK_MB")
+                    .ok()
+                    .and_then(|c| c.parse::<u64>().ok())
+                {
+                    builder = builder.chunk_size(mb << 20);
+                }
+                let client = builder
                     .on_event(std::sync::Arc::new(move |e| {
                         if timeline && !matches!(e, schnell::hub::HubEvent::Advanced { .. }) {
                             eprintln!("{:>7.3} s  {e:?}", t0.elapsed().as_secs_f64());

@@ -201,6 +201,12 @@ pub struct TestHub {
 
 impl TestHub {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_workers(dir, 2)
+    }
+
+    /// With `workers` runtime threads: one keeps the mirror from competing for
+    /// the CPU with a timing-sensitive test.
+    pub fn start_with_workers(dir: &Path, workers: usize) -> Self {
         let faults = Arc::new(Faults::default());
         let stats = Arc::new(Stats::default());
         let shared = Shared {
@@ -212,7 +218,7 @@ impl TestHub {
         let dir = dir.to_path_buf();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers)
                 .enable_all()
                 .build()
                 .unwrap();

@@ -116,7 +116,10 @@ impl HubClientBuilder {
             token: TokenSource::Given(None),
             offline: false,
             max_connections: 8,
-            chunk_size: 16 << 20,
+            // hf-hub writes each finished range from the runtime thread, and a
+            // file's ranges finish together: 8 MiB keeps that burst well under
+            // 50 ms on a current-thread runtime (BENCHMARKS.md has the trade-off).
+            chunk_size: 8 << 20,
             backoff: Backoff {
                 base: Duration::from_millis(500),
                 max: Duration::from_secs(30),
@@ -179,7 +182,7 @@ impl HubClientBuilder {
         self
     }
 
-    /// The largest byte range one connection asks for (default 16 MiB). A large
+    /// The largest byte range one connection asks for (default 8 MiB). A large
     /// file is split into ranges of at most this size, fetched in parallel.
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = bytes.max(1);
