@@ -251,6 +251,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
+    support::Heartbeat::prioritise_this_thread();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

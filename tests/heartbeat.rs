@@ -36,13 +36,7 @@ fn the_runtime_never_stalls_while_files_download() {
     // test and show up as stalls that are the scheduler's, not ours.
     let hub = TestHub::start_with_workers(dir.path(), 1);
     let cache = tempfile::tempdir().unwrap();
-    // The runtime's thread gets priority over the mirror and the blocking
-    // pool, so that on two cores the scheduler's time slices for those do not
-    // pass for stalls; a blocking call still stops the heartbeat. (Needs root,
-    // as in CI; without it the nice value simply stays.)
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-    }
+    support::Heartbeat::prioritise_this_thread();
     // One thread runs everything: any blocking call would stop the heartbeat.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
