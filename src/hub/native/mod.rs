@@ -485,16 +485,12 @@ impl HubClient {
             return Ok(hit);
         }
         let cache = &self.inner.cache;
-        let io_err = |path: PathBuf| {
-            let file = file.clone();
-            move |source| HubError::Io { file, path, source }
-        };
         let blob = cache.blob_path(&file.repo, &remote.etag);
         let lock_path = cache.lock_path(&file.repo, &remote.etag);
         let _lock = cache
             .lock(&file.repo, &remote.etag)
             .await
-            .map_err(io_err(lock_path))?;
+            .map_err(io_err(file, &lock_path))?;
 
         // The blob may be here already: another revision, another process, or
         // a run that stopped before linking it.
@@ -504,7 +500,7 @@ impl HubClient {
         let path = cache
             .link(file, &remote.commit, &remote.etag)
             .await
-            .map_err(io_err(cache.snapshot_path(file, &remote.commit)))?;
+            .map_err(io_err(file, &cache.snapshot_path(file, &remote.commit)))?;
         self.emit(HubEvent::Finished {
             file: file.clone(),
             size: remote.size,
@@ -525,21 +521,17 @@ impl HubClient {
         remote: &RemoteFile,
         blob: &Path,
     ) -> Result<(), HubError> {
-        let io_err = |path: &Path| {
-            let (file, path) = (file.clone(), path.to_path_buf());
-            move |source| HubError::Io { file, path, source }
-        };
         let parent = blob.parent().expect("blob paths have a parent");
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(io_err(parent))?;
+            .map_err(io_err(file, parent))?;
         let mut integrity_retries = 1;
         loop {
             let staged = if remote.size == 0 {
                 let empty = blob.with_extension("empty.part");
                 tokio::fs::write(&empty, b"")
                     .await
-                    .map_err(io_err(&empty))?;
+                    .map_err(io_err(file, &empty))?;
                 empty
             } else {
                 self.transfer(file, remote).await?
@@ -547,15 +539,13 @@ impl HubClient {
             let (check_path, etag) = (staged.clone(), remote.etag.clone());
             let verdict = tokio::task::spawn_blocking(move || digest::mismatch(&check_path, &etag))
                 .await
-                .map_err(|e| HubError::Io {
-                    file: file.clone(),
-                    path: staged.clone(),
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(io_err(&staged))?;
+                .map_err(|e| io_err(file, &staged)(std::io::Error::other(e)))?
+                .map_err(io_err(file, &staged))?;
             match verdict {
                 None => {
-                    return tokio::fs::rename(&staged, blob).await.map_err(io_err(blob));
+                    return tokio::fs::rename(&staged, blob)
+                        .await
+                        .map_err(io_err(file, blob));
                 }
                 Some(actual) => {
                     let _ = tokio::fs::remove_file(&staged).await;
@@ -658,6 +648,12 @@ impl HubClient {
             file: file.clone(),
         }
     }
+}
+
+/// Names the file and the cache path in an I/O error.
+fn io_err(file: &HubFile, path: &Path) -> impl FnOnce(std::io::Error) -> HubError {
+    let (file, path) = (file.clone(), path.to_path_buf());
+    move |source| HubError::Io { file, path, source }
 }
 
 /// Holds a file's in-process lock; the last holder removes the map entry.
