@@ -86,7 +86,8 @@ pub fn generate(
     .map_err(compute("denoising"))?;
     drop((t5_emb, clip_emb));
 
-    let loaded_here;
+    // Resident, or loaded for this request and freed before the VAE decodes.
+    let mut borrowed_flux = None;
     let flux: &Flux = match resident.flux.as_ref() {
         Some(flux) => flux,
         None => {
@@ -94,9 +95,9 @@ pub fn generate(
                 component: Component::Transformer,
             })?;
             let t = Instant::now();
-            loaded_here = model.load_flux()?;
+            let flux = borrowed_flux.insert(model.load_flux()?);
             timings.load += t.elapsed();
-            &loaded_here
+            flux
         }
     };
 
@@ -135,6 +136,7 @@ pub fn generate(
         })?;
     }
 
+    drop(borrowed_flux);
     let t = Instant::now();
     let image = decode(&resident.decoder, &model.vae_config, &img, width, height)?;
     timings.vae_decode = t.elapsed();
