@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of schnell. On a fresh machine it first installs what the
 # tests need, skipping whatever is already there:
-#   - the wasm32-unknown-unknown Rust target (the browser build is checked);
+#   - the wasm32-unknown-unknown Rust target;
 #   - a Python venv with huggingface_hub (cache interoperability test),
-#     openai and pillow (the official client against `schnell serve`);
-#   - Debian's chromium and chromium-driver, and wasm-bindgen-cli at the exact
-#     wasm-bindgen version in Cargo.lock (browser tests of the wasm backend).
+#     openai and pillow (the official client against `schnell serve`) and
+#     selenium (drives ChromeDriver in the end-to-end browser test);
+#   - Debian's chromium and chromium-driver; wasm-bindgen-cli at the exact
+#     wasm-bindgen version in Cargo.lock; wasm-pack (browser tests) and
+#     Trunk 0.21.14 (builds the web app), both from crates.io.
+# Nothing downloads a browser or a tool at run time.
 # CARGO_TARGET_DIR is honoured, so CI can keep one build between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +21,10 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
 fi
 
 VENV="${SCHNELL_TEST_VENV:-$HOME/.cache/schnell-test-venv}"
-if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL' 2>/dev/null; then
-    step "installing huggingface_hub, openai and pillow into $VENV"
+if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL, selenium' 2>/dev/null; then
+    step "installing huggingface_hub, openai, pillow and selenium into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow selenium
 fi
 
 if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
@@ -36,13 +39,24 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WBG_VERSION
     cargo install wasm-bindgen-cli --version "$WBG_VERSION"
 fi
 
+if ! command -v wasm-pack >/dev/null; then
+    step "installing wasm-pack"
+    cargo install --locked wasm-pack
+fi
+
+TRUNK_VERSION=0.21.14 # 0.22 needs a newer rustc
+if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then
+    step "installing trunk $TRUNK_VERSION"
+    cargo install --locked trunk --version "$TRUNK_VERSION"
+fi
+
+# Trunk builds offline (Trunk.toml): every crate, for every target, first.
+cargo fetch --locked
+
 step "native: unit, integration and CLI tests (benchmarks run as smoke tests)"
 cargo test --locked --all-targets
 
-step "browser: the library builds for wasm32"
-cargo check --locked --lib --target wasm32-unknown-unknown
-
-step "browser: huggingface_file over fetch + Cache API, in headless Chromium"
+step "browser: huggingface_file over fetch + Cache API, the SSE reader and token counts, in headless Chromium"
 mirror_dir="$(mktemp -d)"
 mirror_out="$mirror_dir/url"
 cargo run --locked --quiet --example test_mirror -- "$mirror_dir/files" >"$mirror_out" &
@@ -53,15 +67,18 @@ for _ in $(seq 1 600); do
     kill -0 "$mirror_pid" 2>/dev/null || { echo "the test mirror did not start" >&2; exit 1; }
     sleep 0.5
 done
-SCHNELL_TEST_MIRROR="$(head -1 "$mirror_out")" \
-CHROMEDRIVER="$(command -v chromedriver)" \
-WASM_BINDGEN_TEST_TIMEOUT=120 \
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-    cargo test --locked --target wasm32-unknown-unknown --test wasm_hub
+# wasm-pack finds chromedriver on PATH and reads webdriver.json (headless flags).
+SCHNELL_TEST_MIRROR="$(head -1 "$mirror_out")" WASM_BINDGEN_TEST_TIMEOUT=120 \
+    wasm-pack test --headless --chrome --mode no-install -- --locked --test wasm_hub --test wasm_web
 kill "$mirror_pid" 2>/dev/null || true
 
-step "Python huggingface_hub and schnell share one cache"
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+step "browser: the web app, built by Trunk and driven end to end against schnell serve"
+trunk build --release --dist "$target_dir/dist"
+"$VENV/bin/python" tests/python/browser_e2e.py "$target_dir/debug/schnell" "$target_dir/dist" "$target_dir/artefacts"
+
+step "Python huggingface_hub and schnell share one cache"
 "$VENV/bin/python" tests/python/interop.py "$target_dir/debug/schnell"
 
 step "the official openai Python client against schnell serve"

@@ -7,6 +7,7 @@
 //! Target-specific code is chosen here, at module boundaries, and nowhere else.
 
 pub mod hub;
+pub mod limits;
 pub mod web;
 
 cfg_if::cfg_if! {

@@ -1,4 +1,4 @@
-//! The `schnell` command line (native only: the browser uses the library).
+//! The `schnell` command line; built for wasm32 (by Trunk), the browser app.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     cli::main()
 }
 
-/// Built only because integration tests for wasm32 build every target.
 #[cfg(target_arch = "wasm32")]
-fn main() {}
+fn main() {
+    schnell::web::start();
+}

@@ -34,6 +34,14 @@ async fn readiness_reports_real_download_progress_and_health_stays_quick() {
         let ready = s.get("/readyz").await;
         let code = ready.status();
         let status: Value = ready.json().await.unwrap();
+        assert_eq!(
+            status["tokenizers"]["clip"]["path"], "tokenizer.json",
+            "{status}"
+        );
+        assert_eq!(
+            status["tokenizers"]["t5"]["path"], "tokenizer_2/tokenizer.json",
+            "{status}"
+        );
         if code == StatusCode::OK {
             assert_eq!(status["phase"], "ready");
             break;

@@ -7,10 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::FluxError;
 use crate::hub::HubEvent;
 
-pub const MIN_SIDE: u32 = 256;
-pub const MAX_SIDE: u32 = 2048;
-pub const MAX_STEPS: u32 = 50;
-pub const DEFAULT_STEPS: u32 = 4;
+use crate::limits::{check_side, check_steps};
+pub use crate::limits::{DEFAULT_STEPS, MAX_SIDE, MAX_STEPS, MIN_SIDE};
 
 /// One text-to-image request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,25 +66,13 @@ impl GenerateRequest {
     /// Checks every field; the error names the field and what would be valid.
     pub fn validate(&self) -> Result<(), FluxError> {
         for (field, value) in [("width", self.width), ("height", self.height)] {
-            if value % 16 != 0 || !(MIN_SIDE..=MAX_SIDE).contains(&value) {
-                let nearest = ((value + 8) / 16 * 16).clamp(MIN_SIDE, MAX_SIDE);
-                return Err(FluxError::InvalidRequest {
-                    field,
-                    reason: format!(
-                        "{value} is not a multiple of 16 from {MIN_SIDE} to {MAX_SIDE}; the nearest valid {field} is {nearest}"
-                    ),
-                });
-            }
+            check_side(field, value)
+                .map_err(|reason| FluxError::InvalidRequest { field, reason })?;
         }
-        if !(1..=MAX_STEPS).contains(&self.steps) {
-            return Err(FluxError::InvalidRequest {
-                field: "steps",
-                reason: format!(
-                    "{} is outside 1 to {MAX_STEPS} (schnell needs about 4)",
-                    self.steps
-                ),
-            });
-        }
+        check_steps(self.steps).map_err(|reason| FluxError::InvalidRequest {
+            field: "steps",
+            reason,
+        })?;
         if self.prompt.trim().is_empty() {
             return Err(FluxError::InvalidRequest {
                 field: "prompt",

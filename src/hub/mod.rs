@@ -32,6 +32,7 @@ cfg_if::cfg_if! {
         pub use model::HubModel;
     } else {
         mod wasm;
+        pub(crate) use wasm::{js_message, read_stream};
         pub use wasm::{huggingface_file, huggingface_files, FetchedFile, HubClient, HubClientBuilder};
     }
 }

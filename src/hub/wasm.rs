@@ -280,44 +280,57 @@ async fn read_body(
     response: &Response,
     events: Option<&Option<EventSink>>,
 ) -> Result<Bytes, HubError> {
-    let broken = |e: &JsValue| HubError::Transfer {
-        file: file.clone(),
-        attempts: 1,
-        reason: format!("the body broke off: {}", js_message(e)),
-    };
-    let Some(body) = response.body() else {
-        return Ok(Bytes::new());
-    };
-    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes = Vec::new();
-    loop {
-        let chunk = JsFuture::from(reader.read())
-            .await
-            .map_err(|e| broken(&e))?;
-        if Reflect::get(&chunk, &"done".into())
-            .ok()
-            .and_then(|d| d.as_bool())
-            .unwrap_or(true)
-        {
-            break;
-        }
-        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
-            .map_err(|e| broken(&e))?
-            .unchecked_into();
-        let start = bytes.len();
-        bytes.resize(start + value.length() as usize, 0);
-        value.copy_to(&mut bytes[start..]);
+    read_stream(response, |chunk| {
         if let Some(events) = events {
             emit(
                 events,
                 HubEvent::Advanced {
                     file: file.clone(),
-                    bytes: value.length() as u64,
+                    bytes: chunk.len() as u64,
                 },
             );
         }
-    }
+        bytes.extend_from_slice(chunk);
+        true
+    })
+    .await
+    .map_err(|e| HubError::Transfer {
+        file: file.clone(),
+        attempts: 1,
+        reason: format!("the body broke off: {}", js_message(&e)),
+    })?;
     Ok(Bytes::from(bytes))
+}
+
+/// Hands each chunk of a response body to `each` as it arrives, until the end
+/// or until `each` returns false (the rest is then cancelled). The error is
+/// the stream's: an abort, or a connection that broke.
+pub(crate) async fn read_stream(
+    response: &Response,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> Result<(), JsValue> {
+    let Some(body) = response.body() else {
+        return Ok(());
+    };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut buffer = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await?;
+        if Reflect::get(&chunk, &"done".into())?
+            .as_bool()
+            .unwrap_or(true)
+        {
+            return Ok(());
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())?.unchecked_into();
+        buffer.resize(value.length() as usize, 0);
+        value.copy_to(&mut buffer);
+        if !each(&buffer) {
+            let _ = reader.cancel();
+            return Ok(());
+        }
+    }
 }
 
 /// Puts a copy in the cache, with the headers a later reader needs, and waits
@@ -414,7 +427,8 @@ fn js_name(e: &JsValue) -> Option<String> {
     Reflect::get(e, &"name".into()).ok()?.as_string()
 }
 
-fn js_message(e: &JsValue) -> String {
+/// A JavaScript error as `Name: message`.
+pub(crate) fn js_message(e: &JsValue) -> String {
     let name = js_name(e).unwrap_or_default();
     let message = Reflect::get(e, &"message".into())
         .ok()

@@ -18,6 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// 200 once the model is ready; until then 503 with the phase and, for every
 /// file, the bytes done and total; 503 with the error if loading failed.
+/// Always names the tokenizer files, for the browser's token counts.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let status = state.engine.status();
     let (done, total) = status
@@ -30,6 +31,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let queued = state.max_queue - state.queue.available_permits();
+    // The browser counts prompt tokens with the engine's own tokenizers,
+    // fetched through `/hub` once the server has them.
+    let files = state.engine.files();
     (
         code,
         Json(json!({
@@ -41,6 +45,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "files": status.files,
             "error": status.error,
             "queue": { "in_use": queued, "max": state.max_queue },
+            "tokenizers": { "t5": files.t5_tokenizer, "clip": files.clip_tokenizer },
         })),
     )
         .into_response()

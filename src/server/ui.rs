@@ -24,7 +24,7 @@ fn missing_page(dist: &Path) -> String {
          <h1>schnell is running</h1>\
          <p>The API is at <code>/v1/images/generations</code>; readiness at <a href=/readyz>/readyz</a>.</p>\
          <p>The web page is not built: <code>{}</code> has no <code>index.html</code>. Build it with</p>\
-         <pre>rustup target add wasm32-unknown-unknown\ncargo install --locked trunk --version 0.21.14\ntrunk build --release</pre>\
+         <pre>rustup target add wasm32-unknown-unknown\ncargo install --locked trunk --version 0.21.14\ncargo install wasm-bindgen-cli --version VERSION  # wasm-bindgen in Cargo.lock\ncargo fetch &amp;&amp; trunk build --release</pre>\
          <p>then restart <code>schnell serve</code> (or pass <code>--dist DIR</code>).</p>",
         html_escape(&dist.display().to_string())
     )

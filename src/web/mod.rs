@@ -1,6 +1,15 @@
-//! The browser client's logic. Parts that are plain Rust (the SSE parser, token
-//! counts) build and are tested on every target; the UI itself will be
-//! wasm32-only.
+//! The browser client. Its logic (the form's checks, the API's answers, the
+//! SSE parser, token counts, the history's index) is plain Rust, built and
+//! tested on every target; the page itself ([`start`]) is wasm32-only.
 
+pub mod api;
+pub mod history;
 pub mod sse;
 pub mod tokens;
+
+cfg_if::cfg_if! {
+    if #[cfg(target_arch = "wasm32")] {
+        mod app;
+        pub use app::{read_sse, start, HISTORY_CACHE};
+    }
+}
