@@ -162,6 +162,9 @@ impl StreamEvent {
     }
 }
 
+/// Tries of one request while the server's queue is full.
+pub const QUEUE_TRIES: u32 = 5;
+
 /// A refused request, from its status, OpenAI-shaped body and `Retry-After`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiFailure {
@@ -195,9 +198,13 @@ impl ApiFailure {
         }
     }
 
-    /// 429: the queue is full, so trying again shortly is right.
-    pub fn is_queue_full(&self) -> bool {
-        self.status == 429
+    /// After try number `tries` (from 1) failed: how many seconds to wait
+    /// before the next, or `None` to give up. Only a full queue (429) is worth
+    /// another try, as `Retry-After` says (2 s if it does not), at most
+    /// [`QUEUE_TRIES`] tries in all.
+    pub fn retry_in(&self, tries: u32) -> Option<u32> {
+        (self.status == 429 && tries < QUEUE_TRIES)
+            .then(|| self.retry_after_s.unwrap_or(2).clamp(1, 60))
     }
 
     /// 503 while the model is still being fetched or loaded.
@@ -314,27 +321,17 @@ mod tests {
         let seeded = Params::from_form("a fox", "512", "512", "2", "42").unwrap();
         assert_eq!(seeded.request_body()["seed"], 42);
 
-        let field = |r: Result<Params, FieldError>| r.unwrap_err().field;
-        assert_eq!(
-            field(Params::from_form("  ", "512", "512", "4", "")),
-            "prompt"
-        );
-        assert_eq!(
-            field(Params::from_form("x", "500", "512", "4", "")),
-            "width"
-        );
-        assert_eq!(
-            field(Params::from_form("x", "512", "big", "4", "")),
-            "height"
-        );
-        assert_eq!(
-            field(Params::from_form("x", "512", "512", "0", "")),
-            "steps"
-        );
-        assert_eq!(
-            field(Params::from_form("x", "512", "512", "4", "-1")),
-            "seed"
-        );
+        for (form, field) in [
+            (["  ", "512", "512", "4", ""], "prompt"),
+            (["x", "500", "512", "4", ""], "width"),
+            (["x", "512", "big", "4", ""], "height"),
+            (["x", "512", "512", "0", ""], "steps"),
+            (["x", "512", "512", "4", "-1"], "seed"),
+        ] {
+            let [prompt, width, height, steps, seed] = form;
+            let e = Params::from_form(prompt, width, height, steps, seed).unwrap_err();
+            assert_eq!(e.field, field, "{form:?}");
+        }
         let e = Params::from_form("x", "500", "512", "4", "").unwrap_err();
         assert!(
             e.message.contains("nearest valid width is 496"),
@@ -401,8 +398,19 @@ mod tests {
             r#"{"error":{"message":"the queue is full","code":"queue_full"}}"#,
             Some("2"),
         );
-        assert!(full.is_queue_full());
         assert_eq!(full.retry_after_s, Some(2));
+        assert_eq!(full.retry_in(1), Some(2));
+        assert_eq!(full.retry_in(QUEUE_TRIES - 1), Some(2));
+        assert_eq!(
+            full.retry_in(QUEUE_TRIES),
+            None,
+            "gives up after {QUEUE_TRIES} tries"
+        );
+        let silent = ApiFailure::new(429, "", Some("soon"));
+        assert_eq!(silent.retry_in(1), Some(2));
+        let slow = ApiFailure::new(429, "", Some("3600"));
+        assert_eq!(slow.retry_in(1), Some(60));
+        assert_eq!(f.retry_in(1), None, "a 400 is not tried again");
         let proxy = ApiFailure::new(502, "Bad Gateway", None);
         assert_eq!(proxy.user_message(), "The server answered 502: Bad Gateway");
     }

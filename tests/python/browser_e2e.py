@@ -163,11 +163,14 @@ def main(schnell: str, dist: str, artefacts: str) -> int:
         check("with its image, from the browser's storage", thumb == [256, 320], str(thumb))
         check("and its seed", "seed 7" in entry.find_element(By.CLASS_NAME, "history-meta").text)
         driver.save_screenshot(str(out / "e2e-after-reload.png"))
+        check("the form starts empty after a reload", by_id("prompt").get_attribute("value") == "")
+        entry.find_element(By.CLASS_NAME, "reuse").click()
+        form = [by_id(i).get_attribute("value") for i in ("prompt", "width", "height", "steps", "seed")]
+        check("an entry's settings go back into the form", form == [PROMPT, "256", "320", "2", "7"], str(form))
 
         # The server goes away: a plain message, no hang.
         serve.terminate()
         serve.wait(timeout=30)
-        by_id("prompt").send_keys(PROMPT)
         by_id("generate").click()
         wait.until(lambda d: by_id("error").is_displayed())
         error = by_id("error").text

@@ -16,16 +16,13 @@ use web_sys::{AbortController, AbortSignal, HtmlButtonElement, HtmlElement, Html
 
 use self::dom::{png_url, revoke, set_fraction, set_text, Ui};
 use self::store::HistoryStore;
-use super::api::{ApiFailure, Params, Readiness, StreamEvent, Tokenizers};
+use super::api::{ApiFailure, Params, Readiness, StreamEvent, Tokenizers, QUEUE_TRIES};
 use super::history::{History, HistoryEntry};
 use super::tokens::{TokenCounter, CLIP_LIMIT, T5_LIMIT};
 use crate::hub::{huggingface_files, HubFile};
 
 pub use self::net::read_sse;
 pub use self::store::HISTORY_CACHE;
-
-/// Tries on 429 before giving up; each waits what `Retry-After` says.
-const QUEUE_TRIES: u32 = 5;
 
 /// Starts the app on the page that holds its elements (`web/index.html`).
 pub fn start() {
@@ -58,6 +55,8 @@ struct App {
     /// The shown result's object URL, and the history's.
     result_url: RefCell<Option<String>>,
     history_urls: RefCell<Vec<String>>,
+    /// What the history list shows.
+    history: RefCell<History>,
 }
 
 fn listen(target: &web_sys::EventTarget, kind: &str, f: impl FnMut(web_sys::Event) + 'static) {
@@ -77,6 +76,7 @@ impl App {
             watching_readiness: Cell::new(false),
             result_url: RefCell::new(None),
             history_urls: RefCell::new(Vec::new()),
+            history: RefCell::new(History::default()),
         })
     }
 
@@ -101,6 +101,26 @@ impl App {
                 .unwrap_or(false);
             if sure {
                 spawn_local(app.clone().clear_history());
+            }
+        });
+        let app = self.clone();
+        listen(&self.ui.history, "click", move |event| {
+            let entry = event
+                .target()
+                .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+                .filter(|t| t.class_list().contains("reuse"))
+                .and_then(|t| t.closest("li").ok().flatten())
+                .and_then(|li| li.get_attribute("data-id"))
+                .and_then(|id| {
+                    app.history
+                        .borrow()
+                        .entries
+                        .iter()
+                        .find(|e| e.id == id)
+                        .cloned()
+                });
+            if let Some(entry) = entry {
+                app.reuse(&entry);
             }
         });
         self.update_counts();
@@ -325,8 +345,7 @@ impl App {
                 &net::text(&response).await,
                 retry_after.as_deref(),
             );
-            if failure.is_queue_full() && attempt < QUEUE_TRIES {
-                let wait = failure.retry_after_s.unwrap_or(2).clamp(1, 60);
+            if let Some(wait) = failure.retry_in(attempt) {
                 set_text(
                     &self.ui.progress_text,
                     &format!(
@@ -514,15 +533,26 @@ impl App {
             Ok::<_, String>(())
         };
         if let Err(e) = shown.await {
-            set_text(
-                &self.ui.history_note,
-                &format!("The history is unavailable: {e}"),
-            );
-            self.ui.history_note.set_hidden(false);
+            self.history_trouble(&format!("The history is unavailable: {e}"));
         }
     }
 
-    async fn render_history(self: &Rc<Self>, store: &HistoryStore, history: &History) {
+    fn history_trouble(&self, message: &str) {
+        set_text(&self.ui.history_note, message);
+        self.ui.history_note.set_hidden(false);
+    }
+
+    /// Reads every image first, then rebuilds the list in one go, so that two
+    /// renders racing (the first load and a new result) cannot interleave.
+    async fn render_history(&self, store: &HistoryStore, history: &History) {
+        let mut urls = Vec::with_capacity(history.entries.len());
+        for entry in &history.entries {
+            urls.push(match store.image(entry).await {
+                Ok(Some(blob)) => dom::blob_url(&blob).ok(),
+                _ => None,
+            });
+        }
+        *self.history.borrow_mut() = history.clone();
         let ui = &self.ui;
         for url in self.history_urls.take() {
             revoke(&url);
@@ -534,11 +564,7 @@ impl App {
         );
         ui.history_note.set_hidden(!history.entries.is_empty());
         ui.clear_history.set_hidden(history.entries.is_empty());
-        for entry in &history.entries {
-            let url = match store.image(entry).await {
-                Ok(Some(blob)) => dom::blob_url(&blob).ok(),
-                _ => None,
-            };
+        for (entry, url) in history.entries.iter().zip(urls) {
             let item: HtmlElement = ui.element("li");
             item.set_class_name("history-entry");
             let _ = item.set_attribute("data-id", &entry.id);
@@ -558,12 +584,11 @@ impl App {
                     entry.width, entry.height, entry.seed, entry.steps
                 ),
             );
+            // One listener on the list handles every entry's button (see `wire`).
             let reuse: HtmlButtonElement = ui.element("button");
             reuse.set_type("button");
+            reuse.set_class_name("reuse");
             set_text(&reuse, "Use these settings");
-            let app = self.clone();
-            let chosen = entry.clone();
-            listen(&reuse, "click", move |_| app.reuse(&chosen));
             let _ = item.append_child(&image);
             let _ = item.append_child(&caption);
             let _ = item.append_child(&meta);
@@ -601,11 +626,7 @@ impl App {
             Ok::<_, String>(())
         };
         if let Err(e) = cleared.await {
-            set_text(
-                &self.ui.history_note,
-                &format!("The history could not be cleared: {e}"),
-            );
-            self.ui.history_note.set_hidden(false);
+            self.history_trouble(&format!("The history could not be cleared: {e}"));
         }
     }
 }
