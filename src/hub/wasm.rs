@@ -327,7 +327,8 @@ pub(crate) async fn read_stream(
         buffer.resize(value.length() as usize, 0);
         value.copy_to(&mut buffer);
         if !each(&buffer) {
-            let _ = reader.cancel();
+            // Awaited, so that a refusal to cancel is handled, not left unhandled.
+            let _ = JsFuture::from(reader.cancel()).await;
             return Ok(());
         }
     }
