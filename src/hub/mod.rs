@@ -32,7 +32,9 @@ cfg_if::cfg_if! {
         pub use model::HubModel;
     } else {
         mod wasm;
-        pub(crate) use wasm::{js_message, read_stream};
+        pub(crate) use wasm::{
+            cache_put, delete_cache, is_quota_exceeded, js_message, open_cache, read_stream,
+        };
         pub use wasm::{huggingface_file, huggingface_files, FetchedFile, HubClient, HubClientBuilder};
     }
 }

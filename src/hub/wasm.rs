@@ -182,10 +182,7 @@ impl HubClient {
 
     /// Forgets every cached file. Returns whether there was a cache to delete.
     pub async fn clear_cache(&self) -> Result<bool, HubError> {
-        let deleted = JsFuture::from(caches()?.delete(&self.inner.cache_name))
-            .await
-            .map_err(|e| config(&e))?;
-        Ok(deleted.as_bool().unwrap_or(false))
+        delete_cache(&self.inner.cache_name).await
     }
 }
 
@@ -349,40 +346,62 @@ async fn store(
             let _ = headers.set(name, &value);
         }
     }
+    cache_put(cache, url, bytes, &headers).await.map_err(|e| {
+        if is_quota_exceeded(&e) {
+            HubError::StorageFull {
+                file: file.clone(),
+                reason: js_message(&e),
+            }
+        } else {
+            HubError::Transfer {
+                file: file.clone(),
+                attempts: 1,
+                reason: format!(
+                    "could not store it in the browser's cache: {}",
+                    js_message(&e)
+                ),
+            }
+        }
+    })
+}
+
+/// Puts `bytes` in `cache` under `url`, as a 200 response with `headers`, and
+/// waits for the browser to confirm it. The error is the browser's.
+pub(crate) async fn cache_put(
+    cache: &Cache,
+    url: &str,
+    bytes: &[u8],
+    headers: &Headers,
+) -> Result<(), JsValue> {
     let _ = headers.set("content-length", &bytes.len().to_string());
     let init = ResponseInit::new();
     init.set_status(200);
-    init.set_headers(&headers);
+    init.set_headers(headers);
     let mut copy = bytes.to_vec();
-    let response =
-        Response::new_with_opt_u8_array_and_init(Some(&mut copy), &init).map_err(|e| config(&e))?;
-    JsFuture::from(cache.put_with_str(url, &response))
-        .await
-        .map_err(|e| {
-            if js_name(&e).as_deref() == Some("QuotaExceededError") {
-                HubError::StorageFull {
-                    file: file.clone(),
-                    reason: js_message(&e),
-                }
-            } else {
-                HubError::Transfer {
-                    file: file.clone(),
-                    attempts: 1,
-                    reason: format!(
-                        "could not store it in the browser's cache: {}",
-                        js_message(&e)
-                    ),
-                }
-            }
-        })?;
+    let response = Response::new_with_opt_u8_array_and_init(Some(&mut copy), &init)?;
+    JsFuture::from(cache.put_with_str(url, &response)).await?;
     Ok(())
 }
 
-async fn open_cache(name: &str) -> Result<Cache, HubError> {
+/// The browser's storage for this origin is full.
+pub(crate) fn is_quota_exceeded(e: &JsValue) -> bool {
+    js_name(e).as_deref() == Some("QuotaExceededError")
+}
+
+/// A Cache API cache by name, made if missing.
+pub(crate) async fn open_cache(name: &str) -> Result<Cache, HubError> {
     let cache = JsFuture::from(caches()?.open(name))
         .await
         .map_err(|e| config(&e))?;
     Ok(cache.unchecked_into())
+}
+
+/// Deletes a Cache API cache; whether there was one.
+pub(crate) async fn delete_cache(name: &str) -> Result<bool, HubError> {
+    let deleted = JsFuture::from(caches()?.delete(name))
+        .await
+        .map_err(|e| config(&e))?;
+    Ok(deleted.as_bool().unwrap_or(false))
 }
 
 /// The window's, or a worker's, `caches`.

@@ -8,28 +8,15 @@ Screenshots land in the artefacts folder.
 """
 
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from harness import Checks, Schnell
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 PROMPT = "a red fox in the snow"
-
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""), flush=True)
-    passed, failed = passed + bool(ok), failed + (not ok)
-
-
-def first_url(proc):
-    line = proc.stdout.readline()
-    return next(w for w in line.split() if w.startswith("http://"))
 
 
 def browser():
@@ -46,150 +33,134 @@ def browser():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-def main(schnell: str, dist: str, artefacts: str) -> int:
+def drive(driver, check, url, broken_url, serve, out):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(driver, 120, poll_frequency=0.05)
+    by_id = lambda i: driver.find_element(By.ID, i)
+
+    # Readiness: the broken server's failure is shown, not a spinner forever.
+    driver.get(broken_url)
+    wait.until(lambda d: "failed" in by_id("status").get_attribute("class"))
+    status = by_id("status-text").text
+    check("a server whose model cannot load says so", "failed to load" in status, status)
+
+    # The real page: it waits for /readyz, then loads both tokenizers via /hub.
+    driver.get(url)
+    wait.until(lambda d: by_id("token-counts").text.startswith("CLIP"))
+    check("the readiness banner is gone once ready", not by_id("status").is_displayed())
+    check("the model's name is shown", by_id("model").text == "flux-schnell", by_id("model").text)
+
+    prompt = by_id("prompt")
+    prompt.send_keys("a red fox")
+    wait.until(lambda d: by_id("token-counts").text.startswith("CLIP 5/"))
+    counts = by_id("token-counts").text
+    check("live token counts for CLIP and T5", counts == "CLIP 5/77 · T5 4/256 tokens", counts)
+    check("nothing is marked as dropped", not by_id("dropped").is_displayed())
+
+    prompt.clear()
+    prompt.send_keys("a red fox " * 30)
+    wait.until(lambda d: by_id("dropped").is_displayed())
+    marked = by_id("dropped").find_element(By.TAG_NAME, "mark").text
+    check("words past CLIP's 77 tokens are marked",
+          marked.startswith("a red fox") and len(marked.split()) == 15, marked)
+    check("the count turns to a warning", "over" in by_id("token-counts").get_attribute("class"))
+
+    prompt.clear()
+    prompt.send_keys(PROMPT)
+    for field, value in (("width", "250"), ("height", "320"), ("steps", "2"), ("seed", "7")):
+        by_id(field).clear()
+        by_id(field).send_keys(value)
+    by_id("generate").click()
+    wait.until(lambda d: by_id("error").is_displayed())
+    error = by_id("error").text
+    check("a bad width is refused in the page, naming the field",
+          error.startswith("Width") and "nearest valid width is 256" in error, error)
+    check("the width field is marked", by_id("width").get_attribute("aria-invalid") == "true")
+
+    by_id("width").clear()
+    by_id("width").send_keys("256")
+    # Record every progress text and image source the page shows.
+    driver.execute_script("""
+        window.__seen = [];
+        const watch = (el, read) => new MutationObserver(() => window.__seen.push(read(el)))
+            .observe(el, {subtree: true, childList: true, characterData: true, attributes: true});
+        watch(document.getElementById('progress-text'), el => 'text:' + el.textContent);
+        watch(document.getElementById('image'), el => 'src:' + el.src.slice(0, 22));
+    """)
+    by_id("generate").click()
+    wait.until(lambda d: by_id("image").get_attribute("data-seed") == "7"
+               and d.execute_script("const i = document.getElementById('image');"
+                                    "return i.complete && i.naturalWidth > 0;"))
+    size = driver.execute_script(
+        "const i = document.getElementById('image'); return [i.naturalWidth, i.naturalHeight];")
+    check("the image shows at the requested size", size == [256, 320], str(size))
+    seen = driver.execute_script("return window.__seen;")
+    check("each step's progress was shown",
+          "text:Step 1 of 2" in seen and "text:Step 2 of 2" in seen, str(seen[:12]))
+    previews = [s for s in seen if s.startswith("src:data:image/png")]
+    final = [i for i, s in enumerate(seen) if s.startswith("src:blob:")]
+    check("previews came before the final image",
+          previews and final and seen.index(previews[0]) < final[-1], str(seen[:12]))
+    info = by_id("image-seed").text
+    check("the seed is shown", info.startswith("Seed 7 · 256×320"), info)
+    link = by_id("download")
+    check("a download link for the PNG",
+          link.get_attribute("download") == "schnell-7-256x320.png"
+          and link.get_attribute("href").startswith("blob:"), link.get_attribute("href"))
+    check("Generate is enabled again", by_id("generate").is_enabled())
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 1)
+    driver.save_screenshot(str(out / "e2e-result.png"))
+
+    driver.refresh()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 1
+               and d.execute_script("const i = document.querySelector('#history li img');"
+                                    "return i.complete && i.naturalWidth > 0;"))
+    entry = driver.find_element(By.CSS_SELECTOR, "#history li")
+    check("the history keeps it after a reload",
+          entry.find_element(By.CLASS_NAME, "history-prompt").text == PROMPT,
+          entry.text)
+    thumb = driver.execute_script(
+        "const i = document.querySelector('#history li img'); return [i.naturalWidth, i.naturalHeight];")
+    check("with its image, from the browser's storage", thumb == [256, 320], str(thumb))
+    check("and its seed", "seed 7" in entry.find_element(By.CLASS_NAME, "history-meta").text)
+    driver.save_screenshot(str(out / "e2e-after-reload.png"))
+    check("the form starts empty after a reload", by_id("prompt").get_attribute("value") == "")
+    entry.find_element(By.CLASS_NAME, "reuse").click()
+    form = [by_id(i).get_attribute("value") for i in ("prompt", "width", "height", "steps", "seed")]
+    check("an entry's settings go back into the form", form == [PROMPT, "256", "320", "2", "7"], str(form))
+
+    # The server goes away: a plain message, no hang.
+    serve.terminate()
+    serve.wait(timeout=30)
+    by_id("generate").click()
+    wait.until(lambda d: by_id("error").is_displayed())
+    error = by_id("error").text
+    check("a server that is down is named plainly", error.startswith("Cannot reach the schnell server"), error)
+    check("Generate is usable again after the failure", by_id("generate").is_enabled())
+    driver.save_screenshot(str(out / "e2e-server-down.png"))
+
+
+def main(schnell: str, dist: str, artefacts: str) -> int:
     out = Path(artefacts)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="schnell-e2e-"))
-    subprocess.run([schnell, "dev", "tiny-models", str(work / "models")], check=True, capture_output=True)
-    procs = []
-    driver = None
-
-    def start(*args, env=None):
-        proc = subprocess.Popen([schnell, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, env=env)
-        procs.append(proc)
-        return proc
-
-    try:
-        mirror = start("mirror", "--dir", str(work / "models"), "--addr", "127.0.0.1:0")
-        serve = start("serve", "--addr", "127.0.0.1:0", "--endpoint", first_url(mirror),
-                      "--cache-dir", str(work / "cache"), "--dist", dist)
-        url = first_url(serve)
+    check = Checks("browser end to end")
+    with Schnell(schnell) as run:
+        run.run("dev", "tiny-models", str(work / "models"), check=True)
+        _, mirror = run.serve_url("mirror", "--dir", str(work / "models"), "--addr", "127.0.0.1:0")
+        serve, url = run.serve_url("serve", "--addr", "127.0.0.1:0", "--endpoint", mirror,
+                                   "--cache-dir", str(work / "cache"), "--dist", dist)
         # A second server that cannot get its model: offline with an empty cache.
-        broken = start("serve", "--addr", "127.0.0.1:0", "--cache-dir", str(work / "empty"),
-                       "--dist", dist, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        broken_url = first_url(broken)
-
+        _, broken_url = run.serve_url("serve", "--addr", "127.0.0.1:0", "--cache-dir", str(work / "empty"),
+                                      "--dist", dist, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         driver = browser()
-        wait = WebDriverWait(driver, 120, poll_frequency=0.05)
-        by_id = lambda i: driver.find_element(By.ID, i)
-
-        # Readiness: the broken server's failure is shown, not a spinner forever.
-        driver.get(broken_url)
-        wait.until(lambda d: "failed" in by_id("status").get_attribute("class"))
-        status = by_id("status-text").text
-        check("a server whose model cannot load says so", "failed to load" in status, status)
-
-        # The real page: it waits for /readyz, then loads both tokenizers via /hub.
-        driver.get(url)
-        wait.until(lambda d: by_id("token-counts").text.startswith("CLIP"))
-        check("the readiness banner is gone once ready", not by_id("status").is_displayed())
-        check("the model's name is shown", by_id("model").text == "flux-schnell", by_id("model").text)
-
-        prompt = by_id("prompt")
-        prompt.send_keys("a red fox")
-        wait.until(lambda d: by_id("token-counts").text.startswith("CLIP 5/"))
-        counts = by_id("token-counts").text
-        check("live token counts for CLIP and T5", counts == "CLIP 5/77 · T5 4/256 tokens", counts)
-        check("nothing is marked as dropped", not by_id("dropped").is_displayed())
-
-        prompt.clear()
-        prompt.send_keys("a red fox " * 30)
-        wait.until(lambda d: by_id("dropped").is_displayed())
-        marked = by_id("dropped").find_element(By.TAG_NAME, "mark").text
-        check("words past CLIP's 77 tokens are marked",
-              marked.startswith("a red fox") and len(marked.split()) == 15, marked)
-        check("the count turns to a warning", "over" in by_id("token-counts").get_attribute("class"))
-
-        prompt.clear()
-        prompt.send_keys(PROMPT)
-        for field, value in (("width", "250"), ("height", "320"), ("steps", "2"), ("seed", "7")):
-            by_id(field).clear()
-            by_id(field).send_keys(value)
-        by_id("generate").click()
-        wait.until(lambda d: by_id("error").is_displayed())
-        error = by_id("error").text
-        check("a bad width is refused in the page, naming the field",
-              error.startswith("Width") and "nearest valid width is 256" in error, error)
-        check("the width field is marked", by_id("width").get_attribute("aria-invalid") == "true")
-
-        by_id("width").clear()
-        by_id("width").send_keys("256")
-        # Record every progress text and image source the page shows.
-        driver.execute_script("""
-            window.__seen = [];
-            const watch = (el, read) => new MutationObserver(() => window.__seen.push(read(el)))
-                .observe(el, {subtree: true, childList: true, characterData: true, attributes: true});
-            watch(document.getElementById('progress-text'), el => 'text:' + el.textContent);
-            watch(document.getElementById('image'), el => 'src:' + el.src.slice(0, 22));
-        """)
-        by_id("generate").click()
-        wait.until(lambda d: by_id("image").get_attribute("data-seed") == "7"
-                   and d.execute_script("const i = document.getElementById('image');"
-                                        "return i.complete && i.naturalWidth > 0;"))
-        size = driver.execute_script(
-            "const i = document.getElementById('image'); return [i.naturalWidth, i.naturalHeight];")
-        check("the image shows at the requested size", size == [256, 320], str(size))
-        seen = driver.execute_script("return window.__seen;")
-        check("each step's progress was shown",
-              "text:Step 1 of 2" in seen and "text:Step 2 of 2" in seen, str(seen[:12]))
-        previews = [s for s in seen if s.startswith("src:data:image/png")]
-        final = [i for i, s in enumerate(seen) if s.startswith("src:blob:")]
-        check("previews came before the final image",
-              previews and final and seen.index(previews[0]) < final[-1], str(seen[:12]))
-        info = by_id("image-seed").text
-        check("the seed is shown", info.startswith("Seed 7 · 256×320"), info)
-        link = by_id("download")
-        check("a download link for the PNG",
-              link.get_attribute("download") == "schnell-7-256x320.png"
-              and link.get_attribute("href").startswith("blob:"), link.get_attribute("href"))
-        check("Generate is enabled again", by_id("generate").is_enabled())
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 1)
-        driver.save_screenshot(str(out / "e2e-result.png"))
-
-        driver.refresh()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == 1
-                   and d.execute_script("const i = document.querySelector('#history li img');"
-                                        "return i.complete && i.naturalWidth > 0;"))
-        entry = driver.find_element(By.CSS_SELECTOR, "#history li")
-        check("the history keeps it after a reload",
-              entry.find_element(By.CLASS_NAME, "history-prompt").text == PROMPT,
-              entry.text)
-        thumb = driver.execute_script(
-            "const i = document.querySelector('#history li img'); return [i.naturalWidth, i.naturalHeight];")
-        check("with its image, from the browser's storage", thumb == [256, 320], str(thumb))
-        check("and its seed", "seed 7" in entry.find_element(By.CLASS_NAME, "history-meta").text)
-        driver.save_screenshot(str(out / "e2e-after-reload.png"))
-        check("the form starts empty after a reload", by_id("prompt").get_attribute("value") == "")
-        entry.find_element(By.CLASS_NAME, "reuse").click()
-        form = [by_id(i).get_attribute("value") for i in ("prompt", "width", "height", "steps", "seed")]
-        check("an entry's settings go back into the form", form == [PROMPT, "256", "320", "2", "7"], str(form))
-
-        # The server goes away: a plain message, no hang.
-        serve.terminate()
-        serve.wait(timeout=30)
-        by_id("generate").click()
-        wait.until(lambda d: by_id("error").is_displayed())
-        error = by_id("error").text
-        check("a server that is down is named plainly", error.startswith("Cannot reach the schnell server"), error)
-        check("Generate is usable again after the failure", by_id("generate").is_enabled())
-        driver.save_screenshot(str(out / "e2e-server-down.png"))
-    finally:
-        if driver is not None:
+        try:
+            drive(driver, check, url, broken_url, serve, out)
+        finally:
             driver.quit()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    print(f"{passed} passed, {failed} failed; screenshots in {out}")
-    return 1 if failed else 0
+    return check.summary(f"; screenshots in {out}")
 
 
 if __name__ == "__main__":

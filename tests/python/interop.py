@@ -7,10 +7,11 @@ Run by scripts/test.sh with the schnell binary's path:
 """
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from harness import Checks, Schnell
 
 
 def main(schnell: str) -> int:
@@ -20,14 +21,8 @@ def main(schnell: str) -> int:
     (repo / "sub" / "config.json").write_text('{"hidden_size": 8}\n')
     (repo / "model.safetensors").write_bytes(os.urandom(300_000))
 
-    mirror = subprocess.Popen(
-        [schnell, "mirror", "--dir", str(work / "mirror"), "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        endpoint = next(w for w in mirror.stdout.readline().split() if w.startswith("http://"))
+    with Schnell(schnell) as run:
+        _, endpoint = run.serve_url("mirror", "--dir", str(work / "mirror"), "--addr", "127.0.0.1:0")
         # huggingface_hub reads its endpoint and offline flag at import time.
         os.environ["HF_ENDPOINT"] = endpoint
         os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -35,33 +30,22 @@ def main(schnell: str) -> int:
         from huggingface_hub import hf_hub_download
 
         files = ["sub/config.json", "model.safetensors"]
-        passed = failed = 0
-
-        def check(name, ok, detail=""):
-            nonlocal passed, failed
-            print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-            passed, failed = passed + ok, failed + (not ok)
+        check = Checks("interop")
 
         # 1. Python writes, schnell reads offline (an unreachable endpoint too).
         py_cache = work / "py-cache"
         for f in files:
             hf_hub_download("acme/tiny", f, cache_dir=py_cache)
-        out = subprocess.run(
-            [schnell, "fetch", "--repo", "acme/tiny", "--file", *files],
+        out = run.run(
+            "fetch", "--repo", "acme/tiny", "--file", *files,
             env={**os.environ, "HF_HUB_CACHE": str(py_cache), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"},
-            capture_output=True,
-            text=True,
         )
         check("schnell reads a cache written by huggingface_hub", out.returncode == 0 and out.stdout.count("cached") == 2, out.stderr + out.stdout)
 
         # 2. schnell writes, Python reads without the network.
         rs_cache = work / "rs-cache"
-        out = subprocess.run(
-            [schnell, "fetch", "--repo", "acme/tiny", "--file", *files],
-            env={**os.environ, "HF_HUB_CACHE": str(rs_cache)},
-            capture_output=True,
-            text=True,
-        )
+        out = run.run("fetch", "--repo", "acme/tiny", "--file", *files,
+                      env={**os.environ, "HF_HUB_CACHE": str(rs_cache)})
         check("schnell fetch from the mirror", out.returncode == 0, out.stderr)
         for f in files:
             try:
@@ -83,10 +67,7 @@ def main(schnell: str) -> int:
         # Both wrote the same blob names (ETags) for the same content.
         names = lambda c: sorted(p.name for p in (c / "models--acme--tiny" / "blobs").iterdir())
         check("same blob names", names(py_cache) == names(rs_cache), f"{names(py_cache)} != {names(rs_cache)}")
-        print(f"interop: {passed} passed, {failed} failed")
-        return 1 if failed else 0
-    finally:
-        mirror.kill()
+        return check.summary()
 
 
 if __name__ == "__main__":

@@ -9,17 +9,13 @@ tiny-models`, served by `schnell mirror`; `schnell serve` fetches them from it.
 import base64
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-
-def first_url(proc):
-    line = proc.stdout.readline()
-    return next(w for w in line.split() if w.startswith("http://"))
+from harness import Checks, Schnell
 
 
 def main(schnell: str) -> int:
@@ -27,21 +23,11 @@ def main(schnell: str) -> int:
     from PIL import Image
 
     work = Path(tempfile.mkdtemp(prefix="schnell-openai-"))
-    subprocess.run([schnell, "dev", "tiny-models", str(work / "models")], check=True, capture_output=True)
-    procs = []
-    try:
-        mirror = subprocess.Popen(
-            [schnell, "mirror", "--dir", str(work / "models"), "--addr", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        procs.append(mirror)
-        serve = subprocess.Popen(
-            [schnell, "serve", "--addr", "127.0.0.1:0", "--endpoint", first_url(mirror),
-             "--cache-dir", str(work / "cache"), "--api-key", "sk-python"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        procs.append(serve)
-        url = first_url(serve)
+    with Schnell(schnell) as run:
+        run.run("dev", "tiny-models", str(work / "models"), check=True)
+        _, mirror = run.serve_url("mirror", "--dir", str(work / "models"), "--addr", "127.0.0.1:0")
+        _, url = run.serve_url("serve", "--addr", "127.0.0.1:0", "--endpoint", mirror,
+                               "--cache-dir", str(work / "cache"), "--api-key", "sk-python")
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -56,12 +42,7 @@ def main(schnell: str) -> int:
                 raise SystemExit("the server never became ready")
             time.sleep(0.1)
 
-        passed = failed = 0
-
-        def check(name, ok, detail=""):
-            nonlocal passed, failed
-            print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-            passed, failed = passed + ok, failed + (not ok)
+        check = Checks("openai client")
 
         client = OpenAI(base_url=f"{url}/v1", api_key="sk-python")
         result = client.images.generate(
@@ -91,11 +72,7 @@ def main(schnell: str) -> int:
         except Exception as e:  # noqa: BLE001 - the SDK's BadRequestError
             check("a bad size is refused", getattr(e, "status_code", None) == 400 and "1008" in str(e), repr(e))
 
-        print(f"openai client: {passed} passed, {failed} failed")
-        return 1 if failed else 0
-    finally:
-        for p in procs:
-            p.kill()
+        return check.summary()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ mod net;
 mod store;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use base64::Engine as _;
@@ -52,9 +53,9 @@ struct App {
     /// The generation under way, to cancel it.
     running: RefCell<Option<AbortController>>,
     watching_readiness: Cell<bool>,
-    /// The shown result's object URL, and the history's.
+    /// The shown result's object URL, and the history's by entry id.
     result_url: RefCell<Option<String>>,
-    history_urls: RefCell<Vec<String>>,
+    history_urls: RefCell<HashMap<String, String>>,
     /// What the history list shows.
     history: RefCell<History>,
 }
@@ -75,7 +76,7 @@ impl App {
             running: RefCell::new(None),
             watching_readiness: Cell::new(false),
             result_url: RefCell::new(None),
-            history_urls: RefCell::new(Vec::new()),
+            history_urls: RefCell::new(HashMap::new()),
             history: RefCell::new(History::default()),
         })
     }
@@ -471,16 +472,13 @@ impl App {
         let _ = ui.image.set_attribute("data-seed", &entry.seed.to_string());
         ui.download.set_href(&url);
         ui.download.set_download(&entry.file_name());
-        let info = ui.doc.get_element_by_id("image-seed");
-        if let Some(info) = info {
-            set_text(
-                &info,
-                &format!(
-                    "Seed {} · {}×{} · {} steps",
-                    entry.seed, entry.width, entry.height, entry.steps
-                ),
-            );
-        }
+        set_text(
+            &ui.image_seed,
+            &format!(
+                "Seed {} · {}×{} · {} steps",
+                entry.seed, entry.width, entry.height, entry.steps
+            ),
+        );
         ui.image_info.set_hidden(false);
         if let Some(old) = self.result_url.replace(Some(url)) {
             revoke(&old);
@@ -542,21 +540,37 @@ impl App {
         self.ui.history_note.set_hidden(false);
     }
 
-    /// Reads every image first, then rebuilds the list in one go, so that two
-    /// renders racing (the first load and a new result) cannot interleave.
+    /// Reads the images not shown yet (an image is read once, not on every
+    /// render), then rebuilds the list in one go, so that two renders racing
+    /// (the first load and a new result) cannot interleave.
     async fn render_history(&self, store: &HistoryStore, history: &History) {
-        let mut urls = Vec::with_capacity(history.entries.len());
+        let mut read = Vec::new();
         for entry in &history.entries {
-            urls.push(match store.image(entry).await {
-                Ok(Some(blob)) => dom::blob_url(&blob).ok(),
-                _ => None,
-            });
+            if self.history_urls.borrow().contains_key(&entry.id) {
+                continue;
+            }
+            if let Ok(Some(blob)) = store.image(entry).await {
+                if let Ok(url) = dom::blob_url(&blob) {
+                    read.push((entry.id.clone(), url));
+                }
+            }
         }
         *self.history.borrow_mut() = history.clone();
-        let ui = &self.ui;
-        for url in self.history_urls.take() {
-            revoke(&url);
+        let mut urls = self.history_urls.borrow_mut();
+        for (id, url) in read {
+            // A racing render may have read it too: keep one.
+            if let Some(duplicate) = urls.insert(id, url) {
+                revoke(&duplicate);
+            }
         }
+        urls.retain(|id, url| {
+            let kept = history.entries.iter().any(|e| &e.id == id);
+            if !kept {
+                revoke(url);
+            }
+            kept
+        });
+        let ui = &self.ui;
         ui.history.set_text_content(None);
         set_text(
             &ui.history_note,
@@ -564,7 +578,7 @@ impl App {
         );
         ui.history_note.set_hidden(!history.entries.is_empty());
         ui.clear_history.set_hidden(history.entries.is_empty());
-        for (entry, url) in history.entries.iter().zip(urls) {
+        for entry in &history.entries {
             let item: HtmlElement = ui.element("li");
             item.set_class_name("history-entry");
             let _ = item.set_attribute("data-id", &entry.id);
@@ -592,14 +606,13 @@ impl App {
             let _ = item.append_child(&image);
             let _ = item.append_child(&caption);
             let _ = item.append_child(&meta);
-            if let Some(url) = url {
-                image.set_src(&url);
+            if let Some(url) = urls.get(&entry.id) {
+                image.set_src(url);
                 let link: web_sys::HtmlAnchorElement = ui.element("a");
-                link.set_href(&url);
+                link.set_href(url);
                 link.set_download(&entry.file_name());
                 set_text(&link, "Download");
                 let _ = item.append_child(&link);
-                self.history_urls.borrow_mut().push(url);
             }
             let _ = item.append_child(&reuse);
             let _ = ui.history.append_child(&item);

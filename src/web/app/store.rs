@@ -5,10 +5,10 @@
 use js_sys::Uint8Array;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, Cache, Headers, Response, ResponseInit};
+use web_sys::{Blob, Cache, Headers, Response};
 
-use super::net::{origin, window};
-use crate::hub::js_message;
+use super::net::origin;
+use crate::hub::{cache_put, delete_cache, is_quota_exceeded, js_message, open_cache};
 use crate::web::history::{History, HistoryEntry};
 
 pub const HISTORY_CACHE: &str = "schnell-history-v1";
@@ -24,17 +24,8 @@ fn failed(what: &str) -> impl Fn(JsValue) -> String + '_ {
 
 impl HistoryStore {
     pub async fn open() -> Result<Self, String> {
-        let caches = window().caches().map_err(|e| {
-            format!(
-                "the history needs the Cache API, which browsers give only to https or localhost pages: {}",
-                js_message(&e)
-            )
-        })?;
-        let cache = JsFuture::from(caches.open(HISTORY_CACHE))
-            .await
-            .map_err(failed("open the history"))?;
         Ok(Self {
-            cache: cache.unchecked_into(),
+            cache: open_cache(HISTORY_CACHE).await.map_err(|e| e.to_string())?,
             base: format!("{}/__schnell/history", origin()),
         })
     }
@@ -53,24 +44,19 @@ impl HistoryStore {
     async fn put(&self, name: &str, bytes: &[u8], content_type: &str) -> Result<(), String> {
         let headers = Headers::new().map_err(failed("store the history"))?;
         let _ = headers.set("content-type", content_type);
-        let init = ResponseInit::new();
-        init.set_status(200);
-        init.set_headers(&headers);
-        let mut copy = bytes.to_vec();
-        let response = Response::new_with_opt_u8_array_and_init(Some(&mut copy), &init)
-            .map_err(failed("store the history"))?;
-        JsFuture::from(self.cache.put_with_str(&self.url(name), &response))
+        cache_put(&self.cache, &self.url(name), bytes, &headers)
             .await
             .map_err(|e| {
-                let message = js_message(&e);
-                if message.starts_with("QuotaExceededError") {
+                if is_quota_exceeded(&e) {
                     "the browser's storage for this site is full: clear the history to make room"
                         .into()
                 } else {
-                    format!("could not store the image in the history: {message}")
+                    format!(
+                        "could not store the image in the history: {}",
+                        js_message(&e)
+                    )
                 }
-            })?;
-        Ok(())
+            })
     }
 
     /// The index; empty when nothing was stored yet.
@@ -120,15 +106,9 @@ impl HistoryStore {
 
     /// Forgets every entry and image.
     pub async fn clear(&self) -> Result<(), String> {
-        let keys = JsFuture::from(self.cache.keys())
+        delete_cache(HISTORY_CACHE)
             .await
-            .map_err(failed("clear the history"))?;
-        for request in js_sys::Array::from(&keys).iter() {
-            let request: web_sys::Request = request.unchecked_into();
-            JsFuture::from(self.cache.delete_with_request(&request))
-                .await
-                .map_err(failed("clear the history"))?;
-        }
-        Ok(())
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
