@@ -102,42 +102,22 @@ async fn progress_events_count_every_byte() {
     ));
 }
 
-#[wasm_bindgen_test]
-async fn a_404_names_the_repo_and_file() {
-    let (client, _) = client("test-404").await;
-    let err = client
-        .file(&HubFile::new("acme/tiny", "missing.json"))
-        .await
-        .unwrap_err();
+/// The error for `repo`/`path` is a 404 of this kind, naming both.
+async fn assert_not_found(client: &HubClient, repo: &str, path: &str, expected: NotFoundKind) {
+    let err = client.file(&HubFile::new(repo, path)).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            HubError::NotFound {
-                kind: NotFoundKind::Entry,
-                ..
-            }
-        ),
+        matches!(err, HubError::NotFound { kind, .. } if kind == expected),
         "{err}"
     );
     let msg = err.to_string();
-    assert!(
-        msg.contains("missing.json") && msg.contains("acme/tiny"),
-        "{msg}"
-    );
-    let err = client
-        .file(&HubFile::new("acme/none", "config.json"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            HubError::NotFound {
-                kind: NotFoundKind::Repo,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(msg.contains(path) && msg.contains(repo), "{msg}");
+}
+
+#[wasm_bindgen_test]
+async fn a_404_names_the_repo_and_file() {
+    let (client, _) = client("test-404").await;
+    assert_not_found(&client, "acme/tiny", "missing.json", NotFoundKind::Entry).await;
+    assert_not_found(&client, "acme/none", "config.json", NotFoundKind::Repo).await;
 }
 
 #[wasm_bindgen_test]
