@@ -12,19 +12,18 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use schnell::flux::tiny::{write_models, ModelSizes};
-use schnell::flux::{EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Timings};
+use schnell::dev::{write_models, Size, WriteOptions};
+use schnell::flux::{
+    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Quant, QuantChoice, Timings,
+};
 use schnell::hub::HubClientBuilder;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes = if full {
-        ModelSizes::bench()
-    } else {
-        ModelSizes::tiny()
-    };
+    let size = if full { Size::Bench } else { Size::Tiny };
     if let Some(dir) = std::env::var_os("SCHNELL_BENCH_WRITE_MODELS") {
-        write_models(std::path::Path::new(&dir), &sizes).unwrap();
+        let options = WriteOptions::for_size(size, Some(vec![Quant::None]));
+        write_models(std::path::Path::new(&dir), &options).unwrap();
         return;
     }
     let sides: &[u32] = if full { &[256, 512, 1024] } else { &[256] };
@@ -47,7 +46,13 @@ fn main() {
             .endpoint(&hub.endpoint)
             .build()
             .unwrap();
-        let engine = FluxSchnell::new(client, EngineOptions::default());
+        let engine = FluxSchnell::new(
+            client,
+            EngineOptions {
+                quant: QuantChoice::Fixed(Quant::None),
+                ..Default::default()
+            },
+        );
         engine.prepare().await.unwrap();
         let mut results = Vec::new();
         for &side in sides {
@@ -73,7 +78,7 @@ fn main() {
     });
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("model: {sizes:?}");
+    println!("model: {:?}", WriteOptions::for_size(size, None).sizes);
     println!(
         "threads: {}",
         std::thread::available_parallelism().map_or(1, |n| n.get())

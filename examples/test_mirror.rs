@@ -15,7 +15,7 @@ fn main() {
     support::write_random(&repo.join("tokenizer/tokenizer.json"), 40_000, 1);
     support::write_random(&repo.join("model.safetensors"), 300_000, 2);
     // The tiny models' tokenizers, for token counting in the browser.
-    schnell::flux::tiny::write_tiny_models(&dir).unwrap();
+    schnell::dev::write_tiny_models(&dir).unwrap();
     let hub = support::TestHub::start(&dir);
     println!("{}", hub.endpoint);
     loop {

@@ -12,6 +12,8 @@ pub mod web;
 
 cfg_if::cfg_if! {
     if #[cfg(not(target_arch = "wasm32"))] {
+        #[doc(hidden)]
+        pub mod dev;
         pub mod flux;
         pub mod mirror;
         pub mod server;

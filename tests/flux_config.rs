@@ -119,8 +119,8 @@ fn a_bad_config_names_the_file_and_field() {
 fn tiny_models_are_the_same_every_time() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let files_a = schnell::flux::tiny::write_tiny_models(a.path()).unwrap();
-    schnell::flux::tiny::write_tiny_models(b.path()).unwrap();
+    let files_a = schnell::dev::write_tiny_models(a.path()).unwrap();
+    schnell::dev::write_tiny_models(b.path()).unwrap();
     assert!(files_a.len() >= 20, "{} files", files_a.len());
     for f in files_a {
         let rel = f.strip_prefix(a.path()).unwrap();

@@ -51,9 +51,21 @@ async fn readiness_reports_real_download_progress_and_health_stays_quick() {
             status["bytes_done"].as_u64().unwrap(),
             status["bytes_total"].as_u64().unwrap(),
         );
-        if status["phase"] == "downloading" && done > 0 && done < total {
+        // The configs arrive first (auto plans from them), so a file midway
+        // is what shows the batch downloading.
+        let files = status["files"].as_object().unwrap();
+        let midway = files.values().any(|f| {
+            let (d, t) = (f["done"].as_u64().unwrap(), f["total"].as_u64().unwrap());
+            d > 0 && d < t
+        });
+        if status["phase"] == "downloading" && midway {
             saw_partial = true;
-            assert!(status["files"].as_object().unwrap().len() >= 10, "{status}");
+            assert!(done < total, "{status}");
+            assert!(files.len() >= 10, "{status}");
+            // What auto picked, and why, is reported from the start.
+            assert_eq!(status["weights"]["transformer"], "none", "{status}");
+            let reason = status["weights"]["reason"].as_str().unwrap();
+            assert!(reason.contains("available RAM"), "{reason}");
         }
         assert!(Instant::now() < deadline, "never ready: {status}");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -44,6 +44,14 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
         .steps(args.steps);
     request.seed = args.seed;
 
+    request.validate()?;
+    // What runs, and why: auto's pick depends on free memory and the size.
+    let plan = engine
+        .plan(args.width, args.height)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    bars.println(format!("weights: {}", plan.reason));
+
     let steps = bars.add(ProgressBar::new(args.steps as u64));
     steps.set_style(
         ProgressStyle::with_template("{msg:40!} {bar:30} {pos}/{len} steps {elapsed}")

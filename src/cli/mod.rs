@@ -11,7 +11,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use schnell::flux::{parse_dtype, DeviceChoice, EngineOptions, ModelDescription, TextEncoders};
+use schnell::flux::{
+    parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, ModelDescription, QuantChoice, T5Quant,
+    TextEncoders,
+};
+use schnell::dev::{Size, WriteOptions};
+use schnell::flux::Quant;
 use schnell::hub::{HubClient, HubClientBuilder, HubFile};
 use schnell::mirror::Mirror;
 
@@ -43,8 +48,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DevCommand {
-    /// Write tiny random-weight models (real file and tensor names, toy sizes;
-    /// their images are noise) for `schnell mirror --dir DIR`.
+    /// Write random-weight models (real file names, tensor names, dtypes and
+    /// configs; their images are noise) for `schnell mirror --dir DIR`.
+    RandomModels {
+        /// Folder to write `<org>/<name>/<path>` into.
+        dir: PathBuf,
+        /// tiny (toy, for tests), bench (mid-size) or real (the real
+        /// architecture: gigabytes per file).
+        #[arg(long, default_value = "tiny")]
+        size: Size,
+        /// The transformer's types, comma-separated (none = safetensors).
+        /// Default: all of them, but for `real` only q4_0. T5 gets the
+        /// nearest type to each.
+        #[arg(long, value_delimiter = ',')]
+        quant: Option<Vec<Quant>>,
+        /// More T5 types to write, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        t5_quant: Vec<T5Quant>,
+    },
+    /// The same as `random-models --size tiny`.
     TinyModels {
         /// Folder to write `<org>/<name>/<path>` into.
         dir: PathBuf,
@@ -96,6 +118,19 @@ struct EngineArgs {
     /// Load T5, encode, free it, then load the transformer, on every image.
     #[arg(long)]
     low_memory: bool,
+    /// The transformer's weights: auto (the largest that fits free memory),
+    /// none (safetensors), or a GGUF type: q8_0, q6_k, q5_k_s, q5_1, q5_0,
+    /// q4_1, q4_k_s, q4_0, q3_k_s, q2_k.
+    #[arg(long, default_value_t = QuantChoice::Auto)]
+    quant: QuantChoice,
+    /// T5's weights: none (safetensors) or q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m,
+    /// q4_k_s, q3_k_l, q3_k_m, q3_k_s (default: the nearest to --quant's).
+    #[arg(long)]
+    t5_quant: Option<T5Quant>,
+    /// Plan --quant auto for this much memory (e.g. 12GB, 16GiB) instead of
+    /// what the device has free.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
 }
 
 impl EngineArgs {
@@ -105,18 +140,51 @@ impl EngineArgs {
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
             text_encoders: self.text_encoders,
             low_memory: self.low_memory,
+            quant: self.quant,
+            t5_quant: self.t5_quant,
+            memory_budget: self.memory_budget,
         })
     }
 }
 
+/// `12GB`, `16GiB`, `800MB` or plain bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use e.g. 12GB or 16GiB"))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use B, KB, MB, GB, GiB…")),
+    };
+    if number < 0.0 || !number.is_finite() {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((number * scale) as u64)
+}
+
 #[derive(Args)]
 struct FetchArgs {
-    /// Every file of a model: `flux-schnell`.
+    /// Every file of a model: `flux-schnell`, as `generate` or `serve` with
+    /// the same flags would run it (--quant auto plans for 1024×1024).
     #[arg(long, conflicts_with_all = ["repo", "files"])]
     model: Option<String>,
-    /// With --model: which text encoders.
-    #[arg(long, default_value_t = TextEncoders::FluxRepo)]
-    text_encoders: TextEncoders,
+    /// With --model: what `generate` or `serve` would run.
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Repository, `org/name`, for ad-hoc files.
     #[arg(long, requires = "files")]
     repo: Option<String>,
@@ -167,7 +235,23 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Mirror(args) => mirror(args).await,
-            Command::Dev(DevCommand::TinyModels { dir }) => tiny_models(dir).await,
+            Command::Dev(DevCommand::TinyModels { dir }) => {
+                random_models(dir, WriteOptions::for_size(Size::Tiny, None)).await
+            }
+            Command::Dev(DevCommand::RandomModels {
+                dir,
+                size,
+                quant,
+                t5_quant,
+            }) => {
+                let mut options = WriteOptions::for_size(size, quant);
+                for q in t5_quant {
+                    if !options.t5_quants.contains(&q) {
+                        options.t5_quants.push(q);
+                    }
+                }
+                random_models(dir, options).await
+            }
         }
     });
     match result {
@@ -180,11 +264,23 @@ pub fn main() -> ExitCode {
 }
 
 async fn fetch(args: FetchArgs) -> Result<()> {
+    let bars = progress::DownloadBars::new();
     let files: Vec<HubFile> = match (&args.model, &args.repo) {
         (Some(name), _) => {
             let model = ModelDescription::find(name)
                 .with_context(|| format!("unknown model {name:?}: try flux-schnell"))?;
-            model.files(args.text_encoders).all()
+            let engine = FluxSchnell::for_model(
+                model,
+                args.hub.client(&bars)?,
+                args.engine.options()?,
+            );
+            let plan = engine
+                .plan(schnell::flux::PLANNED_SIDE, schnell::flux::PLANNED_SIDE)
+                .await?;
+            bars.println(format!("weights: {}", plan.reason));
+            model
+                .files(args.engine.text_encoders, plan.transformer, plan.t5)
+                .all()
         }
         (None, Some(repo)) => args
             .files
@@ -193,7 +289,6 @@ async fn fetch(args: FetchArgs) -> Result<()> {
             .collect(),
         (None, None) => bail!("say what to fetch: --model flux-schnell, or --repo R --file F…"),
     };
-    let bars = progress::DownloadBars::new();
     let client = args.hub.client(&bars)?;
     let fetched = client.files(&files).await;
     bars.finish();
@@ -236,14 +331,20 @@ async fn mirror(args: MirrorArgs) -> Result<()> {
     .with_context(|| format!("mirror on {}", args.addr))
 }
 
-async fn tiny_models(dir: PathBuf) -> Result<()> {
+async fn random_models(dir: PathBuf, options: WriteOptions) -> Result<()> {
     let target = dir.clone();
-    let written =
-        tokio::task::spawn_blocking(move || schnell::flux::tiny::write_tiny_models(&target))
-            .await?
-            .map_err(|e| anyhow::anyhow!("writing tiny models into {}: {e}", dir.display()))?;
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("writing random-weight models into {}", dir.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let written = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&target)?;
+        schnell::dev::write_models(&target, &options)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("writing random models into {}: {e}", dir.display()))?;
+    spinner.finish_and_clear();
     println!(
-        "wrote {} files of tiny random-weight models into {} (their images are noise)",
+        "wrote {} files of random-weight models into {} (their images are noise)",
         written.len(),
         dir.display()
     );

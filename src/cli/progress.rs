@@ -49,8 +49,14 @@ impl DownloadBars {
     }
 
     /// Prints above the bars.
+    /// A line above the bars; on stderr as it is when there are no bars
+    /// (not a terminal), where indicatif would drop it.
     pub fn println(&self, line: String) {
-        let _ = self.multi.println(line);
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
     }
 
     pub fn on(&self, event: HubEvent) {

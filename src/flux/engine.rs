@@ -15,9 +15,12 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
+use super::config::{self, ConfigSource};
 use super::device::DeviceChoice;
 use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
+use super::memory::{self, MemoryBudget, ModelSize, Workload};
+use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::pipeline;
 use super::request::{Component, GenerateEvent, GenerateRequest};
 use super::weights::Named;
@@ -34,7 +37,17 @@ pub struct EngineOptions {
     /// Keep only CLIP and the VAE resident; load T5, encode, free it, then
     /// load the transformer, on every request.
     pub low_memory: bool,
+    /// The transformer's weights: `auto` (the default) picks the largest
+    /// that fits the device's memory.
+    pub quant: QuantChoice,
+    /// T5's weights; by default the type nearest the transformer's.
+    pub t5_quant: Option<T5Quant>,
+    /// Plan `auto` for this many bytes instead of measuring free memory.
+    pub memory_budget: Option<u64>,
 }
+
+/// The image size `auto` plans for when no request has come yet (`prepare`).
+pub const PLANNED_SIDE: u32 = 1024;
 
 /// Where loading stands, for readiness reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -61,6 +74,8 @@ pub struct EngineStatus {
     /// Keyed `repo/path`.
     pub files: BTreeMap<String, FileProgress>,
     pub error: Option<String>,
+    /// The weights chosen, and why; once the plan is made.
+    pub weights: Option<QuantPlan>,
 }
 
 /// Counters, for tests and metrics.
@@ -82,9 +97,11 @@ pub struct FluxSchnell {
 
 struct Inner {
     hub: HubClient,
-    files: ModelFiles,
+    model: &'static ModelDescription,
+    options: EngineOptions,
     jobs: std_mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    plan: OnceCell<QuantPlan>,
     local: OnceCell<Arc<LocalFiles>>,
 }
 
@@ -173,12 +190,17 @@ impl FluxSchnell {
         Self::for_model(&FLUX_SCHNELL, hub, options)
     }
 
-    pub fn for_model(model: &ModelDescription, hub: HubClient, options: EngineOptions) -> Self {
+    pub fn for_model(
+        model: &'static ModelDescription,
+        hub: HubClient,
+        options: EngineOptions,
+    ) -> Self {
         let shared = Arc::new(Shared {
             status: Mutex::new(EngineStatus {
                 phase: Phase::Idle,
                 files: BTreeMap::new(),
                 error: None,
+                weights: None,
             }),
             stats: EngineStats::default(),
         });
@@ -192,17 +214,106 @@ impl FluxSchnell {
         Self {
             inner: Arc::new(Inner {
                 hub,
-                files: model.files(options.text_encoders),
+                model,
+                options,
                 jobs,
                 shared,
+                plan: OnceCell::new(),
                 local: OnceCell::new(),
             }),
         }
     }
 
-    /// Every Hub file this engine needs.
-    pub fn files(&self) -> &ModelFiles {
-        &self.inner.files
+    /// The tokenizer files (T5's, CLIP's): the same whatever the weights.
+    pub fn tokenizer_files(&self) -> (HubFile, HubFile) {
+        let files = self.safetensors_files();
+        (files.t5_tokenizer, files.clip_tokenizer)
+    }
+
+    /// Every repository this engine may fetch from.
+    pub fn repos(&self) -> Vec<String> {
+        self.inner.model.repos(self.inner.options.text_encoders)
+    }
+
+    fn safetensors_files(&self) -> ModelFiles {
+        self.inner
+            .model
+            .files(self.inner.options.text_encoders, Quant::None, T5Quant::None)
+    }
+
+    /// Which weights to run, decided once: as `quant` says, or for `auto`
+    /// the largest that fits the device's memory at `width`×`height`. Fetches
+    /// the (small) config files first: the estimate is computed from them.
+    pub async fn plan(&self, width: u32, height: u32) -> Result<QuantPlan, Arc<FluxError>> {
+        let shared = &self.inner.shared;
+        let plan = self
+            .inner
+            .plan
+            .get_or_try_init(|| self.make_plan(width, height))
+            .await
+            .map_err(|e| {
+                shared.set_phase(Phase::Failed, Some(e.to_string()));
+                Arc::new(e)
+            })?;
+        shared.status.lock().expect("not poisoned").weights = Some(plan.clone());
+        Ok(plan.clone())
+    }
+
+    async fn make_plan(&self, width: u32, height: u32) -> Result<QuantPlan, FluxError> {
+        let options = &self.inner.options;
+        let configs = self.safetensors_files();
+        let wanted = [
+            configs.transformer_config,
+            configs.t5_config,
+            configs.clip_config,
+            configs.vae_config,
+        ];
+        let fetched = ModelHub(self.inner.hub.clone())
+            .huggingface_files(&wanted)
+            .await?;
+        let mut json = Vec::new();
+        for f in &fetched {
+            json.push((ConfigSource(f.file.to_string()), f.bytes().await?));
+        }
+        let size = ModelSize::of(
+            &config::flux_config(&json[0].0, &json[0].1)?,
+            &config::t5_config(&json[1].0, &json[1].1)?,
+            &config::clip_text_config(&json[2].0, &json[2].1)?,
+            &config::vae_config(&json[3].0, &json[3].1)?,
+        );
+        let work = Workload {
+            dtype: options
+                .dtype
+                .unwrap_or_else(|| options.device.default_dtype()),
+            width,
+            height,
+            low_memory: options.low_memory,
+        };
+        let plan = match options.quant {
+            QuantChoice::Fixed(quant) => memory::fixed(&size, &work, quant, options.t5_quant),
+            QuantChoice::Auto => {
+                let budget = match options.memory_budget {
+                    Some(bytes) => MemoryBudget {
+                        bytes,
+                        source: "--memory-budget".into(),
+                    },
+                    None => {
+                        let device = options.device;
+                        tokio::task::spawn_blocking(move || MemoryBudget::measure(device))
+                            .await
+                            .map_err(|e| FluxError::Device(e.to_string()))??
+                    }
+                };
+                memory::choose(&size, &work, &budget, options.t5_quant)?
+            }
+        };
+        tracing::info!(
+            transformer = %plan.transformer,
+            t5 = %plan.t5,
+            reason = %plan.reason,
+            "weights chosen"
+        );
+        Ok(plan)
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -220,7 +331,9 @@ impl FluxSchnell {
 
     /// Downloads every file (once) and loads the models (once).
     pub async fn prepare(&self) -> Result<(), Arc<FluxError>> {
-        let local = self.local_files(None).await.map_err(Arc::new)?;
+        let local = self
+            .local_files(None, (PLANNED_SIDE, PLANNED_SIDE))
+            .await?;
         let (reply, answer) = oneshot::channel();
         self.inner
             .jobs
@@ -245,10 +358,11 @@ impl FluxSchnell {
                 let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
                 return;
             }
-            let local = match this.local_files(Some(&events)).await {
+            let size = (request.width, request.height);
+            let local = match this.local_files(Some(&events), size).await {
                 Ok(local) => local,
-                Err(e) => {
-                    let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                Err(error) => {
+                    let _ = events.send(GenerateEvent::Failed { error });
                     return;
                 }
             };
@@ -266,14 +380,22 @@ impl FluxSchnell {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
     }
 
-    /// The local copies of every file, fetched concurrently the first time.
+    /// The local copies of every file, fetched concurrently the first time,
+    /// once the plan (made for `size` if not yet made) has chosen them.
     async fn local_files(
         &self,
         events: Option<&mpsc::UnboundedSender<GenerateEvent>>,
-    ) -> Result<Arc<LocalFiles>, FluxError> {
+        size: (u32, u32),
+    ) -> Result<Arc<LocalFiles>, Arc<FluxError>> {
         if let Some(local) = self.inner.local.get() {
             return Ok(local.clone());
         }
+        let plan = self.plan(size.0, size.1).await?;
+        let files = self.inner.model.files(
+            self.inner.options.text_encoders,
+            plan.transformer,
+            plan.t5,
+        );
         let shared = self.inner.shared.clone();
         let forward = events.cloned();
         let hub = self.inner.hub.with_events(Arc::new(move |event: HubEvent| {
@@ -289,7 +411,7 @@ impl FluxSchnell {
         ) {
             shared.set_phase(Phase::Downloading, None);
         }
-        let result = fetch_local(&ModelHub(hub), &self.inner.files).await;
+        let result = fetch_local(&ModelHub(hub), &files).await;
         match result {
             Ok(local) => {
                 // A concurrent first request may have set it already: same files.
@@ -299,7 +421,7 @@ impl FluxSchnell {
             }
             Err(e) => {
                 shared.set_phase(Phase::Failed, Some(e.to_string()));
-                Err(e)
+                Err(Arc::new(e))
             }
         }
     }
@@ -377,6 +499,8 @@ async fn fetch_local(model: &impl HubModel, files: &ModelFiles) -> Result<LocalF
         clip_config: named(&files.clip_config),
         clip_weights: named(&files.clip_weights),
         clip_tokenizer: named(&files.clip_tokenizer),
+        quant: files.quant,
+        t5_quant: files.t5_quant,
     })
 }
 

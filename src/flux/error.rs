@@ -25,6 +25,9 @@ pub enum FluxError {
     #[error("dtype: {0}")]
     Dtype(String),
 
+    #[error("memory: {0}")]
+    Memory(String),
+
     #[error("{stage} failed: {reason}")]
     Compute { stage: &'static str, reason: String },
 

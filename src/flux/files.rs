@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::quant::{Quant, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
 use crate::hub::HubFile;
 
 /// The FLUX repository; gated since 2025 (accept the licence, set `HF_TOKEN`).
@@ -77,8 +78,34 @@ impl ModelDescription {
             .find(|m| m.id == name || m.key == name)
     }
 
-    /// Every file the model needs, to be fetched in one concurrent batch.
-    pub fn files(&self, encoders: TextEncoders) -> ModelFiles {
+    /// Every file the model needs, to be fetched in one concurrent batch:
+    /// the safetensors of the `encoders` set, with the transformer and T5
+    /// from city96's GGUF files where `quant` and `t5_quant` say so.
+    pub fn files(&self, encoders: TextEncoders, quant: Quant, t5_quant: T5Quant) -> ModelFiles {
+        let mut files = self.safetensors_files(encoders);
+        if let Some(gguf) = quant.file() {
+            files.transformer = gguf;
+        }
+        if let Some(gguf) = t5_quant.file() {
+            // The config (and so the shapes) stays the encoders set's.
+            files.t5_index = None;
+            files.t5_weights = vec![gguf];
+        }
+        files.quant = quant;
+        files.t5_quant = t5_quant;
+        files
+    }
+
+    /// Every repository the model may fetch from, whatever the types.
+    pub fn repos(&self, encoders: TextEncoders) -> Vec<String> {
+        let mut repos = self.safetensors_files(encoders).repos();
+        repos.extend([FLUX_GGUF_REPO.to_string(), T5_GGUF_REPO.to_string()]);
+        repos.sort();
+        repos.dedup();
+        repos
+    }
+
+    fn safetensors_files(&self, encoders: TextEncoders) -> ModelFiles {
         let flux = |path: &str| HubFile::new(FLUX_REPO, path);
         let common = (
             flux("flux1-schnell.safetensors"),
@@ -105,6 +132,8 @@ impl ModelDescription {
                 clip_weights: flux("text_encoder/model.safetensors"),
                 // The FLUX repo has vocab.json and merges.txt, not tokenizer.json.
                 clip_tokenizer: HubFile::new(CLIP_REPO, "tokenizer.json"),
+                quant: Quant::None,
+                t5_quant: T5Quant::None,
             },
             TextEncoders::Original => ModelFiles {
                 transformer: common.0,
@@ -120,6 +149,8 @@ impl ModelDescription {
                 clip_config: HubFile::new(CLIP_REPO, "config.json"),
                 clip_weights: HubFile::new(CLIP_REPO, "model.safetensors"),
                 clip_tokenizer: HubFile::new(CLIP_REPO, "tokenizer.json"),
+                quant: Quant::None,
+                t5_quant: T5Quant::None,
             },
         }
     }
@@ -140,6 +171,10 @@ pub struct ModelFiles {
     pub clip_config: HubFile,
     pub clip_weights: HubFile,
     pub clip_tokenizer: HubFile,
+    /// `none`: the transformer is safetensors; else city96's GGUF of this type.
+    pub quant: Quant,
+    /// `none`: T5 is safetensors; else city96's GGUF of this type.
+    pub t5_quant: T5Quant,
 }
 
 impl ModelFiles {
@@ -176,15 +211,35 @@ mod tests {
 
     #[test]
     fn both_file_sets_are_complete() {
-        let flux = FLUX_SCHNELL.files(TextEncoders::FluxRepo);
+        let flux = FLUX_SCHNELL.files(TextEncoders::FluxRepo, Quant::None, T5Quant::None);
         assert_eq!(flux.all().len(), 12);
         assert_eq!(flux.repos(), [FLUX_REPO, CLIP_REPO]);
-        let original = FLUX_SCHNELL.files(TextEncoders::Original);
+        let original = FLUX_SCHNELL.files(TextEncoders::Original, Quant::None, T5Quant::None);
         assert_eq!(original.all().len(), 10);
         assert_eq!(original.t5_weights[0].revision, "refs/pr/2");
         assert_eq!(original.repos().len(), 4);
         assert!(ModelDescription::find("flux-schnell").is_some());
         assert!(ModelDescription::find(FLUX_REPO).is_some());
         assert!(ModelDescription::find("sdxl").is_none());
+    }
+
+    #[test]
+    fn gguf_sets_swap_the_transformer_and_t5_only() {
+        let files = FLUX_SCHNELL.files(TextEncoders::FluxRepo, Quant::Q4_0, T5Quant::Q4KS);
+        assert_eq!(files.transformer.repo, FLUX_GGUF_REPO);
+        assert_eq!(files.transformer.path, "flux1-schnell-Q4_0.gguf");
+        assert_eq!(files.t5_weights.len(), 1);
+        assert_eq!(files.t5_weights[0].path, "t5-v1_1-xxl-encoder-Q4_K_S.gguf");
+        assert!(files.t5_index.is_none());
+        // Configs, tokenizers, CLIP and the VAE come from the FLUX repo as before.
+        assert_eq!(files.t5_config.path, "text_encoder_2/config.json");
+        assert_eq!(files.vae.path, "ae.safetensors");
+        assert_eq!(files.all().len(), 10);
+        // T5 in safetensors beside a GGUF transformer.
+        let mixed = FLUX_SCHNELL.files(TextEncoders::FluxRepo, Quant::Q8_0, T5Quant::None);
+        assert_eq!(mixed.t5_weights.len(), 2);
+        assert!(FLUX_SCHNELL
+            .repos(TextEncoders::FluxRepo)
+            .contains(&T5_GGUF_REPO.to_string()));
     }
 }

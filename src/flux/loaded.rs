@@ -1,12 +1,15 @@
 //! A model's local files, its parsed configs, and the parts kept in memory.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::autoencoder::{self, Decoder};
 use candle_transformers::models::flux::model::{self, Flux};
-use candle_transformers::models::t5;
+use candle_transformers::models::flux::{quantized_model, WithForward};
+use candle_transformers::models::{quantized_t5, t5};
 
 use super::config::{self, ConfigSource};
+use super::gguf::{is_flux_block_matrix, GgufFile};
+use super::quant::{Quant, T5Quant};
 use super::text::{load_error, Clip, Tokenizers, T5};
 use super::weights::{mmap, Named};
 use super::FluxError;
@@ -24,6 +27,9 @@ pub struct LocalFiles {
     pub clip_config: Named,
     pub clip_weights: Named,
     pub clip_tokenizer: Named,
+    /// What the transformer's and T5's files hold.
+    pub quant: Quant,
+    pub t5_quant: T5Quant,
 }
 
 /// The files with their configs parsed: enough to load any part on demand.
@@ -32,6 +38,8 @@ pub struct LocalModel {
     pub flux_config: model::Config,
     pub vae_config: autoencoder::Config,
     pub t5_config: t5::Config,
+    /// The same file, for candle's quantized T5 (its fields are private).
+    pub quantized_t5_config: Option<quantized_t5::Config>,
     pub clip_config: ClipTextConfig,
     pub device: Device,
     pub dtype: DType,
@@ -49,7 +57,11 @@ impl LocalModel {
             &files.transformer_config.read()?,
         )?;
         let vae_config = config::vae_config(&source(&files.vae_config), &files.vae_config.read()?)?;
-        let t5_config = config::t5_config(&source(&files.t5_config), &files.t5_config.read()?)?;
+        let t5_json = files.t5_config.read()?;
+        let t5_config = config::t5_config(&source(&files.t5_config), &t5_json)?;
+        let quantized_t5_config = (files.t5_quant != T5Quant::None)
+            .then(|| config::quantized_t5_config(&source(&files.t5_config), &t5_json))
+            .transpose()?;
         let clip_config =
             config::clip_text_config(&source(&files.clip_config), &files.clip_config.read()?)?;
         config::check_coupling(
@@ -63,6 +75,7 @@ impl LocalModel {
             flux_config,
             vae_config,
             t5_config,
+            quantized_t5_config,
             clip_config,
             device,
             dtype,
@@ -70,18 +83,50 @@ impl LocalModel {
     }
 
     pub fn load_t5(&self) -> Result<T5, FluxError> {
-        T5::load(
-            &self.t5_config,
-            &self.files.t5_weights,
-            self.dtype,
-            &self.device,
-        )
+        match &self.quantized_t5_config {
+            None => T5::load(
+                &self.t5_config,
+                &self.files.t5_weights,
+                self.dtype,
+                &self.device,
+            ),
+            Some(config) => T5::load_gguf(
+                config,
+                &self.files.t5_weights[0],
+                self.files.t5_quant,
+                &self.device,
+            ),
+        }
     }
 
-    pub fn load_flux(&self) -> Result<Flux, FluxError> {
+    pub fn load_flux(&self) -> Result<Transformer, FluxError> {
         let files = std::slice::from_ref(&self.files.transformer);
-        let vb = mmap(files, self.dtype, &self.device)?;
-        Flux::new(&self.flux_config, vb).map_err(|e| load_error(files, e))
+        match self.files.quant.ggml() {
+            None => {
+                let vb = mmap(files, self.dtype, &self.device)?;
+                Flux::new(&self.flux_config, vb)
+                    .map(Transformer::Full)
+                    .map_err(|e| load_error(files, e))
+            }
+            Some(expected) => {
+                let file = GgufFile::open(&self.files.transformer)?;
+                file.check_type(expected, is_flux_block_matrix)?;
+                let vb = file.var_builder(&self.device)?;
+                quantized_model::Flux::new(&self.flux_config, vb)
+                    .map(Transformer::Quantized)
+                    .map_err(|e| load_error(files, e))
+            }
+        }
+    }
+
+    /// The dtype the transformer computes in: candle's quantized FLUX keeps
+    /// biases and norms in F32, so its inputs must be F32 too.
+    pub fn flux_dtype(&self) -> DType {
+        if self.files.quant == Quant::None {
+            self.dtype
+        } else {
+            DType::F32
+        }
     }
 
     pub fn load_clip(&self) -> Result<Clip, FluxError> {
@@ -113,5 +158,30 @@ pub struct Resident {
     pub clip: Clip,
     pub decoder: Decoder,
     pub t5: Option<T5>,
-    pub flux: Option<Flux>,
+    pub flux: Option<Transformer>,
+}
+
+/// The FLUX transformer, from safetensors or from a GGUF file.
+pub enum Transformer {
+    Full(Flux),
+    Quantized(quantized_model::Flux),
+}
+
+impl Transformer {
+    /// One pass: the velocity at timestep `t`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+        y: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Transformer::Full(m) => m.forward(img, img_ids, txt, txt_ids, t, y, None),
+            Transformer::Quantized(m) => m.forward(img, img_ids, txt, txt_ids, t, y, None),
+        }
+    }
 }

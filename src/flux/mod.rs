@@ -6,22 +6,31 @@ mod device;
 mod engine;
 mod error;
 mod files;
+pub(crate) mod gguf;
 mod loaded;
+pub mod memory;
 mod pipeline;
 mod preview;
+mod quant;
 mod request;
 mod text;
-pub mod tiny;
 mod weights;
+pub(crate) use weights::Named;
 
 pub use config::{
     check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
 };
 pub use device::{parse_dtype, DeviceChoice};
-pub use engine::{EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, Phase};
+pub use engine::{
+    EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, Phase, PLANNED_SIDE,
+};
 pub use error::FluxError;
 pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};
+pub use memory::MemoryBudget;
 pub use pipeline::seeded_noise;
+pub use quant::{
+    Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO,
+};
 pub use request::{
     Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS, MAX_SIDE,
     MAX_STEPS, MIN_SIDE,

@@ -5,13 +5,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::models::flux::autoencoder::{self, Decoder};
-use candle_transformers::models::flux::model::Flux;
 use candle_transformers::models::flux::sampling::{get_schedule, unpack, State};
-use candle_transformers::models::flux::WithForward;
 use rand::SeedableRng;
 use rand_distr::Distribution;
 
-use super::loaded::{LocalModel, Resident};
+use super::loaded::{LocalModel, Resident, Transformer};
 use super::preview::latent_preview;
 use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
 use super::FluxError;
@@ -31,7 +29,8 @@ pub fn generate(
 ) -> Result<(Image, Timings), FluxError> {
     let start = Instant::now();
     let mut timings = Timings::default();
-    let (device, dtype) = (&model.device, model.dtype);
+    // The transformer's dtype: F32 for GGUF weights, else CLIP's and the VAE's.
+    let (device, dtype) = (&model.device, model.flux_dtype());
     let mut say = |event: GenerateEvent| {
         if emit(event) {
             Ok(())
@@ -88,7 +87,7 @@ pub fn generate(
 
     // Resident, or loaded for this request and freed before the VAE decodes.
     let mut borrowed_flux = None;
-    let flux: &Flux = match resident.flux.as_ref() {
+    let flux: &Transformer = match resident.flux.as_ref() {
         Some(flux) => flux,
         None => {
             say(GenerateEvent::Loading {
@@ -117,7 +116,6 @@ pub fn generate(
                 &state.txt_ids,
                 &t_vec,
                 &state.vec,
-                None,
             )?;
             // Rectified flow: x_t = (1-t)·x0 + t·noise and v = noise - x0.
             let x0 = (&img - (&velocity * t_curr)?)?;
@@ -138,7 +136,14 @@ pub fn generate(
 
     drop(borrowed_flux);
     let t = Instant::now();
-    let image = decode(&resident.decoder, &model.vae_config, &img, width, height)?;
+    let image = decode(
+        &resident.decoder,
+        &model.vae_config,
+        model.dtype,
+        &img,
+        width,
+        height,
+    )?;
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
     Ok((image, timings))
@@ -169,13 +174,14 @@ pub fn seeded_noise(
 fn decode(
     decoder: &Decoder,
     cfg: &autoencoder::Config,
+    dtype: DType,
     img: &Tensor,
     width: usize,
     height: usize,
 ) -> Result<Image, FluxError> {
     let run = || -> candle_core::Result<Vec<u8>> {
         let latent = unpack(img, height, width)?;
-        let latent = ((latent / cfg.scale_factor)? + cfg.shift_factor)?;
+        let latent = ((latent / cfg.scale_factor)? + cfg.shift_factor)?.to_dtype(dtype)?;
         let rgb = decoder.forward(&latent)?.to_dtype(DType::F32)?;
         let rgb = ((rgb.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.round()?;
         rgb.to_dtype(DType::U8)?

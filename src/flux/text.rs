@@ -3,9 +3,11 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
-use candle_transformers::models::t5;
+use candle_transformers::models::{quantized_t5, t5};
 use tokenizers::Tokenizer;
 
+use super::gguf::{is_t5_matrix, t5_hf_to_llama, t5_llama_to_hf, GgufFile};
+use super::quant::T5Quant;
 use super::weights::{mmap, Named};
 use super::FluxError;
 
@@ -131,10 +133,11 @@ fn fit(
     }
 }
 
-/// T5's encoder. The weights may be one file or shards; google's file also
-/// holds a decoder, which is never read.
-pub struct T5 {
-    model: t5::T5EncoderModel,
+/// T5's encoder. The weights may be safetensors (one file or shards;
+/// google's file also holds a decoder, which is never read) or a GGUF file.
+pub enum T5 {
+    Full(t5::T5EncoderModel),
+    Quantized(quantized_t5::T5EncoderModel),
 }
 
 impl T5 {
@@ -146,18 +149,81 @@ impl T5 {
     ) -> Result<Self, FluxError> {
         let vb = mmap(weights, dtype, device)?;
         let model = t5::T5EncoderModel::load(vb, config).map_err(|e| load_error(weights, e))?;
-        Ok(Self { model })
+        Ok(T5::Full(model))
     }
 
-    /// (1, [`T5_TOKENS`], d_model)
+    /// A GGUF file of `quant`'s type. city96's files use llama.cpp's names
+    /// (`enc.blk.N.attn_q.weight`); they are mapped to candle's as the file
+    /// is read, never rewritten on disk. Files already in candle's names
+    /// load as they are.
+    pub fn load_gguf(
+        config: &quantized_t5::Config,
+        weights: &Named,
+        quant: T5Quant,
+        device: &Device,
+    ) -> Result<Self, FluxError> {
+        let file = GgufFile::open(weights)?;
+        let llama_names = file
+            .content
+            .tensor_infos
+            .keys()
+            .any(|n| n.starts_with("enc.") || n == "token_embd.weight");
+        if let Some(expected) = quant.ggml() {
+            let is_matrix: fn(&str) -> bool = if llama_names {
+                is_t5_matrix
+            } else {
+                t5_hf_matrix
+            };
+            file.check_type(expected, is_matrix)?;
+        }
+        let vb = if llama_names {
+            file.renamed_var_builder(device, t5_llama_to_hf)?
+        } else {
+            file.var_builder(device)?
+        };
+        let model = quantized_t5::T5EncoderModel::load(vb, config).map_err(|e| {
+            // Name a missing tensor as the file names it, too. (With
+            // RUST_BACKTRACE set, candle appends a backtrace: first line only.)
+            let missing = e
+                .to_string()
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("cannot find tensor "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .filter(|_| llama_names)
+                .and_then(|name| Some((name.to_string(), t5_hf_to_llama(name)?)));
+            match missing {
+                Some((name, llama)) => load_error(
+                    std::slice::from_ref(weights),
+                    candle_core::Error::Msg(format!(
+                        "cannot find tensor {name} (`{llama}` in the file's llama.cpp names)"
+                    )),
+                ),
+                None => load_error(std::slice::from_ref(weights), e),
+            }
+        })?;
+        Ok(T5::Quantized(model))
+    }
+
+    /// (1, [`T5_TOKENS`], d_model), in the model's dtype (F32 when quantized).
     pub fn encode(&mut self, ids: &[u32], device: &Device) -> Result<Tensor, FluxError> {
         let ids = Tensor::new(ids, device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(FluxError::compute("T5 encoding"))?;
-        self.model
-            .forward(&ids)
-            .map_err(FluxError::compute("T5 encoding"))
+        match self {
+            T5::Full(model) => model.forward(&ids),
+            T5::Quantized(model) => model.forward(&ids),
+        }
+        .map_err(FluxError::compute("T5 encoding"))
     }
+}
+
+/// A T5 matrix in transformers' names.
+fn t5_hf_matrix(name: &str) -> bool {
+    name.starts_with("encoder.block.")
+        && name.ends_with(".weight")
+        && !name.contains("layer_norm")
+        && !name.contains("relative_attention_bias")
 }
 
 /// CLIP's text transformer: its pooled output conditions FLUX.
@@ -196,5 +262,95 @@ pub(crate) fn load_error(files: &[Named], e: candle_core::Error) -> FluxError {
     FluxError::Load {
         file: names.join(", "),
         reason: format!("the weights do not fit the config: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::{write_models, ModelSizes, WriteOptions};
+    use crate::flux::config::{quantized_t5_config, t5_config, ConfigSource};
+    use crate::hub::HubFile;
+
+    fn named(dir: &std::path::Path, file: HubFile) -> Named {
+        let path = dir.join(&file.repo).join(&file.path);
+        Named { file, path }
+    }
+
+    /// city96's T5 files use llama.cpp's names. Loaded through the name map,
+    /// the quantized encoder must compute what the same weights compute in
+    /// full precision (a swapped q/k or up/gate would not), and a file
+    /// already in candle's names must load to the very same encoder.
+    #[test]
+    fn city96_t5_names_load_as_candle_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = WriteOptions {
+            sizes: ModelSizes::tiny(),
+            quants: vec![],
+            t5_quants: vec![T5Quant::None, T5Quant::Q8_0],
+            original: false,
+        };
+        write_models(dir.path(), &options).unwrap();
+        let files = crate::flux::FLUX_SCHNELL.files(
+            crate::flux::TextEncoders::FluxRepo,
+            crate::flux::Quant::None,
+            T5Quant::Q8_0,
+        );
+        let config_bytes = named(dir.path(), files.t5_config.clone()).read().unwrap();
+        let src = ConfigSource("t5 config".into());
+        let cfg = t5_config(&src, &config_bytes).unwrap();
+        let qcfg = quantized_t5_config(&src, &config_bytes).unwrap();
+        let shards = crate::flux::FLUX_SCHNELL
+            .files(
+                crate::flux::TextEncoders::FluxRepo,
+                crate::flux::Quant::None,
+                T5Quant::None,
+            )
+            .t5_weights
+            .into_iter()
+            .map(|f| named(dir.path(), f))
+            .collect::<Vec<_>>();
+        let gguf = named(dir.path(), files.t5_weights[0].clone());
+        let ids: Vec<u32> = (0..T5_TOKENS as u32).map(|i| (i * 7 + 3) % 90).collect();
+        let cpu = Device::Cpu;
+
+        let full = T5::load(&cfg, &shards, DType::F32, &cpu)
+            .unwrap()
+            .encode(&ids, &cpu)
+            .unwrap();
+        let quantized = T5::load_gguf(&qcfg, &gguf, T5Quant::Q8_0, &cpu)
+            .unwrap()
+            .encode(&ids, &cpu)
+            .unwrap();
+        let rms = |t: &Tensor| t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let relative = |t: &Tensor| rms(&(&full - t).unwrap()) / rms(&full);
+
+        // The same file under a wrong map (q and k swapped), for scale: on
+        // random weights 8-bit noise is amplified, but a wrong name is worse.
+        let swapped = |n: &str| {
+            let n = n.replace("attn_q", "attn_x").replace("attn_k", "attn_q").replace("attn_x", "attn_k");
+            crate::flux::gguf::t5_llama_to_hf(&n)
+        };
+        let vb = GgufFile::open(&gguf)
+            .unwrap()
+            .renamed_var_builder(&cpu, swapped)
+            .unwrap();
+        let ids_tensor = Tensor::new(ids.as_slice(), &cpu).unwrap().unsqueeze(0).unwrap();
+        let wrong = quantized_t5::T5EncoderModel::load(vb, &qcfg)
+            .unwrap()
+            .forward(&ids_tensor)
+            .unwrap();
+        let (right, wrong) = (relative(&quantized), relative(&wrong));
+        assert!(right < 0.2 && wrong > 4.0 * right, "relative RMS error {right}, with q and k swapped {wrong}");
+
+        crate::dev::rename_gguf_tensors(&gguf.path, crate::flux::gguf::t5_llama_to_hf).unwrap();
+        let same = T5::load_gguf(&qcfg, &gguf, T5Quant::Q8_0, &cpu)
+            .unwrap()
+            .encode(&ids, &cpu)
+            .unwrap();
+        assert_eq!(
+            same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            quantized.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }

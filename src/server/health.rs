@@ -33,7 +33,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let queued = state.max_queue - state.queue.available_permits();
     // The browser counts prompt tokens with the engine's own tokenizers,
     // fetched through `/hub` once the server has them.
-    let files = state.engine.files();
+    let (t5_tokenizer, clip_tokenizer) = state.engine.tokenizer_files();
     (
         code,
         Json(json!({
@@ -45,7 +45,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "files": status.files,
             "error": status.error,
             "queue": { "in_use": queued, "max": state.max_queue },
-            "tokenizers": { "t5": files.t5_tokenizer, "clip": files.clip_tokenizer },
+            "tokenizers": { "t5": t5_tokenizer, "clip": clip_tokenizer },
+            // The weights chosen (`--quant`, or auto's pick) and why.
+            "weights": status.weights,
         })),
     )
         .into_response()

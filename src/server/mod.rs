@@ -114,7 +114,7 @@ pub async fn router(
     tokio::fs::create_dir_all(&config.hub_cache).await?;
     let hub = Mirror::open_as(&config.hub_cache, Layout::HfCache)
         .await?
-        .only_repos(engine.files().repos());
+        .only_repos(engine.repos());
 
     Ok(Router::new()
         .route("/healthz", get(health::healthz))

@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn counts_and_dropped_words_with_the_tiny_tokenizers() {
         let dir = tempfile::tempdir().unwrap();
-        crate::flux::tiny::write_tiny_models(dir.path()).unwrap();
+        crate::dev::write_tiny_models(dir.path()).unwrap();
         let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
         let counter = TokenCounter::from_json(
             &read("black-forest-labs/FLUX.1-schnell/tokenizer_2/tokenizer.json"),

@@ -460,7 +460,7 @@ pub fn tiny_models() -> &'static Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        schnell::flux::tiny::write_tiny_models(&dir).unwrap();
+        schnell::dev::write_tiny_models(&dir).unwrap();
         dir
     })
 }

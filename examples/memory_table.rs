@@ -1,0 +1,60 @@
+//! The memory budget of every weight type for the real FLUX.1-schnell,
+//! computed from its configs (tests/fixtures) as `--quant auto` computes it:
+//! file sizes, what the loaded weights take, and the peak planned for a GPU
+//! (bf16 CLIP and VAE) and for the CPU (f32), at 1024×1024.
+//!
+//! `cargo run --release --example memory_table`
+
+use candle_core::DType;
+use schnell::flux::memory::{estimate_peak, ModelSize, Workload};
+use schnell::flux::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
+use schnell::flux::{Quant, T5Quant};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn main() {
+    let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).expect("fixture");
+    let src = |p: &str| ConfigSource(p.into());
+    let bfl = "hub/black-forest-labs/FLUX.1-schnell";
+    let size = ModelSize::of(
+        &flux_config(&src("t"), &read(&format!("{bfl}/transformer/config.json"))).unwrap(),
+        &t5_config(&src("t5"), &read("hub/google/t5-v1_1-xxl/config.json")).unwrap(),
+        &clip_text_config(&src("c"), &read("reconstructed/flux-text_encoder-config.json")).unwrap(),
+        &vae_config(&src("v"), &read(&format!("{bfl}/vae/config.json"))).unwrap(),
+    );
+    let gb = |b: u64| format!("{:.2}", b as f64 / 1e9);
+    println!("| --quant | transformer file GB | T5 type | T5 file GB | transformer loaded GB | T5 loaded GB | GPU peak 1024² (bf16) GB | GPU peak, --low-memory GB | CPU peak 1024² (f32) GB | CPU peak, --low-memory GB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for quant in std::iter::once(Quant::None).chain(Quant::GGUF) {
+        let t5 = T5Quant::nearest(quant);
+        let peak = |dtype, low_memory| {
+            gb(estimate_peak(
+                &size,
+                (quant, t5),
+                &Workload {
+                    dtype,
+                    width: 1024,
+                    height: 1024,
+                    low_memory,
+                },
+            ))
+        };
+        // GGUF files: tensor data plus city96's 54,048-byte header.
+        let flux_file = size
+            .flux
+            .gguf_bytes(quant)
+            .map_or_else(|| "23.78 (bf16)".into(), |b| gb(b + 54_048));
+        let t5_file = t5
+            .real_file_bytes()
+            .map_or_else(|| "9.52 (bf16)".into(), gb);
+        println!(
+            "| {quant} | {flux_file} | {t5} | {t5_file} | {} | {} | {} | {} | {} | {} |",
+            gb(size.flux.resident_bytes(quant, DType::BF16)),
+            gb(size.t5.resident_bytes(t5, DType::BF16)),
+            peak(DType::BF16, false),
+            peak(DType::BF16, true),
+            peak(DType::F32, false),
+            peak(DType::F32, true),
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! How much memory a choice of weights needs, how much the device has, and
+//! `--quant auto`'s pick.
+//!
+//! Needs are computed from the configs (parameter counts by how each file
+//! stores them) and the requested image size (attention scores, the VAE's
+//! full-resolution activations). They are estimates, planned on the high
+//! side; the benchmark in BENCHMARKS.md measures the real peaks.
+
+use candle_core::DType;
+use candle_transformers::models::clip::text_model::ClipTextConfig;
+use candle_transformers::models::flux::{autoencoder, model};
+use candle_transformers::models::t5;
+
+use super::device::DeviceChoice;
+use super::quant::{Quant, QuantPlan, T5Quant};
+use super::FluxError;
+
+const GB: f64 = 1e9;
+/// The runtime, tokenizers and allocator slack.
+const OVERHEAD: u64 = 512 << 20;
+/// T5 always sees this many tokens (see `text::T5_TOKENS`).
+const T5_TOKENS: u64 = 256;
+
+/// The transformer's parameters, grouped by how city96's files store them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FluxParams {
+    /// The blocks' matrices: quantized.
+    pub block_matrices: u64,
+    /// The embedders' and final layer's matrices: F16 in the files.
+    pub top_matrices: u64,
+    /// Biases and norm scales: F16 in the files.
+    pub vectors: u64,
+}
+
+impl FluxParams {
+    pub fn of(c: &model::Config) -> Self {
+        let h = c.hidden_size as u64;
+        let m = (c.hidden_size as f64 * c.mlp_ratio) as u64;
+        let (ci, t, v) = (
+            c.in_channels as u64,
+            c.context_in_dim as u64,
+            c.vec_in_dim as u64,
+        );
+        let d = h / c.num_heads as u64;
+        let guidance = if c.guidance_embed { 1 } else { 0 };
+        let top_matrices = h * ci
+            + h * t
+            + (1 + guidance) * (h * 256 + h * h)
+            + h * v
+            + h * h
+            + ci * h
+            + 2 * h * h;
+        let top_vectors = h + h + (1 + guidance) * 2 * h + 2 * h + ci + 2 * h;
+        let stream = 6 * h * h + 3 * h * h + h * h + 2 * m * h;
+        let stream_vectors = 6 * h + 3 * h + h + m + h + 2 * d;
+        let single = (3 * h + m) * h + h * (h + m) + 3 * h * h;
+        let single_vectors = (3 * h + m) + h + 3 * h + 2 * d;
+        let (double_n, single_n) = (c.depth as u64, c.depth_single_blocks as u64);
+        Self {
+            block_matrices: double_n * 2 * stream + single_n * single,
+            top_matrices,
+            vectors: top_vectors + double_n * 2 * stream_vectors + single_n * single_vectors,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.block_matrices + self.top_matrices + self.vectors
+    }
+
+    /// The size of city96's GGUF of this type (tensor data, no header).
+    pub fn gguf_bytes(&self, quant: Quant) -> Option<u64> {
+        let bpw = quant.bits_per_weight()?;
+        Some((self.block_matrices as f64 * bpw / 8.0) as u64 + (self.top_matrices + self.vectors) * 2)
+    }
+
+    /// In memory: candle keeps block matrices quantized and widens the F16
+    /// tensors to F32; safetensors load whole in `dtype`.
+    pub fn resident_bytes(&self, quant: Quant, dtype: DType) -> u64 {
+        match quant.bits_per_weight() {
+            Some(bpw) => {
+                (self.block_matrices as f64 * bpw / 8.0) as u64
+                    + (self.top_matrices + self.vectors) * 4
+            }
+            None => self.total() * dtype.size_in_bytes() as u64,
+        }
+    }
+}
+
+/// T5's encoder parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct T5Params {
+    pub embedding: u64,
+    pub matrices: u64,
+    pub vectors: u64,
+    pub heads: u64,
+}
+
+impl T5Params {
+    pub fn of(c: &t5::Config) -> Self {
+        let (d, inner, ff) = (
+            c.d_model as u64,
+            (c.num_heads * c.d_kv) as u64,
+            c.d_ff as u64,
+        );
+        let gated = if c.feed_forward_proj.gated { 3 } else { 2 };
+        let layers = c.num_layers as u64;
+        Self {
+            embedding: c.vocab_size as u64 * d,
+            matrices: layers * (4 * d * inner + gated * d * ff)
+                + (c.relative_attention_num_buckets * c.num_heads) as u64,
+            vectors: layers * 2 * d + d,
+            heads: c.num_heads as u64,
+        }
+    }
+
+    /// In memory. GGUF: the matrices quantized (city96's real files give the
+    /// bits per weight, mixes included), the embedding widened to F32.
+    pub fn resident_bytes(&self, quant: T5Quant, dtype: DType) -> u64 {
+        match quant.bits_per_weight() {
+            Some(bpw) => (self.matrices as f64 * bpw / 8.0) as u64 + (self.embedding + self.vectors) * 4,
+            None => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
+        }
+    }
+
+    /// Loading a GGUF with llama.cpp names holds the renamed file in memory
+    /// while candle reads it (see `gguf::renamed`).
+    pub fn load_extra_bytes(&self, quant: T5Quant) -> u64 {
+        quant
+            .bits_per_weight()
+            .map_or(0, |bpw| ((self.matrices + self.embedding) as f64 * bpw / 8.0) as u64)
+    }
+}
+
+/// CLIP's text model, in `dtype`.
+pub fn clip_bytes(c: &ClipTextConfig, dtype: DType) -> u64 {
+    let (w, i) = (c.embed_dim as u64, c.intermediate_size as u64);
+    let per_layer = 4 * w * w + 4 * w + 2 * w * i + i + w + 4 * w;
+    let params = c.vocab_size as u64 * w
+        + c.max_position_embeddings as u64 * w
+        + c.num_hidden_layers as u64 * per_layer
+        + 2 * w;
+    params * dtype.size_in_bytes() as u64
+}
+
+/// The VAE's decoder, in `dtype`: its 3×3 convolutions dominate.
+pub fn decoder_bytes(c: &autoencoder::Config, dtype: DType) -> u64 {
+    let chans: Vec<u64> = c.ch_mult.iter().map(|m| (c.ch * m) as u64).collect();
+    let top = *chans.last().expect("at least one level");
+    let conv = |a: u64, b: u64| 9 * a * b + b;
+    let mut params = conv(c.z_channels as u64, top) + 2 * 2 * conv(top, top) + 4 * top * top;
+    let mut prev = top;
+    for &ch in chans.iter().rev() {
+        for _ in 0..=c.num_res_blocks {
+            params += conv(prev, ch) + conv(ch, ch) + prev * ch;
+            prev = ch;
+        }
+        params += conv(ch, ch);
+    }
+    params += conv(chans[0], c.out_ch as u64);
+    params * dtype.size_in_bytes() as u64
+}
+
+/// The model's sizes, from its configs.
+#[derive(Clone, Debug)]
+pub struct ModelSize {
+    pub flux: FluxParams,
+    pub flux_heads: u64,
+    pub flux_width: u64,
+    pub t5: T5Params,
+    pub clip_params_bytes_f32: u64,
+    pub decoder_bytes_f32: u64,
+    pub vae_top_channels: u64,
+    pub vae_first_channels: u64,
+}
+
+impl ModelSize {
+    pub fn of(
+        flux: &model::Config,
+        t5: &t5::Config,
+        clip: &ClipTextConfig,
+        vae: &autoencoder::Config,
+    ) -> Self {
+        Self {
+            flux: FluxParams::of(flux),
+            flux_heads: flux.num_heads as u64,
+            flux_width: flux.hidden_size as u64,
+            t5: T5Params::of(t5),
+            clip_params_bytes_f32: clip_bytes(clip, DType::F32),
+            decoder_bytes_f32: decoder_bytes(vae, DType::F32),
+            vae_top_channels: (vae.ch * vae.ch_mult.last().copied().unwrap_or(1)) as u64,
+            vae_first_channels: (vae.ch * vae.ch_mult.first().copied().unwrap_or(1)) as u64,
+        }
+    }
+}
+
+/// What an engine will do, for the estimate.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// CLIP's and the VAE's dtype (and the full-precision transformer's).
+    pub dtype: DType,
+    pub width: u32,
+    pub height: u32,
+    pub low_memory: bool,
+}
+
+/// The peak memory of one choice of weights, in bytes.
+pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) -> u64 {
+    let (quant, t5q) = plan;
+    let s = work.dtype.size_in_bytes() as u64;
+    let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
+    let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
+    let flux = size.flux.resident_bytes(quant, work.dtype);
+    let t5 = size.t5.resident_bytes(t5q, work.dtype);
+    let t5_load = t5 + size.t5.load_extra_bytes(t5q);
+
+    // The quantized transformer computes in F32.
+    let flux_s = if quant == Quant::None { s } else { 4 };
+    let (w, h) = (work.width as u64, work.height as u64);
+    let tokens = (w / 16) * (h / 16) + T5_TOKENS;
+    // candle's attention is plain matmul and softmax: the scores and their
+    // softmax live together; beside them a few of the single blocks' widest
+    // activations (linear1: 3h for q, k, v and 4h for the MLP).
+    let mlp_wide = 7 * size.flux_width;
+    let flux_act = 2 * size.flux_heads * tokens * tokens * flux_s + 4 * tokens * mlp_wide * flux_s;
+    let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4;
+    let latent = (w / 8) * (h / 8);
+    let vae_act = (5 * latent * latent / 2 * s).max(6 * size.vae_first_channels * w * h * s)
+        + 2 * size.vae_top_channels * latent * s;
+
+    let peak = if work.low_memory {
+        [always + t5_load + t5_act, always + flux + flux_act, always + vae_act]
+            .into_iter()
+            .max()
+            .expect("not empty")
+    } else {
+        let loading = always + t5_load;
+        let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act);
+        loading.max(running)
+    };
+    peak + OVERHEAD
+}
+
+/// Memory the device has to give, and where that figure came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    /// "available RAM", "free memory on cuda:0", "--memory-budget".
+    pub source: String,
+}
+
+impl MemoryBudget {
+    /// Measures the device: free GPU memory on CUDA, available RAM on the CPU
+    /// and on Metal (whose memory is the system's). Blocking.
+    pub fn measure(device: DeviceChoice) -> Result<Self, FluxError> {
+        match device {
+            DeviceChoice::Cpu | DeviceChoice::Metal => {
+                let mut sys = sysinfo::System::new();
+                sys.refresh_memory();
+                Ok(Self {
+                    bytes: sys.available_memory(),
+                    source: "available RAM".into(),
+                })
+            }
+            DeviceChoice::Cuda(_) => cuda_free(device),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_free(device: DeviceChoice) -> Result<MemoryBudget, FluxError> {
+    let opened = device.open()?;
+    let cuda = opened
+        .as_cuda_device()
+        .map_err(|e| FluxError::Device(format!("{device}: {e}")))?;
+    let (free, _total) = cuda
+        .cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| FluxError::Device(format!("{device}: cannot read free memory: {e}")))?;
+    Ok(MemoryBudget {
+        bytes: free as u64,
+        source: format!("free memory on {device}"),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_free(device: DeviceChoice) -> Result<MemoryBudget, FluxError> {
+    // Says how to build with CUDA.
+    device.open().map(|_| unreachable!("no CUDA in this build"))
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / GB)
+}
+
+/// `--quant auto`: full precision if it fits, else the largest GGUF type
+/// that does. T5's type is `t5` if given, else the nearest to the
+/// transformer's.
+pub fn choose(
+    size: &ModelSize,
+    work: &Workload,
+    budget: &MemoryBudget,
+    t5: Option<T5Quant>,
+) -> Result<QuantPlan, FluxError> {
+    let t5_for = |q: Quant| t5.unwrap_or_else(|| T5Quant::nearest(q));
+    let at = format!("at {}×{}", work.width, work.height);
+    let mode = if work.low_memory { ", low-memory" } else { "" };
+    let candidates = std::iter::once(Quant::None).chain(Quant::GGUF);
+    let mut larger: Option<(Quant, u64)> = None;
+    for quant in candidates {
+        let need = estimate_peak(size, (quant, t5_for(quant)), work);
+        if need <= budget.bytes {
+            let beaten = larger
+                .map(|(q, n)| format!("; {q} would need {}", gb(n)))
+                .unwrap_or_default();
+            return Ok(QuantPlan {
+                transformer: quant,
+                t5: t5_for(quant),
+                reason: format!(
+                    "auto: {quant} (T5 {}) needs about {} {at}{mode}, and {} has {}{beaten}",
+                    t5_for(quant),
+                    gb(need),
+                    budget.source,
+                    gb(budget.bytes)
+                ),
+            });
+        }
+        larger = Some((quant, need));
+    }
+    let (smallest, need) = larger.expect("candidates are not empty");
+    let hint = if work.low_memory {
+        ""
+    } else {
+        " Try --low-memory,"
+    };
+    Err(FluxError::Memory(format!(
+        "no weights fit: even {smallest} needs about {} {at}{mode}, but {} has {}.{hint} a smaller image, or an explicit --quant",
+        gb(need),
+        budget.source,
+        gb(budget.bytes)
+    )))
+}
+
+/// An explicit choice, with its estimate for the record.
+pub fn fixed(
+    size: &ModelSize,
+    work: &Workload,
+    quant: Quant,
+    t5: Option<T5Quant>,
+) -> QuantPlan {
+    let t5 = t5.unwrap_or_else(|| T5Quant::nearest(quant));
+    let need = estimate_peak(size, (quant, t5), work);
+    QuantPlan {
+        transformer: quant,
+        t5,
+        reason: format!(
+            "--quant {quant} (T5 {t5}) as asked; it needs about {} at {}×{}",
+            gb(need),
+            work.width,
+            work.height
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flux::config::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    /// FLUX.1-schnell's own configs (verbatim copies; CLIP's reconstructed).
+    fn real() -> ModelSize {
+        let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).unwrap();
+        let src = |p: &str| ConfigSource(p.into());
+        let bfl = "hub/black-forest-labs/FLUX.1-schnell";
+        ModelSize::of(
+            &flux_config(&src("t"), &read(&format!("{bfl}/transformer/config.json"))).unwrap(),
+            &t5_config(&src("t5"), &read("hub/google/t5-v1_1-xxl/config.json")).unwrap(),
+            &clip_text_config(
+                &src("clip"),
+                &read("reconstructed/flux-text_encoder-config.json"),
+            )
+            .unwrap(),
+            &vae_config(&src("vae"), &read(&format!("{bfl}/vae/config.json"))).unwrap(),
+        )
+    }
+
+    fn work(width: u32, low_memory: bool) -> Workload {
+        Workload {
+            dtype: DType::F32,
+            width,
+            height: width,
+            low_memory,
+        }
+    }
+
+    fn budget(gb: f64) -> MemoryBudget {
+        MemoryBudget {
+            bytes: (gb * GB) as u64,
+            source: "a test budget".into(),
+        }
+    }
+
+    #[test]
+    fn parameter_counts_match_the_real_files() {
+        let size = real();
+        // 776 tensors, 11.89 B parameters (shared/reference/gguf.md §1.2).
+        assert_eq!(size.flux.total(), 11_891_178_560);
+        assert_eq!(size.flux.block_matrices, 11_834_228_736);
+        assert_eq!(size.flux.top_matrices, 53_870_592);
+        // city96's Q8_0 and Q4_1 files hold exactly this much tensor data
+        // (their sizes less the 54,048-byte header).
+        assert_eq!(size.flux.gguf_bytes(Quant::Q8_0), Some(12_687_767_680));
+        assert_eq!(size.flux.gguf_bytes(Quant::Q4_1), Some(7_510_292_608));
+        // T5-XXL's 2-D weights, embedding included, bias table not (§2.1).
+        let t5 = size.t5;
+        assert_eq!(t5.matrices - 32 * 64 + t5.embedding, 4_762_107_904);
+        // CLIP-L's text model: about 123 M parameters; the VAE decoder about 50 M.
+        let clip = size.clip_params_bytes_f32 / 4;
+        assert!((120_000_000..126_000_000).contains(&clip), "{clip}");
+        let decoder = size.decoder_bytes_f32 / 4;
+        assert!((45_000_000..56_000_000).contains(&decoder), "{decoder}");
+    }
+
+    #[test]
+    fn auto_takes_full_precision_where_it_fits_else_the_largest_type_that_does() {
+        let size = real();
+        let pick = |gb: f64, side: u32, low: bool| {
+            choose(&size, &work(side, low), &budget(gb), None).map(|p| (p.transformer, p.t5))
+        };
+        // F32 on the CPU needs some 75 GB: a big server runs it.
+        assert_eq!(pick(128.0, 1024, false).unwrap(), (Quant::None, T5Quant::None));
+        // This project's 24 GB machines: Q8_0 at 512², less at 1024².
+        let at_512 = pick(22.0, 512, false).unwrap();
+        let at_1024 = pick(22.0, 1024, false).unwrap();
+        assert_eq!(at_512.0, Quant::Q8_0);
+        let order = |q: Quant| Quant::GGUF.iter().position(|g| *g == q).unwrap();
+        assert!(order(at_1024.0) >= order(at_512.0), "{at_1024:?}");
+        // A 16 GB laptop: low-memory mode affords a larger type.
+        let resident = pick(12.0, 512, false).unwrap();
+        let low = pick(12.0, 512, true).unwrap();
+        assert!(order(low.0) < order(resident.0), "{low:?} vs {resident:?}");
+        assert_eq!(low.1, T5Quant::nearest(low.0));
+        // Nothing fits: the error says what the smallest needs and what there is.
+        let err = pick(3.0, 1024, false).unwrap_err().to_string();
+        assert!(
+            err.contains("q2_k") && err.contains("3.0 GB") && err.contains("--low-memory"),
+            "{err}"
+        );
+        // A T5 type given by hand is kept.
+        let plan = choose(&size, &work(512, false), &budget(22.0), Some(T5Quant::Q3KS)).unwrap();
+        assert_eq!(plan.t5, T5Quant::Q3KS);
+        assert!(plan.reason.contains("a test budget"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn the_peak_grows_with_the_image_and_shrinks_with_low_memory() {
+        let size = real();
+        let plan = (Quant::Q4_0, T5Quant::Q4KS);
+        let small = estimate_peak(&size, plan, &work(256, false));
+        let large = estimate_peak(&size, plan, &work(1024, false));
+        let low = estimate_peak(&size, plan, &work(256, true));
+        assert!(large > small + 2_000_000_000, "{small} {large}");
+        assert!(low + 2_000_000_000 < small, "{low} {small}");
+        // Q4_0 resident at 256²: the transformer (6.8 GB), T5 (2.7 GB + its
+        // F32 embedding), CLIP and the VAE: between 10 and 13 GB.
+        assert!((10e9..13e9).contains(&(small as f64)), "{small}");
+    }
+}
