@@ -25,7 +25,7 @@ fn main() {
     let gb = |b: u64| format!("{:.2}", b as f64 / 1e9);
     println!("| --quant | transformer file GB | T5 type | T5 file GB | transformer loaded GB | T5 loaded GB | GPU peak 1024² (bf16) GB | GPU peak, --low-memory GB | CPU peak 1024² (f32) GB | CPU peak, --low-memory GB |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for quant in std::iter::once(Quant::None).chain(Quant::GGUF) {
+    for quant in Quant::all() {
         let t5 = T5Quant::nearest(quant);
         let peak = |dtype, low_memory| {
             gb(estimate_peak(

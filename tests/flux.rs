@@ -12,24 +12,7 @@ use schnell::flux::{
     EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, TextEncoders,
 };
 use schnell::hub::HubClientBuilder;
-use support::{tiny_models, TestHub};
-
-/// A private copy of the tiny models, for tests that break a file.
-fn tiny_copy() -> tempfile::TempDir {
-    let copy = tempfile::tempdir().unwrap();
-    for entry in walkdir::WalkDir::new(tiny_models()) {
-        let entry = entry.unwrap();
-        let to = copy
-            .path()
-            .join(entry.path().strip_prefix(tiny_models()).unwrap());
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    copy
-}
+use support::{tiny_copy, tiny_models, TestHub};
 
 struct Setup {
     hub: TestHub,

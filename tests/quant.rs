@@ -16,7 +16,7 @@ use schnell::flux::{
     T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO,
 };
 use schnell::hub::HubClientBuilder;
-use support::{tiny_models, TestHub};
+use support::{tiny_copy, tiny_models, TestHub};
 
 struct Setup {
     _hub: TestHub,
@@ -145,23 +145,6 @@ async fn a_seed_gives_one_image_and_quantized_images_stay_near_full_precision() 
     assert!(q8_psnr > 30.0, "q8_0: {q8_psnr:.1} dB");
     assert!(q4_psnr > unrelated + 5.0, "q4_0: {q4_psnr:.1} dB, unrelated {unrelated:.1} dB");
     assert!(q8_psnr > q4_psnr, "q8_0 {q8_psnr:.1} dB, q4_0 {q4_psnr:.1} dB");
-}
-
-/// A private copy of the tiny models, for tests that break a file.
-fn tiny_copy() -> tempfile::TempDir {
-    let copy = tempfile::tempdir().unwrap();
-    for entry in walkdir::WalkDir::new(tiny_models()) {
-        let entry = entry.unwrap();
-        let to = copy
-            .path()
-            .join(entry.path().strip_prefix(tiny_models()).unwrap());
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    copy
 }
 
 #[tokio::test]

@@ -185,10 +185,8 @@ impl WriteOptions {
     pub fn everything(sizes: ModelSizes) -> Self {
         Self {
             sizes,
-            quants: std::iter::once(Quant::None).chain(Quant::GGUF).collect(),
-            t5_quants: std::iter::once(T5Quant::None)
-                .chain(T5Quant::GGUF)
-                .collect(),
+            quants: Quant::all().collect(),
+            t5_quants: T5Quant::all().collect(),
             original: true,
         }
     }

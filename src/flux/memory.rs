@@ -305,7 +305,7 @@ pub fn choose(
     let t5_for = |q: Quant| t5.unwrap_or_else(|| T5Quant::nearest(q));
     let at = format!("at {}×{}", work.width, work.height);
     let mode = if work.low_memory { ", low-memory" } else { "" };
-    let candidates = std::iter::once(Quant::None).chain(Quant::GGUF);
+    let candidates = Quant::all();
     let mut larger: Option<(Quant, u64)> = None;
     for quant in candidates {
         let need = estimate_peak(size, (quant, t5_for(quant)), work);

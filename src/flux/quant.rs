@@ -238,7 +238,13 @@ pub enum QuantChoice {
 }
 
 macro_rules! named_enum {
-    ($ty:ty, $all:expr, $what:literal) => {
+    ($ty:ident, $what:literal) => {
+        impl $ty {
+            /// `none`, then every GGUF type, largest first.
+            pub fn all() -> impl Iterator<Item = $ty> {
+                std::iter::once($ty::None).chain($ty::GGUF)
+            }
+        }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.name())
@@ -248,8 +254,8 @@ macro_rules! named_enum {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
                 let s = s.to_ascii_lowercase();
-                $all.into_iter().find(|q| q.name() == s).ok_or_else(|| {
-                    let names: Vec<&str> = $all.iter().map(|q| q.name()).collect();
+                <$ty>::all().find(|q| q.name() == s).ok_or_else(|| {
+                    let names: Vec<&str> = <$ty>::all().map(|q| q.name()).collect();
                     format!("unknown {} {s:?}: use {}", $what, names.join(", "))
                 })
             }
@@ -257,33 +263,8 @@ macro_rules! named_enum {
     };
 }
 
-const ALL_QUANTS: [Quant; 11] = [
-    Quant::None,
-    Quant::Q8_0,
-    Quant::Q6K,
-    Quant::Q5KS,
-    Quant::Q5_1,
-    Quant::Q5_0,
-    Quant::Q4_1,
-    Quant::Q4KS,
-    Quant::Q4_0,
-    Quant::Q3KS,
-    Quant::Q2K,
-];
-const ALL_T5_QUANTS: [T5Quant; 10] = [
-    T5Quant::None,
-    T5Quant::Q8_0,
-    T5Quant::Q6K,
-    T5Quant::Q5KM,
-    T5Quant::Q5KS,
-    T5Quant::Q4KM,
-    T5Quant::Q4KS,
-    T5Quant::Q3KL,
-    T5Quant::Q3KM,
-    T5Quant::Q3KS,
-];
-named_enum!(Quant, ALL_QUANTS, "quant type");
-named_enum!(T5Quant, ALL_T5_QUANTS, "T5 quant type");
+named_enum!(Quant, "quant type");
+named_enum!(T5Quant, "T5 quant type");
 
 impl fmt::Display for QuantChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,14 +302,14 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_files_are_city96s() {
-        for q in ALL_QUANTS {
+        for q in Quant::all() {
             assert_eq!(q.name().parse::<Quant>().unwrap(), q);
             assert_eq!(
                 serde_json::to_value(q).unwrap(),
                 serde_json::json!(q.name())
             );
         }
-        for q in ALL_T5_QUANTS {
+        for q in T5Quant::all() {
             assert_eq!(q.name().parse::<T5Quant>().unwrap(), q);
         }
         assert_eq!(

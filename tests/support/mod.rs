@@ -465,6 +465,23 @@ pub fn tiny_models() -> &'static Path {
     })
 }
 
+/// A private copy of the tiny models, for tests that break a file.
+pub fn tiny_copy() -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in walkdir::WalkDir::new(tiny_models()) {
+        let entry = entry.unwrap();
+        let to = copy
+            .path()
+            .join(entry.path().strip_prefix(tiny_models()).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    copy
+}
+
 /// A task ticking every 5 ms on the current runtime, recording the longest gap
 /// between ticks: any blocking call on that runtime shows up as a gap.
 pub struct Heartbeat {
