@@ -1,7 +1,8 @@
 //! The memory budget of every weight type for the real FLUX.1-schnell,
 //! computed from its configs (tests/fixtures) as `--quant auto` computes it:
 //! file sizes, what the loaded weights take, and the peak planned for a GPU
-//! (bf16 CLIP and VAE) and for the CPU (f32), at 1024×1024.
+//! (bf16 CLIP and VAE) and for this machine's CPU (f32; candle's repacked
+//! copies of some types depend on its instruction set), at 1024×1024.
 //!
 //! `cargo run --release --example memory_table`
 
@@ -13,6 +14,8 @@ use schnell::flux::{Quant, T5Quant};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn main() {
+    // As `schnell` itself does (see the function).
+    schnell::flux::memory::keep_q8_0_compact();
     let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).expect("fixture");
     let src = |p: &str| ConfigSource(p.into());
     let bfl = "hub/black-forest-labs/FLUX.1-schnell";
@@ -27,7 +30,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for quant in Quant::all() {
         let t5 = T5Quant::nearest(quant);
-        let peak = |dtype, low_memory| {
+        let peak = |dtype, low_memory, cpu| {
             gb(estimate_peak(
                 &size,
                 (quant, t5),
@@ -36,6 +39,7 @@ fn main() {
                     width: 1024,
                     height: 1024,
                     low_memory,
+                    cpu,
                 },
             ))
         };
@@ -49,12 +53,12 @@ fn main() {
             .map_or_else(|| "9.52 (bf16)".into(), gb);
         println!(
             "| {quant} | {flux_file} | {t5} | {t5_file} | {} | {} | {} | {} | {} | {} |",
-            gb(size.flux.resident_bytes(quant, DType::BF16)),
-            gb(size.t5.resident_bytes(t5, DType::BF16)),
-            peak(DType::BF16, false),
-            peak(DType::BF16, true),
-            peak(DType::F32, false),
-            peak(DType::F32, true),
+            gb(size.flux.resident_bytes(quant, DType::BF16, false)),
+            gb(size.t5.resident_bytes(t5, DType::BF16, false)),
+            peak(DType::BF16, false, false),
+            peak(DType::BF16, true, false),
+            peak(DType::F32, false, true),
+            peak(DType::F32, true, true),
         );
     }
 }

@@ -8,7 +8,7 @@
 # the whole process's peak RSS (GNU time) and the time of each stage.
 #
 #   scripts/bench_quant_real.sh            # needs ~60 GB of disk, ~40 min on 2 cores
-#   SIDE=512 STEPS=1 QUANTS="q4_0" scripts/bench_quant_real.sh
+#   SIDE=512 STEPS=1 QUANTS="q4_0" MODES=low-memory scripts/bench_quant_real.sh
 #
 # The models and the cache live in $WORK (default ~/.cache/schnell-bench-real),
 # kept between runs: a second run only measures. PREPARE_ONLY=1 writes and
@@ -20,6 +20,7 @@ WORK="${WORK:-$HOME/.cache/schnell-bench-real}"
 QUANTS="${QUANTS:-q4_0 q8_0}"
 SIDE="${SIDE:-256}"
 STEPS="${STEPS:-1}"
+MODES="${MODES:-resident low-memory}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/schnell-release-target}"
 BIN="$CARGO_TARGET_DIR/release/schnell"
 
@@ -57,7 +58,7 @@ fi
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; ${SIDE}x${SIDE}, $STEPS step(s), seed 1"
 for q in $QUANTS; do
-    for mode in resident low-memory; do
+    for mode in $MODES; do
         flag=()
         [ "$mode" = low-memory ] && flag=(--low-memory)
         out="$WORK/run-$q-$mode.txt"

@@ -115,7 +115,8 @@ struct EngineArgs {
     /// flux-repo (about 34 GB) or original (about 70 GB, candle's file list).
     #[arg(long, default_value_t = TextEncoders::FluxRepo)]
     text_encoders: TextEncoders,
-    /// Load T5, encode, free it, then load the transformer, on every image.
+    /// Keep only the tokenizers loaded: load T5, CLIP, the transformer and
+    /// the VAE in turn for every image, each freed before the next.
     #[arg(long)]
     low_memory: bool,
     /// The transformer's weights: auto (the largest that fits free memory),
@@ -210,6 +211,8 @@ struct MirrorArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: candle reads this once.
+    schnell::flux::memory::keep_q8_0_compact();
     let default_log = match cli.command {
         Command::Mirror(_) | Command::Serve(_) => "info",
         _ => "warn",

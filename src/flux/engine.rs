@@ -34,8 +34,8 @@ pub struct EngineOptions {
     /// Default: bf16 on GPUs, f32 on the CPU.
     pub dtype: Option<DType>,
     pub text_encoders: TextEncoders,
-    /// Keep only CLIP and the VAE resident; load T5, encode, free it, then
-    /// load the transformer, on every request.
+    /// Keep only the tokenizers resident; load T5, CLIP, the transformer and
+    /// the VAE's decoder in turn on every request, each freed before the next.
     pub low_memory: bool,
     /// The transformer's weights: `auto` (the default) picks the largest
     /// that fits the device's memory.
@@ -288,6 +288,7 @@ impl FluxSchnell {
             width,
             height,
             low_memory: options.low_memory,
+            cpu: options.device == DeviceChoice::Cpu,
         };
         let plan = match options.quant {
             QuantChoice::Fixed(quant) => memory::fixed(&size, &work, quant, options.t5_quant),
@@ -620,13 +621,16 @@ fn load(
     let clip = model.load_clip()?;
     emit(Component::Vae);
     let decoder = model.load_decoder()?;
-    let (t5, flux) = if options.low_memory {
-        (None, None)
+    // In low-memory mode CLIP and the VAE were loaded only to check their
+    // files now rather than at the first request; they are loaded again
+    // when needed.
+    let (clip, decoder, t5, flux) = if options.low_memory {
+        (None, None, None, None)
     } else {
         emit(Component::T5);
         let t5 = model.load_t5()?;
         emit(Component::Transformer);
-        (Some(t5), Some(model.load_flux()?))
+        (Some(clip), Some(decoder), Some(t5), Some(model.load_flux()?))
     };
     Ok((
         model,

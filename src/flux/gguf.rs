@@ -126,7 +126,7 @@ impl<'a> GgufFile<'a> {
         write_header(&mut buffer, &[("general.alignment", &alignment_kv)], &entries, alignment)
             .map_err(io)?;
         let mut file = File::open(&named.path).map_err(io)?;
-        let data_len = file.metadata().map_err(io)?.len() - self.content.tensor_data_offset;
+        let data_len = (file.metadata().map_err(io)?.len()).saturating_sub(self.content.tensor_data_offset);
         buffer
             .try_reserve_exact(data_len as usize)
             .map_err(|e| load_error(named, format!("no memory to rename its tensors: {e}")))?;

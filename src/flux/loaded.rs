@@ -150,13 +150,13 @@ impl LocalModel {
     }
 }
 
-/// What stays loaded between requests. In low-memory mode T5 and the
-/// transformer are not kept: each request loads T5, encodes, frees it, then
-/// loads the transformer.
+/// What stays loaded between requests. In low-memory mode only the
+/// tokenizers are kept: each request loads each part in turn (T5, CLIP, the
+/// transformer, the VAE's decoder) and frees it before the next loads.
 pub struct Resident {
     pub tokenizers: Tokenizers,
-    pub clip: Clip,
-    pub decoder: Decoder,
+    pub clip: Option<Clip>,
+    pub decoder: Option<Decoder>,
     pub t5: Option<T5>,
     pub flux: Option<Transformer>,
 }
@@ -169,7 +169,6 @@ pub enum Transformer {
 
 impl Transformer {
     /// One pass: the velocity at timestep `t`.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         img: &Tensor,

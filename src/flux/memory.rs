@@ -6,6 +6,7 @@
 //! full-resolution activations). They are estimates, planned on the high
 //! side; the benchmark in BENCHMARKS.md measures the real peaks.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::{autoencoder, model};
@@ -73,15 +74,17 @@ impl FluxParams {
         Some((self.block_matrices as f64 * bpw / 8.0) as u64 + (self.top_matrices + self.vectors) * 2)
     }
 
-    /// In memory: candle keeps block matrices quantized and widens the F16
-    /// tensors to F32; safetensors load whole in `dtype`.
-    pub fn resident_bytes(&self, quant: Quant, dtype: DType) -> u64 {
-        match quant.bits_per_weight() {
-            Some(bpw) => {
-                (self.block_matrices as f64 * bpw / 8.0) as u64
+    /// In memory: candle keeps block matrices quantized (plus, on the CPU,
+    /// the copy it repacks some types into) and widens the F16 tensors to
+    /// F32; safetensors load whole in `dtype`.
+    pub fn resident_bytes(&self, quant: Quant, dtype: DType, cpu: bool) -> u64 {
+        match (quant.ggml(), quant.bits_per_weight()) {
+            (Some(ggml), Some(bpw)) => {
+                let blocks = self.block_matrices as f64 * bpw / 8.0;
+                (blocks * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
                     + (self.top_matrices + self.vectors) * 4
             }
-            None => self.total() * dtype.size_in_bytes() as u64,
+            _ => self.total() * dtype.size_in_bytes() as u64,
         }
     }
 }
@@ -114,11 +117,16 @@ impl T5Params {
     }
 
     /// In memory. GGUF: the matrices quantized (city96's real files give the
-    /// bits per weight, mixes included), the embedding widened to F32.
-    pub fn resident_bytes(&self, quant: T5Quant, dtype: DType) -> u64 {
-        match quant.bits_per_weight() {
-            Some(bpw) => (self.matrices as f64 * bpw / 8.0) as u64 + (self.embedding + self.vectors) * 4,
-            None => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
+    /// bits per weight, mixes included; on the CPU, plus candle's repacked
+    /// copy), the embedding widened to F32.
+    pub fn resident_bytes(&self, quant: T5Quant, dtype: DType, cpu: bool) -> u64 {
+        match (quant.ggml(), quant.bits_per_weight()) {
+            (Some(ggml), Some(bpw)) => {
+                let matrices = self.matrices as f64 * bpw / 8.0;
+                (matrices * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
+                    + (self.embedding + self.vectors) * 4
+            }
+            _ => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
         }
     }
 
@@ -128,6 +136,70 @@ impl T5Params {
         quant
             .bits_per_weight()
             .map_or(0, |bpw| ((self.matrices + self.embedding) as f64 * bpw / 8.0) as u64)
+    }
+}
+
+/// What candle 0.11's CPU matmul adds to a quantized weight, per byte of it.
+///
+/// On x86_64 with AVX2, candle repacks Q4K weights (into tiles 4/3 their
+/// size), Q6K weights used in batched matmuls (FLUX's and T5's always are;
+/// 1.52×) and, on CPUs with AVX-VNNI unless `MISTRALRS_FORCE_AVX2=1`, Q8_0
+/// weights (1×), on first use, and keeps the copy beside the original
+/// (candle-core `quantized/repack_x86.rs`). aarch64 repacks Q4_0, Q4K, Q5K,
+/// Q6K and Q8_0 likewise; its sizes are assumed equal to the originals'.
+pub fn cpu_repack_overhead(dtype: GgmlDType, cpu: bool) -> f64 {
+    if !cpu {
+        return 0.0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return 0.0;
+        }
+        let env = |k: &str| std::env::var(k).as_deref() == Ok("1");
+        let avx512_vnni = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        let vnni = !env("MISTRALRS_FORCE_AVX2")
+            && (avx512_vnni
+                || env("MISTRALRS_FORCE_AVXVNNI")
+                || std::arch::is_x86_feature_detected!("avxvnni"));
+        match dtype {
+            GgmlDType::Q4K => 3072.0 / 2304.0,
+            GgmlDType::Q6K => 5120.0 / 3360.0,
+            GgmlDType::Q8_0 if vnni => 1.0,
+            _ => 0.0,
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        match dtype {
+            GgmlDType::Q4_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+            | GgmlDType::Q8_0 => 1.0,
+            _ => 0.0,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = dtype;
+        0.0
+    }
+}
+
+/// Asks candle to keep Q8_0 weights compact on the CPU: on CPUs with
+/// AVX-VNNI candle 0.11 keeps a repacked copy of them beside the originals,
+/// doubling their memory (12.7 GB more for FLUX's transformer), while its
+/// AVX2 tier does not. candle reads the switch (`MISTRALRS_FORCE_AVX2`) from
+/// the environment once, so call this first thing in `main`, before any
+/// thread starts. A choice already in the environment stays.
+pub fn keep_q8_0_compact() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("MISTRALRS_FORCE_AVX2").is_none()
+        && std::env::var_os("MISTRALRS_FORCE_AVXVNNI").is_none()
+    {
+        std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
     }
 }
 
@@ -201,6 +273,8 @@ pub struct Workload {
     pub width: u32,
     pub height: u32,
     pub low_memory: bool,
+    /// On the CPU (candle repacks some quantized types there).
+    pub cpu: bool,
 }
 
 /// The peak memory of one choice of weights, in bytes.
@@ -209,9 +283,11 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let s = work.dtype.size_in_bytes() as u64;
     let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
     let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
-    let flux = size.flux.resident_bytes(quant, work.dtype);
-    let t5 = size.t5.resident_bytes(t5q, work.dtype);
-    let t5_load = t5 + size.t5.load_extra_bytes(t5q);
+    let flux = size.flux.resident_bytes(quant, work.dtype, work.cpu);
+    // T5 while it encodes (candle repacks on first use), and while it loads
+    // (the renamed file in memory; nothing repacked yet).
+    let t5 = size.t5.resident_bytes(t5q, work.dtype, work.cpu);
+    let t5_load = size.t5.resident_bytes(t5q, work.dtype, false) + size.t5.load_extra_bytes(t5q);
 
     // The quantized transformer computes in F32.
     let flux_s = if quant == Quant::None { s } else { 4 };
@@ -228,7 +304,10 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
         + 2 * size.vae_top_channels * latent * s;
 
     let peak = if work.low_memory {
-        [always + t5_load + t5_act, always + flux + flux_act, always + vae_act]
+        // One part at a time: T5, CLIP, the transformer, the decoder.
+        let clip = scale(size.clip_params_bytes_f32);
+        let decoder = scale(size.decoder_bytes_f32);
+        [t5_load.max(t5 + t5_act), clip, flux + flux_act, decoder + vae_act]
             .into_iter()
             .max()
             .expect("not empty")
@@ -392,6 +471,9 @@ mod tests {
             width,
             height: width,
             low_memory,
+            // Planned as for a GPU with F32 activations: the CPU's repacked
+            // copies depend on the machine's instruction set.
+            cpu: false,
         }
     }
 
@@ -452,6 +534,21 @@ mod tests {
         let plan = choose(&size, &work(512, false), &budget(22.0), Some(T5Quant::Q3KS)).unwrap();
         assert_eq!(plan.t5, T5Quant::Q3KS);
         assert!(plan.reason.contains("a test budget"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn repacked_copies_count_on_the_cpu_only() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_1, GgmlDType::Q3K, GgmlDType::Q2K] {
+            assert_eq!(cpu_repack_overhead(dtype, true), 0.0, "{dtype:?}");
+        }
+        assert_eq!(cpu_repack_overhead(GgmlDType::Q4K, false), 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(cpu_repack_overhead(GgmlDType::Q4K, true), 4.0 / 3.0);
+            let size = real();
+            let on = |cpu| size.t5.resident_bytes(T5Quant::Q4KS, DType::F32, cpu);
+            assert!(on(true) > on(false) + 3_000_000_000, "{} {}", on(true), on(false));
+        }
     }
 
     #[test]

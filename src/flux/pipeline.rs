@@ -49,30 +49,34 @@ pub fn generate(
         say(GenerateEvent::Warning { message })?;
     }
 
-    // T5 stays resident unless memory is short; then it is loaded for this
-    // prompt and freed before the transformer loads.
+    // Every part stays resident unless memory is short; then each is loaded
+    // for this request and freed before the next one loads.
     let mut borrowed_t5 = None;
-    let t5 = match resident.t5.as_mut() {
-        Some(t5) => t5,
-        None => {
-            say(GenerateEvent::Loading {
-                component: Component::T5,
-            })?;
-            let t = Instant::now();
-            let t5 = borrowed_t5.insert(model.load_t5()?);
-            timings.load += t.elapsed();
-            t5
-        }
-    };
+    let t5 = resident_or_load(
+        resident.t5.as_mut(),
+        &mut borrowed_t5,
+        Component::T5,
+        || model.load_t5(),
+        &mut say,
+        &mut timings,
+    )?;
     let t = Instant::now();
     let t5_emb = t5.encode(&tokens.t5, device)?;
     timings.text_encoding += t.elapsed();
     drop(borrowed_t5);
+    let mut borrowed_clip = None;
+    let clip = resident_or_load(
+        resident.clip.as_mut(),
+        &mut borrowed_clip,
+        Component::Clip,
+        || model.load_clip(),
+        &mut say,
+        &mut timings,
+    )?;
     let t = Instant::now();
-    let clip_emb = resident
-        .clip
-        .encode(&tokens.clip, tokens.clip_end, device)?;
+    let clip_emb = clip.encode(&tokens.clip, tokens.clip_end, device)?;
     timings.text_encoding += t.elapsed();
+    drop(borrowed_clip);
 
     let (width, height) = (request.width as usize, request.height as usize);
     let noise = seeded_noise(seed, width, height, device, dtype)?;
@@ -85,20 +89,15 @@ pub fn generate(
     .map_err(compute("denoising"))?;
     drop((t5_emb, clip_emb));
 
-    // Resident, or loaded for this request and freed before the VAE decodes.
     let mut borrowed_flux = None;
-    let flux: &Transformer = match resident.flux.as_ref() {
-        Some(flux) => flux,
-        None => {
-            say(GenerateEvent::Loading {
-                component: Component::Transformer,
-            })?;
-            let t = Instant::now();
-            let flux = borrowed_flux.insert(model.load_flux()?);
-            timings.load += t.elapsed();
-            flux
-        }
-    };
+    let flux: &Transformer = resident_or_load(
+        resident.flux.as_mut(),
+        &mut borrowed_flux,
+        Component::Transformer,
+        || model.load_flux(),
+        &mut say,
+        &mut timings,
+    )?;
 
     // schnell's schedule has no resolution shift.
     let timesteps = get_schedule(request.steps as usize, None);
@@ -135,9 +134,18 @@ pub fn generate(
     }
 
     drop(borrowed_flux);
+    let mut borrowed_decoder = None;
+    let decoder = resident_or_load(
+        resident.decoder.as_mut(),
+        &mut borrowed_decoder,
+        Component::Vae,
+        || model.load_decoder(),
+        &mut say,
+        &mut timings,
+    )?;
     let t = Instant::now();
     let image = decode(
-        &resident.decoder,
+        decoder,
         &model.vae_config,
         model.dtype,
         &img,
@@ -147,6 +155,26 @@ pub fn generate(
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
     Ok((image, timings))
+}
+
+/// A part kept loaded, or loaded now into `borrowed` (so it is freed when
+/// the caller drops that), with the load announced and timed.
+fn resident_or_load<'a, T>(
+    resident: Option<&'a mut T>,
+    borrowed: &'a mut Option<T>,
+    component: Component,
+    load: impl FnOnce() -> Result<T, FluxError>,
+    say: &mut impl FnMut(GenerateEvent) -> Result<(), FluxError>,
+    timings: &mut Timings,
+) -> Result<&'a mut T, FluxError> {
+    if let Some(part) = resident {
+        return Ok(part);
+    }
+    say(GenerateEvent::Loading { component })?;
+    let t = Instant::now();
+    let part = borrowed.insert(load()?);
+    timings.load += t.elapsed();
+    Ok(part)
 }
 
 /// The initial latent noise, drawn on the CPU from a seeded ChaCha RNG (candle
