@@ -22,7 +22,11 @@ fn main() {
     let size = ModelSize::of(
         &flux_config(&src("t"), &read(&format!("{bfl}/transformer/config.json"))).unwrap(),
         &t5_config(&src("t5"), &read("hub/google/t5-v1_1-xxl/config.json")).unwrap(),
-        &clip_text_config(&src("c"), &read("reconstructed/flux-text_encoder-config.json")).unwrap(),
+        &clip_text_config(
+            &src("c"),
+            &read("reconstructed/flux-text_encoder-config.json"),
+        )
+        .unwrap(),
         &vae_config(&src("v"), &read(&format!("{bfl}/vae/config.json"))).unwrap(),
     );
     let gb = |b: u64| format!("{:.2}", b as f64 / 1e9);

@@ -260,15 +260,27 @@ fn random_models_writes_the_types_asked_and_generate_says_which_weights_run() {
         .args(["--size", "tiny", "--quant", "q4_0,q2_k"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let exists = |p: &str| models.path().join(p).exists();
     assert!(exists("city96/FLUX.1-schnell-gguf/flux1-schnell-Q4_0.gguf"));
     assert!(exists("city96/FLUX.1-schnell-gguf/flux1-schnell-Q2_K.gguf"));
     // T5's nearest types only, and no safetensors transformer.
-    assert!(exists("city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q4_K_S.gguf"));
-    assert!(exists("city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q3_K_S.gguf"));
-    assert!(!exists("city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q8_0.gguf"));
-    assert!(!exists("black-forest-labs/FLUX.1-schnell/flux1-schnell.safetensors"));
+    assert!(exists(
+        "city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q4_K_S.gguf"
+    ));
+    assert!(exists(
+        "city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q3_K_S.gguf"
+    ));
+    assert!(!exists(
+        "city96/t5-v1_1-xxl-encoder-gguf/t5-v1_1-xxl-encoder-Q8_0.gguf"
+    ));
+    assert!(!exists(
+        "black-forest-labs/FLUX.1-schnell/flux1-schnell.safetensors"
+    ));
 
     let hub = TestHub::start(models.path());
     let cache = tempfile::tempdir().unwrap();
@@ -288,14 +300,19 @@ fn random_models_writes_the_types_asked_and_generate_says_which_weights_run() {
     let out = generate(&["--quant", "q4_0"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("weights: --quant q4_0 (T5 q4_k_s) as asked"), "{stderr}");
+    assert!(
+        stderr.contains("weights: --quant q4_0 (T5 q4_k_s) as asked"),
+        "{stderr}"
+    );
 
     // Auto with too little memory for anything: refused before loading, saying why.
     let out = generate(&["--quant", "auto", "--memory-budget", "100MB"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("no weights fit") && stderr.contains("0.1 GB") && stderr.contains("--memory-budget"),
+        stderr.contains("no weights fit")
+            && stderr.contains("0.1 GB")
+            && stderr.contains("--memory-budget"),
         "{stderr}"
     );
     let out = generate(&["--quant", "q9_9"]);

@@ -145,8 +145,14 @@ async fn a_seed_gives_one_image_and_quantized_images_stay_near_full_precision() 
         "PSNR against none, seed 21: q8_0 {q8_psnr:.1} dB, q4_0 {q4_psnr:.1} dB (another seed: {unrelated:.1} dB)"
     );
     assert!(q8_psnr > 30.0, "q8_0: {q8_psnr:.1} dB");
-    assert!(q4_psnr > unrelated + 5.0, "q4_0: {q4_psnr:.1} dB, unrelated {unrelated:.1} dB");
-    assert!(q8_psnr > q4_psnr, "q8_0 {q8_psnr:.1} dB, q4_0 {q4_psnr:.1} dB");
+    assert!(
+        q4_psnr > unrelated + 5.0,
+        "q4_0: {q4_psnr:.1} dB, unrelated {unrelated:.1} dB"
+    );
+    assert!(
+        q8_psnr > q4_psnr,
+        "q8_0 {q8_psnr:.1} dB, q4_0 {q4_psnr:.1} dB"
+    );
 }
 
 #[tokio::test]
@@ -171,10 +177,17 @@ async fn a_file_of_the_wrong_type_is_named_with_a_tensor() {
     assert_eq!(s.engine.status().phase, Phase::Failed);
 
     // Not a GGUF file at all.
-    std::fs::write(repo.join("flux1-schnell-Q5_0.gguf"), b"<html>not found</html>").unwrap();
+    std::fs::write(
+        repo.join("flux1-schnell-Q5_0.gguf"),
+        b"<html>not found</html>",
+    )
+    .unwrap();
     let s = setup_in(dir.path(), with(Quant::Q5_0, None));
     let err = outcome(&s.engine, small(1)).await.unwrap_err();
-    assert!(err.contains("flux1-schnell-Q5_0.gguf") && err.contains("GGUF"), "{err}");
+    assert!(
+        err.contains("flux1-schnell-Q5_0.gguf") && err.contains("GGUF"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -235,7 +248,10 @@ async fn auto_picks_by_the_memory_budget_and_an_explicit_type_wins() {
     };
     let s = setup_in(tiny_models(), starved);
     let err = outcome(&s.engine, small(1)).await.unwrap_err();
-    assert!(err.contains("no weights fit") && err.contains("--memory-budget"), "{err}");
+    assert!(
+        err.contains("no weights fit") && err.contains("--memory-budget"),
+        "{err}"
+    );
     assert!(
         !s.engine.status().files.keys().any(|k| k.ends_with(".gguf")),
         "nothing is downloaded for a plan that failed"

@@ -11,12 +11,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use schnell::flux::{
-    parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, ModelDescription, QuantChoice, T5Quant,
-    TextEncoders,
-};
 use schnell::dev::{Size, WriteOptions};
-use schnell::flux::Quant;
+use schnell::flux::{
+    parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, ModelDescription, Quant, QuantChoice,
+    T5Quant, TextEncoders,
+};
 use schnell::hub::{HubClient, HubClientBuilder, HubFile};
 use schnell::mirror::Mirror;
 
@@ -151,9 +150,7 @@ impl EngineArgs {
 /// `12GB`, `16GiB`, `800MB` or plain bytes.
 fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number
         .trim()
@@ -169,7 +166,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "mib" => 1024f64.powi(2),
         "gib" => 1024f64.powi(3),
         "tib" => 1024f64.powi(4),
-        other => return Err(format!("unknown unit {other:?} in {s:?}: use B, KB, MB, GB, GiB…")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use B, KB, MB, GB, GiB…"
+            ))
+        }
     };
     if number < 0.0 || !number.is_finite() {
         return Err(format!("{s:?} is not a size"));
@@ -272,11 +273,8 @@ async fn fetch(args: FetchArgs) -> Result<()> {
         (Some(name), _) => {
             let model = ModelDescription::find(name)
                 .with_context(|| format!("unknown model {name:?}: try flux-schnell"))?;
-            let engine = FluxSchnell::for_model(
-                model,
-                args.hub.client(&bars)?,
-                args.engine.options()?,
-            );
+            let engine =
+                FluxSchnell::for_model(model, args.hub.client(&bars)?, args.engine.options()?);
             let plan = engine
                 .plan(schnell::flux::PLANNED_SIDE, schnell::flux::PLANNED_SIDE)
                 .await?;
@@ -336,8 +334,10 @@ async fn mirror(args: MirrorArgs) -> Result<()> {
 
 async fn random_models(dir: PathBuf, options: WriteOptions) -> Result<()> {
     let target = dir.clone();
-    let spinner = indicatif::ProgressBar::new_spinner()
-        .with_message(format!("writing random-weight models into {}", dir.display()));
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "writing random-weight models into {}",
+        dir.display()
+    ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let written = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&target)?;

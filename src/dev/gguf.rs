@@ -96,7 +96,10 @@ pub fn write_t5(path: &Path, tensors: &[Recorded], quant: T5Quant, layers: usize
         ("general.file_type", Value::U32(ggml_type_id(base))),
         ("t5encoder.block_count", Value::U32(layers as u32)),
         ("t5encoder.attention.relative_buckets_count", Value::U32(32)),
-        ("t5encoder.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+        (
+            "t5encoder.attention.layer_norm_rms_epsilon",
+            Value::F32(1e-6),
+        ),
     ];
     write(path, &metadata, planned)
 }

@@ -268,7 +268,11 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         &json_bytes(&transformer_config),
     )?;
     let transformer = random::record(1, |vb| Flux::new(&flux_cfg, vb).map(drop))?;
-    put(&flux.transformer_config, json_bytes(&transformer_config), &mut written)?;
+    put(
+        &flux.transformer_config,
+        json_bytes(&transformer_config),
+        &mut written,
+    )?;
     for &quant in &options.quants {
         match quant.file() {
             None => {
@@ -347,7 +351,11 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         match quant.file() {
             None => {
                 let (a, b) = (path(&flux.t5_weights[0])?, path(&flux.t5_weights[1])?);
-                let index = path(flux.t5_index.as_ref().expect("the FLUX repo's T5 is sharded"))?;
+                let index = path(
+                    flux.t5_index
+                        .as_ref()
+                        .expect("the FLUX repo's T5 is sharded"),
+                )?;
                 safetensors::write_sharded(&a, &b, &index, &encoder)?;
                 written.extend([a, b, index]);
             }
@@ -359,7 +367,11 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         }
     }
     drop(encoder);
-    put(&flux.t5_config, json_bytes(&t5_config_json(false)), &mut written)?;
+    put(
+        &flux.t5_config,
+        json_bytes(&t5_config_json(false)),
+        &mut written,
+    )?;
     put(&flux.t5_tokenizer, t5_tok.clone(), &mut written)?;
 
     // CLIP: the FLUX repo's text model (flat config).
@@ -394,7 +406,11 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         let p = path(&original.t5_weights[0])?;
         safetensors::write(&p, &full_t5, DType::F32)?;
         written.push(p);
-        put(&original.t5_config, json_bytes(&t5_config_json(true)), &mut written)?;
+        put(
+            &original.t5_config,
+            json_bytes(&t5_config_json(true)),
+            &mut written,
+        )?;
         put(&original.t5_tokenizer, t5_tok, &mut written)?;
 
         // openai's full CLIP: nested config, vision tower included.

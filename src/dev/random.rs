@@ -87,7 +87,8 @@ impl Recorded {
     fn range(&self) -> (f32, f32) {
         let name = &self.name;
         let vector = self.dims.len() <= 1;
-        if vector && (name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight")))
+        if vector
+            && (name.ends_with("scale") || (name.contains("norm") && name.ends_with("weight")))
         {
             (0.9, 1.1)
         } else if name.ends_with("bias") {

@@ -20,8 +20,8 @@ use super::device::DeviceChoice;
 use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
 use super::memory::{self, MemoryBudget, ModelSize, Workload};
-use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::pipeline;
+use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::request::{Component, GenerateEvent, GenerateRequest};
 use super::weights::Named;
 use super::FluxError;
@@ -332,9 +332,7 @@ impl FluxSchnell {
 
     /// Downloads every file (once) and loads the models (once).
     pub async fn prepare(&self) -> Result<(), Arc<FluxError>> {
-        let local = self
-            .local_files(None, (PLANNED_SIDE, PLANNED_SIDE))
-            .await?;
+        let local = self.local_files(None, (PLANNED_SIDE, PLANNED_SIDE)).await?;
         let (reply, answer) = oneshot::channel();
         self.inner
             .jobs
@@ -392,11 +390,10 @@ impl FluxSchnell {
             return Ok(local.clone());
         }
         let plan = self.plan(size.0, size.1).await?;
-        let files = self.inner.model.files(
-            self.inner.options.text_encoders,
-            plan.transformer,
-            plan.t5,
-        );
+        let files =
+            self.inner
+                .model
+                .files(self.inner.options.text_encoders, plan.transformer, plan.t5);
         let shared = self.inner.shared.clone();
         let forward = events.cloned();
         let hub = self.inner.hub.with_events(Arc::new(move |event: HubEvent| {
@@ -630,7 +627,12 @@ fn load(
         emit(Component::T5);
         let t5 = model.load_t5()?;
         emit(Component::Transformer);
-        (Some(clip), Some(decoder), Some(t5), Some(model.load_flux()?))
+        (
+            Some(clip),
+            Some(decoder),
+            Some(t5),
+            Some(model.load_flux()?),
+        )
     };
     Ok((
         model,

@@ -123,10 +123,16 @@ impl<'a> GgufFile<'a> {
         let alignment = self.alignment();
         let alignment_kv = Value::U32(alignment as u32);
         let mut buffer = Vec::new();
-        write_header(&mut buffer, &[("general.alignment", &alignment_kv)], &entries, alignment)
-            .map_err(io)?;
+        write_header(
+            &mut buffer,
+            &[("general.alignment", &alignment_kv)],
+            &entries,
+            alignment,
+        )
+        .map_err(io)?;
         let mut file = File::open(&named.path).map_err(io)?;
-        let data_len = (file.metadata().map_err(io)?.len()).saturating_sub(self.content.tensor_data_offset);
+        let data_len =
+            (file.metadata().map_err(io)?.len()).saturating_sub(self.content.tensor_data_offset);
         buffer
             .try_reserve_exact(data_len as usize)
             .map_err(|e| load_error(named, format!("no memory to rename its tensors: {e}")))?;
@@ -237,7 +243,9 @@ impl TensorEntry {
 }
 
 /// Lays tensors out one after another, each padded to the alignment.
-pub fn layout(tensors: impl IntoIterator<Item = (String, Vec<usize>, GgmlDType)>) -> Vec<TensorEntry> {
+pub fn layout(
+    tensors: impl IntoIterator<Item = (String, Vec<usize>, GgmlDType)>,
+) -> Vec<TensorEntry> {
     let mut offset = 0;
     tensors
         .into_iter()
@@ -440,14 +448,22 @@ mod tests {
         );
         let mut bytes = Vec::new();
         let arch = Value::String("flux".into());
-        write_header(&mut bytes, &[("general.architecture", &arch)], &entries, ALIGNMENT).unwrap();
+        write_header(
+            &mut bytes,
+            &[("general.architecture", &arch)],
+            &entries,
+            ALIGNMENT,
+        )
+        .unwrap();
         for (_, t) in &q {
             write_tensor_data(&mut bytes, t).unwrap();
         }
         let mut cursor = std::io::Cursor::new(&bytes);
         let content = Content::read(&mut cursor).unwrap();
         assert_eq!(
-            content.metadata["general.architecture"].to_string().unwrap(),
+            content.metadata["general.architecture"]
+                .to_string()
+                .unwrap(),
             "flux"
         );
         let b = content
@@ -456,7 +472,9 @@ mod tests {
             .dequantize(&Device::Cpu)
             .unwrap();
         assert_eq!(b.to_vec1::<f32>().unwrap(), [1., 2., 3.]);
-        let a = content.tensor(&mut cursor, "a.weight", &Device::Cpu).unwrap();
+        let a = content
+            .tensor(&mut cursor, "a.weight", &Device::Cpu)
+            .unwrap();
         assert_eq!(a.dtype(), GgmlDType::Q8_0);
         assert_eq!(a.shape().dims(), [2, 32]);
     }

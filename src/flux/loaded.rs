@@ -105,7 +105,7 @@ impl LocalModel {
             None => {
                 let vb = mmap(files, self.dtype, &self.device)?;
                 Flux::new(&self.flux_config, vb)
-                    .map(Transformer::Full)
+                    .map(|flux| Transformer::Full(Box::new(flux)))
                     .map_err(|e| load_error(files, e))
             }
             Some(expected) => {
@@ -113,7 +113,7 @@ impl LocalModel {
                 file.check_type(expected, is_flux_block_matrix)?;
                 let vb = file.var_builder(&self.device)?;
                 quantized_model::Flux::new(&self.flux_config, vb)
-                    .map(Transformer::Quantized)
+                    .map(|flux| Transformer::Quantized(Box::new(flux)))
                     .map_err(|e| load_error(files, e))
             }
         }
@@ -163,8 +163,8 @@ pub struct Resident {
 
 /// The FLUX transformer, from safetensors or from a GGUF file.
 pub enum Transformer {
-    Full(Flux),
-    Quantized(quantized_model::Flux),
+    Full(Box<Flux>),
+    Quantized(Box<quantized_model::Flux>),
 }
 
 impl Transformer {

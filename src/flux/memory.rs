@@ -71,7 +71,10 @@ impl FluxParams {
     /// The size of city96's GGUF of this type (tensor data, no header).
     pub fn gguf_bytes(&self, quant: Quant) -> Option<u64> {
         let bpw = quant.bits_per_weight()?;
-        Some((self.block_matrices as f64 * bpw / 8.0) as u64 + (self.top_matrices + self.vectors) * 2)
+        Some(
+            (self.block_matrices as f64 * bpw / 8.0) as u64
+                + (self.top_matrices + self.vectors) * 2,
+        )
     }
 
     /// In memory: candle keeps block matrices quantized (plus, on the CPU,
@@ -133,9 +136,9 @@ impl T5Params {
     /// Loading a GGUF with llama.cpp names holds the renamed file in memory
     /// while candle reads it (see `gguf::renamed`).
     pub fn load_extra_bytes(&self, quant: T5Quant) -> u64 {
-        quant
-            .bits_per_weight()
-            .map_or(0, |bpw| ((self.matrices + self.embedding) as f64 * bpw / 8.0) as u64)
+        quant.bits_per_weight().map_or(0, |bpw| {
+            ((self.matrices + self.embedding) as f64 * bpw / 8.0) as u64
+        })
     }
 }
 
@@ -307,10 +310,15 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
         // One part at a time: T5, CLIP, the transformer, the decoder.
         let clip = scale(size.clip_params_bytes_f32);
         let decoder = scale(size.decoder_bytes_f32);
-        [t5_load.max(t5 + t5_act), clip, flux + flux_act, decoder + vae_act]
-            .into_iter()
-            .max()
-            .expect("not empty")
+        [
+            t5_load.max(t5 + t5_act),
+            clip,
+            flux + flux_act,
+            decoder + vae_act,
+        ]
+        .into_iter()
+        .max()
+        .expect("not empty")
     } else {
         let loading = always + t5_load;
         let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act);
@@ -421,12 +429,7 @@ pub fn choose(
 }
 
 /// An explicit choice, with its estimate for the record.
-pub fn fixed(
-    size: &ModelSize,
-    work: &Workload,
-    quant: Quant,
-    t5: Option<T5Quant>,
-) -> QuantPlan {
+pub fn fixed(size: &ModelSize, work: &Workload, quant: Quant, t5: Option<T5Quant>) -> QuantPlan {
     let t5 = t5.unwrap_or_else(|| T5Quant::nearest(quant));
     let need = estimate_peak(size, (quant, t5), work);
     QuantPlan {
@@ -512,7 +515,10 @@ mod tests {
             choose(&size, &work(side, low), &budget(gb), None).map(|p| (p.transformer, p.t5))
         };
         // F32 on the CPU needs some 75 GB: a big server runs it.
-        assert_eq!(pick(128.0, 1024, false).unwrap(), (Quant::None, T5Quant::None));
+        assert_eq!(
+            pick(128.0, 1024, false).unwrap(),
+            (Quant::None, T5Quant::None)
+        );
         // This project's 24 GB machines: Q8_0 at 512², less at 1024².
         let at_512 = pick(22.0, 512, false).unwrap();
         let at_1024 = pick(22.0, 1024, false).unwrap();
@@ -538,7 +544,12 @@ mod tests {
 
     #[test]
     fn repacked_copies_count_on_the_cpu_only() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_1, GgmlDType::Q3K, GgmlDType::Q2K] {
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_1,
+            GgmlDType::Q3K,
+            GgmlDType::Q2K,
+        ] {
             assert_eq!(cpu_repack_overhead(dtype, true), 0.0, "{dtype:?}");
         }
         assert_eq!(cpu_repack_overhead(GgmlDType::Q4K, false), 0.0);
@@ -547,7 +558,12 @@ mod tests {
             assert_eq!(cpu_repack_overhead(GgmlDType::Q4K, true), 4.0 / 3.0);
             let size = real();
             let on = |cpu| size.t5.resident_bytes(T5Quant::Q4KS, DType::F32, cpu);
-            assert!(on(true) > on(false) + 3_000_000_000, "{} {}", on(true), on(false));
+            assert!(
+                on(true) > on(false) + 3_000_000_000,
+                "{} {}",
+                on(true),
+                on(false)
+            );
         }
     }
 

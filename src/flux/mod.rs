@@ -28,9 +28,7 @@ pub use error::FluxError;
 pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};
 pub use memory::MemoryBudget;
 pub use pipeline::seeded_noise;
-pub use quant::{
-    Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO,
-};
+pub use quant::{Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
 pub use request::{
     Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS, MAX_SIDE,
     MAX_STEPS, MIN_SIDE,

@@ -144,14 +144,7 @@ pub fn generate(
         &mut timings,
     )?;
     let t = Instant::now();
-    let image = decode(
-        decoder,
-        &model.vae_config,
-        model.dtype,
-        &img,
-        width,
-        height,
-    )?;
+    let image = decode(decoder, &model.vae_config, model.dtype, &img, width, height)?;
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
     Ok((image, timings))

@@ -322,26 +322,43 @@ mod tests {
             .unwrap()
             .encode(&ids, &cpu)
             .unwrap();
-        let rms = |t: &Tensor| t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let rms = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
         let relative = |t: &Tensor| rms(&(&full - t).unwrap()) / rms(&full);
 
         // The same file under a wrong map (q and k swapped), for scale: on
         // random weights 8-bit noise is amplified, but a wrong name is worse.
         let swapped = |n: &str| {
-            let n = n.replace("attn_q", "attn_x").replace("attn_k", "attn_q").replace("attn_x", "attn_k");
+            let n = n
+                .replace("attn_q", "attn_x")
+                .replace("attn_k", "attn_q")
+                .replace("attn_x", "attn_k");
             crate::flux::gguf::t5_llama_to_hf(&n)
         };
         let vb = GgufFile::open(&gguf)
             .unwrap()
             .renamed_var_builder(&cpu, swapped)
             .unwrap();
-        let ids_tensor = Tensor::new(ids.as_slice(), &cpu).unwrap().unsqueeze(0).unwrap();
+        let ids_tensor = Tensor::new(ids.as_slice(), &cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let wrong = quantized_t5::T5EncoderModel::load(vb, &qcfg)
             .unwrap()
             .forward(&ids_tensor)
             .unwrap();
         let (right, wrong) = (relative(&quantized), relative(&wrong));
-        assert!(right < 0.2 && wrong > 4.0 * right, "relative RMS error {right}, with q and k swapped {wrong}");
+        assert!(
+            right < 0.2 && wrong > 4.0 * right,
+            "relative RMS error {right}, with q and k swapped {wrong}"
+        );
 
         crate::dev::rename_gguf_tensors(&gguf.path, crate::flux::gguf::t5_llama_to_hf).unwrap();
         let same = T5::load_gguf(&qcfg, &gguf, T5Quant::Q8_0, &cpu)
