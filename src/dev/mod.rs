@@ -193,25 +193,28 @@ impl WriteOptions {
 
     /// `size`, in the types given (default: every type, but for `real` only
     /// Q4_0: each real file is gigabytes). T5 gets the type nearest each.
+    /// `none` brings the safetensors, and below `real` also the
+    /// `--text-encoders original` set (google's full T5 is 44.5 GB at real size).
     pub fn for_size(size: Size, quants: Option<Vec<Quant>>) -> Self {
         let sizes = match size {
             Size::Tiny => ModelSizes::tiny(),
             Size::Bench => ModelSizes::bench(),
             Size::Real => ModelSizes::real(),
         };
-        match (size, quants) {
-            (Size::Real, None) => Self::only(sizes, vec![Quant::Q4_0]),
-            (_, None) => Self::everything(sizes),
-            (_, Some(quants)) => Self::only(sizes, quants),
+        let quants = match (size, quants) {
+            (Size::Real, None) => vec![Quant::Q4_0],
+            (_, None) => return Self::everything(sizes),
+            (_, Some(quants)) => quants,
+        };
+        let mut t5_quants: Vec<T5Quant> = Vec::new();
+        for t5 in quants.iter().map(|q| T5Quant::nearest(*q)) {
+            if !t5_quants.contains(&t5) {
+                t5_quants.push(t5);
+            }
         }
-    }
-
-    fn only(sizes: ModelSizes, quants: Vec<Quant>) -> Self {
-        let mut t5_quants: Vec<T5Quant> = quants.iter().map(|q| T5Quant::nearest(*q)).collect();
-        t5_quants.dedup();
         Self {
             sizes,
-            original: quants.contains(&Quant::None),
+            original: size != Size::Real && quants.contains(&Quant::None),
             quants,
             t5_quants,
         }

@@ -416,7 +416,7 @@ pub fn choose(
     }
     let (smallest, need) = larger.expect("candidates are not empty");
     let hint = if work.low_memory {
-        ""
+        " Try"
     } else {
         " Try --low-memory,"
     };
