@@ -7,9 +7,8 @@
 //! `cargo run --release --example memory_table`
 
 use candle_core::DType;
-use schnell::flux::memory::{estimate_peak, ModelSize, Workload};
-use schnell::flux::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
-use schnell::flux::{Quant, T5Quant};
+use schnell::flux::memory::{estimate_peak, ModelSize, Workload, REAL_CONFIGS};
+use schnell::flux::{ConfigSource, Quant, T5Quant};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -17,18 +16,10 @@ fn main() {
     // As `schnell` itself does (see the function).
     schnell::flux::memory::keep_q8_0_compact();
     let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).expect("fixture");
-    let src = |p: &str| ConfigSource(p.into());
-    let bfl = "hub/black-forest-labs/FLUX.1-schnell";
-    let size = ModelSize::of(
-        &flux_config(&src("t"), &read(&format!("{bfl}/transformer/config.json"))).unwrap(),
-        &t5_config(&src("t5"), &read("hub/google/t5-v1_1-xxl/config.json")).unwrap(),
-        &clip_text_config(
-            &src("c"),
-            &read("reconstructed/flux-text_encoder-config.json"),
-        )
-        .unwrap(),
-        &vae_config(&src("v"), &read(&format!("{bfl}/vae/config.json"))).unwrap(),
-    );
+    let files = REAL_CONFIGS.map(|p| (ConfigSource(p.into()), read(p)));
+    let [a, b, c, d] = &files;
+    let size = ModelSize::from_configs([(&a.0, &a.1), (&b.0, &b.1), (&c.0, &c.1), (&d.0, &d.1)])
+        .expect("the real configs parse");
     let gb = |b: u64| format!("{:.2}", b as f64 / 1e9);
     println!("| --quant | transformer file GB | T5 type | T5 file GB | transformer loaded GB | T5 loaded GB | GPU peak 1024² (bf16) GB | GPU peak, --low-memory GB | CPU peak 1024² (f32) GB | CPU peak, --low-memory GB |");
     println!("|---|---|---|---|---|---|---|---|---|---|");

@@ -15,7 +15,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::config::{self, ConfigSource};
+use super::config::ConfigSource;
 use super::device::DeviceChoice;
 use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
@@ -275,12 +275,11 @@ impl FluxSchnell {
         for f in &fetched {
             json.push((ConfigSource(f.file.to_string()), f.bytes().await?));
         }
-        let size = ModelSize::of(
-            &config::flux_config(&json[0].0, &json[0].1)?,
-            &config::t5_config(&json[1].0, &json[1].1)?,
-            &config::clip_text_config(&json[2].0, &json[2].1)?,
-            &config::vae_config(&json[3].0, &json[3].1)?,
-        );
+        let [a, b, c, d] = &json[..] else {
+            unreachable!("four files asked, four answered")
+        };
+        let size =
+            ModelSize::from_configs([(&a.0, &a.1), (&b.0, &b.1), (&c.0, &c.1), (&d.0, &d.1)])?;
         let work = Workload {
             dtype: options
                 .dtype

@@ -12,6 +12,7 @@ use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::{autoencoder, model};
 use candle_transformers::models::t5;
 
+use super::config::{self, ConfigSource};
 use super::device::DeviceChoice;
 use super::quant::{Quant, QuantPlan, T5Quant};
 use super::FluxError;
@@ -268,6 +269,29 @@ impl ModelSize {
     }
 }
 
+impl ModelSize {
+    /// From the config files' bytes, in the order transformer, T5, CLIP, VAE;
+    /// each named by its source in errors.
+    pub fn from_configs(files: [(&ConfigSource, &[u8]); 4]) -> Result<Self, FluxError> {
+        let [flux, t5, clip, vae] = files;
+        Ok(Self::of(
+            &config::flux_config(flux.0, flux.1)?,
+            &config::t5_config(t5.0, t5.1)?,
+            &config::clip_text_config(clip.0, clip.1)?,
+            &config::vae_config(vae.0, vae.1)?,
+        ))
+    }
+}
+
+/// The real FLUX.1-schnell's config files under `tests/fixtures` (verbatim
+/// copies; CLIP's reconstructed), in `from_configs`' order.
+pub const REAL_CONFIGS: [&str; 4] = [
+    "hub/black-forest-labs/FLUX.1-schnell/transformer/config.json",
+    "hub/google/t5-v1_1-xxl/config.json",
+    "reconstructed/flux-text_encoder-config.json",
+    "hub/black-forest-labs/FLUX.1-schnell/vae/config.json",
+];
+
 /// What an engine will do, for the estimate.
 #[derive(Clone, Copy, Debug)]
 pub struct Workload {
@@ -447,25 +471,15 @@ pub fn fixed(size: &ModelSize, work: &Workload, quant: Quant, t5: Option<T5Quant
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flux::config::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     /// FLUX.1-schnell's own configs (verbatim copies; CLIP's reconstructed).
     fn real() -> ModelSize {
         let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).unwrap();
-        let src = |p: &str| ConfigSource(p.into());
-        let bfl = "hub/black-forest-labs/FLUX.1-schnell";
-        ModelSize::of(
-            &flux_config(&src("t"), &read(&format!("{bfl}/transformer/config.json"))).unwrap(),
-            &t5_config(&src("t5"), &read("hub/google/t5-v1_1-xxl/config.json")).unwrap(),
-            &clip_text_config(
-                &src("clip"),
-                &read("reconstructed/flux-text_encoder-config.json"),
-            )
-            .unwrap(),
-            &vae_config(&src("vae"), &read(&format!("{bfl}/vae/config.json"))).unwrap(),
-        )
+        let paths = REAL_CONFIGS.map(|p| (ConfigSource(p.into()), read(p)));
+        let [a, b, c, d] = &paths;
+        ModelSize::from_configs([(&a.0, &a.1), (&b.0, &b.1), (&c.0, &c.1), (&d.0, &d.1)]).unwrap()
     }
 
     fn work(width: u32, low_memory: bool) -> Workload {
