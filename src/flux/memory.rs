@@ -82,15 +82,21 @@ impl FluxParams {
     /// the copy it repacks some types into) and widens the F16 tensors to
     /// F32; safetensors load whole in `dtype`.
     pub fn resident_bytes(&self, quant: Quant, dtype: DType, cpu: bool) -> u64 {
-        match (quant.ggml(), quant.bits_per_weight()) {
-            (Some(ggml), Some(bpw)) => {
-                let blocks = self.block_matrices as f64 * bpw / 8.0;
-                (blocks * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
+        match quant.ggml() {
+            Some(ggml) => {
+                quantized_bytes(self.block_matrices, ggml, quant.bits_per_weight(), cpu)
                     + (self.top_matrices + self.vectors) * 4
             }
-            _ => self.total() * dtype.size_in_bytes() as u64,
+            None => self.total() * dtype.size_in_bytes() as u64,
         }
     }
+}
+
+/// `params` weights quantized at `bits_per_weight` (of the file: mixes
+/// included), plus on the CPU the copy candle repacks `ggml` into.
+fn quantized_bytes(params: u64, ggml: GgmlDType, bits_per_weight: Option<f64>, cpu: bool) -> u64 {
+    let bytes = params as f64 * bits_per_weight.expect("a GGUF type has bits per weight") / 8.0;
+    (bytes * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
 }
 
 /// T5's encoder parameters.
@@ -124,13 +130,12 @@ impl T5Params {
     /// bits per weight, mixes included; on the CPU, plus candle's repacked
     /// copy), the embedding widened to F32.
     pub fn resident_bytes(&self, quant: T5Quant, dtype: DType, cpu: bool) -> u64 {
-        match (quant.ggml(), quant.bits_per_weight()) {
-            (Some(ggml), Some(bpw)) => {
-                let matrices = self.matrices as f64 * bpw / 8.0;
-                (matrices * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
+        match quant.ggml() {
+            Some(ggml) => {
+                quantized_bytes(self.matrices, ggml, quant.bits_per_weight(), cpu)
                     + (self.embedding + self.vectors) * 4
             }
-            _ => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
+            None => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
         }
     }
 
