@@ -7,7 +7,9 @@
 #     selenium (drives ChromeDriver in the end-to-end browser test);
 #   - Debian's chromium and chromium-driver; wasm-bindgen-cli at the exact
 #     wasm-bindgen version in Cargo.lock; wasm-pack (browser tests) and
-#     Trunk 0.21.14 (builds the web app), both from crates.io.
+#     Trunk 0.21.14 (builds the web app), both from crates.io;
+#   - last, scripts/build-cuda.sh installs CUDA 13.0's toolkit wheels from
+#     PyPI into ~/.cache/schnell-cuda and builds the CUDA binary.
 # Nothing downloads a browser or a tool at run time.
 # CARGO_TARGET_DIR is honoured, so CI can keep one build between runs.
 set -euo pipefail
@@ -83,3 +85,7 @@ step "Python huggingface_hub and schnell share one cache"
 
 step "the official openai Python client against schnell serve"
 "$VENV/bin/python" tests/python/openai_client.py "$target_dir/debug/schnell"
+
+step "CUDA: scripts/build-cuda.sh builds --features cuda (toolkit from PyPI); the binary runs against a stub driver"
+# Its own build folder (~/.cache/schnell-cuda-target), kept between runs.
+scripts/build-cuda.sh build >/dev/null

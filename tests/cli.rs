@@ -373,3 +373,80 @@ fn two_processes_fetching_one_file_download_it_once() {
     };
     assert_eq!(path(&a), path(&b));
 }
+
+#[test]
+fn version_and_devices_name_the_back_ends_built_in() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8(out.stdout).unwrap();
+    let expected = if cfg!(feature = "cuda") {
+        "back ends: cpu, cuda"
+    } else {
+        "back ends: cpu"
+    };
+    assert!(version.contains(expected), "{version}");
+
+    let out = Command::new(BIN).arg("devices").output().unwrap();
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(listed.contains("cpu: compiled in\n  cpu: "), "{listed}");
+    assert!(
+        listed.contains("metal: not compiled in (macOS only"),
+        "{listed}"
+    );
+    if !cfg!(feature = "cuda") {
+        assert!(out.status.success());
+        assert!(
+            listed.contains("cuda: not compiled in (scripts/build-cuda.sh"),
+            "{listed}"
+        );
+    }
+}
+
+#[test]
+fn dev_noise_writes_the_noise_generate_starts_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.safetensors");
+    let out = Command::new(BIN)
+        .args(["dev", "noise", path.to_str().unwrap(), "--seed", "11"])
+        .args(["--width", "272", "--height", "256"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let noise = &tensors["noise"];
+    let expected = schnell::flux::seeded_noise(
+        11,
+        272,
+        256,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    assert_eq!(noise.dims(), &[1, 16, 32, 34]);
+    assert_eq!(
+        noise.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn bf16_on_the_cpu_is_refused_before_anything_is_fetched() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["generate", "a fox", "--device", "cpu", "--dtype", "bf16"])
+        // Nothing listens there: a fetch would fail with another message.
+        .args(["--endpoint", "http://127.0.0.1:9"])
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bf16 is not supported on the CPU") && stderr.contains("use f32"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
+}

@@ -22,7 +22,7 @@ use schnell::mirror::Mirror;
 #[derive(Parser)]
 #[command(
     name = "schnell",
-    version,
+    version = version_line(),
     about = "FLUX.1-schnell text-to-image: generate, fetch and mirror models"
 )]
 struct Cli {
@@ -40,6 +40,8 @@ enum Command {
     Fetch(FetchArgs),
     /// Serve a folder of model files over the Hub's resolve protocol.
     Mirror(MirrorArgs),
+    /// The back ends this build has (cpu, cuda, metal) and the devices each sees.
+    Devices,
     /// Developer tools.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -69,6 +71,19 @@ enum DevCommand {
     TinyModels {
         /// Folder to write `<org>/<name>/<path>` into.
         dir: PathBuf,
+    },
+    /// Write the initial latent noise `generate --seed` starts from, as a
+    /// safetensors file holding `noise` (1, 16, H/8, W/8, f32): for running
+    /// another implementation from the same start.
+    Noise {
+        /// The safetensors file to write.
+        out: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 1024)]
+        width: u32,
+        #[arg(long, default_value_t = 1024)]
+        height: u32,
     },
 }
 
@@ -135,7 +150,7 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn options(&self) -> Result<EngineOptions> {
-        Ok(EngineOptions {
+        let options = EngineOptions {
             device: self.device,
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
             text_encoders: self.text_encoders,
@@ -143,7 +158,10 @@ impl EngineArgs {
             quant: self.quant,
             t5_quant: self.t5_quant,
             memory_budget: self.memory_budget,
-        })
+        };
+        // A dtype the device cannot run is refused before anything starts.
+        options.resolved_dtype()?;
+        Ok(options)
     }
 }
 
@@ -210,6 +228,19 @@ struct MirrorArgs {
     addr: SocketAddr,
 }
 
+/// `schnell 0.1.0 (back ends: cpu, cuda)`, without the name clap prefixes.
+fn version_line() -> &'static str {
+    // Once per process; clap wants a 'static string.
+    Box::leak(
+        format!(
+            "{} (back ends: {})",
+            env!("CARGO_PKG_VERSION"),
+            schnell::flux::COMPILED_BACKENDS
+        )
+        .into_boxed_str(),
+    )
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread starts: candle reads this once.
@@ -239,6 +270,27 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Mirror(args) => mirror(args).await,
+            Command::Devices => devices().await,
+            Command::Dev(DevCommand::Noise {
+                out,
+                seed,
+                width,
+                height,
+            }) => {
+                let noise = schnell::flux::seeded_noise(
+                    seed,
+                    width as usize,
+                    height as usize,
+                    &candle_core::Device::Cpu,
+                    candle_core::DType::F32,
+                )?;
+                tokio::task::spawn_blocking(move || {
+                    noise
+                        .save_safetensors("noise", &out)
+                        .with_context(|| format!("writing {}", out.display()))
+                })
+                .await?
+            }
             Command::Dev(DevCommand::TinyModels { dir }) => {
                 random_models(dir, WriteOptions::for_size(Size::Tiny, None)).await
             }
@@ -265,6 +317,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints each back end; fails when a compiled-in GPU back end sees no
+/// device, so scripts can test for a usable GPU.
+async fn devices() -> Result<()> {
+    // Opening a driver can block for seconds: not on the runtime's threads.
+    let reports = tokio::task::spawn_blocking(schnell::flux::backend_reports).await?;
+    for report in &reports {
+        println!("{report}");
+    }
+    let unusable: Vec<&str> = reports
+        .iter()
+        .filter(|r| {
+            r.compiled && r.backend != "cpu" && !matches!(&r.devices, Ok(d) if !d.is_empty())
+        })
+        .map(|r| r.backend)
+        .collect();
+    if !unusable.is_empty() {
+        bail!("compiled in but no device: {}", unusable.join(", "));
+    }
+    Ok(())
 }
 
 async fn fetch(args: FetchArgs) -> Result<()> {

@@ -21,10 +21,11 @@ use std::str::FromStr;
 use candle_core::DType;
 use candle_nn::Init;
 use candle_transformers::models::clip::{self, text_model::ClipTextTransformer};
-use candle_transformers::models::flux::{autoencoder::AutoEncoder, model::Flux};
+use candle_transformers::models::flux::autoencoder::AutoEncoder;
 use candle_transformers::models::t5;
 use serde_json::json;
 
+use crate::flux::transformer::Flux;
 use crate::flux::{
     clip_text_config, flux_config, t5_config, vae_config, ConfigSource, Quant, T5Quant,
     TextEncoders, FLUX_SCHNELL,
@@ -298,13 +299,21 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         "_note": "random weights for tests and benchmarks: images are noise",
         "act_fn": "silu",
         "block_out_channels": z.vae_channels,
+        // The real file's keys, so diffusers' loaders read it too.
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "force_upcast": true,
         "in_channels": 3,
         "latent_channels": 16,
+        "latents_mean": null,
+        "latents_std": null,
         "layers_per_block": z.vae_res_blocks,
+        "mid_block_add_attention": true,
         "norm_num_groups": 32,
         "out_channels": 3,
+        "sample_size": 1024,
         "scaling_factor": 0.3611,
         "shift_factor": 0.1159,
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
         "use_post_quant_conv": false,
         "use_quant_conv": false
     });
@@ -345,11 +354,15 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
         &ConfigSource("random t5".into()),
         &json_bytes(&t5_config_json(false)),
     )?;
-    let encoder = random::record(3, |vb| {
+    let mut encoder = random::record(3, |vb| {
         // The real checkpoint stores the embedding as `shared.weight`.
         vb.get((t5_vocab, z.t5_d_model), "shared.weight")?;
         t5::T5EncoderModel::load(vb, &t5_cfg).map(drop)
     })?;
+    // Only `shared.weight`, as in the real file: the recorder also saw the
+    // tied `encoder.embed_tokens.weight`, which would hold other values, and
+    // transformers would read those where candle reads `shared.weight`.
+    encoder.retain(|t| t.name != "encoder.embed_tokens.weight");
     for &quant in &options.t5_quants {
         match quant.file() {
             None => {

@@ -7,7 +7,7 @@ use candle_core::DType;
 use safetensors::tensor::{Dtype, View};
 use serde_json::json;
 
-use super::random::Recorded;
+use super::random::{in_parallel, Recorded};
 use super::{json_bytes, DevResult};
 
 /// A tensor whose bytes are drawn only when the writer asks for them.
@@ -31,17 +31,19 @@ impl View for Lazy<'_> {
 
     fn data(&self) -> Cow<'_, [u8]> {
         let values = self.tensor.values();
-        let bytes: Vec<u8> = match self.dtype {
-            DType::BF16 => values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-            DType::F16 => values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
+        let width = self.data_len() / values.len().max(1);
+        let mut bytes = vec![0u8; self.data_len()];
+        in_parallel(&mut bytes, width, |start, out| {
+            let first = start / width;
+            let values = &values[first..first + out.len() / width];
+            for (v, out) in values.iter().zip(out.chunks_exact_mut(width)) {
+                match self.dtype {
+                    DType::BF16 => out.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+                    DType::F16 => out.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                    _ => out.copy_from_slice(&v.to_le_bytes()),
+                }
+            }
+        });
         Cow::Owned(bytes)
     }
 

@@ -81,6 +81,112 @@ impl DeviceChoice {
     }
 }
 
+/// The back ends this build was compiled with, for `schnell --version`.
+pub const COMPILED_BACKENDS: &str = if cfg!(feature = "cuda") && cfg!(feature = "metal") {
+    "cpu, cuda, metal"
+} else if cfg!(feature = "cuda") {
+    "cpu, cuda"
+} else if cfg!(feature = "metal") {
+    "cpu, metal"
+} else {
+    "cpu"
+};
+
+/// One back end as `schnell devices` reports it.
+#[derive(Clone, Debug)]
+pub struct BackendReport {
+    pub backend: &'static str,
+    pub compiled: bool,
+    /// The devices seen, one line each, or why none could be listed.
+    pub devices: Result<Vec<String>, String>,
+}
+
+impl fmt::Display for BackendReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.compiled {
+            let hint = match self.backend {
+                "metal" => " (macOS only: cargo build --release --features metal)",
+                _ => " (scripts/build-cuda.sh, or cargo build --release --features cuda)",
+            };
+            return write!(f, "{}: not compiled in{hint}", self.backend);
+        }
+        match &self.devices {
+            Ok(devices) if devices.is_empty() => {
+                write!(f, "{}: compiled in, no device", self.backend)
+            }
+            Ok(devices) => write!(
+                f,
+                "{}: compiled in\n  {}",
+                self.backend,
+                devices.join("\n  ")
+            ),
+            Err(e) => write!(f, "{}: compiled in, no device: {e}", self.backend),
+        }
+    }
+}
+
+/// Every back end, compiled in or not, with the devices it sees.
+pub fn backend_reports() -> Vec<BackendReport> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    vec![
+        BackendReport {
+            backend: "cpu",
+            compiled: true,
+            devices: Ok(vec![format!("cpu: {threads} threads")]),
+        },
+        BackendReport {
+            backend: "cuda",
+            compiled: cfg!(feature = "cuda"),
+            devices: cuda_devices(),
+        },
+        BackendReport {
+            backend: "metal",
+            compiled: cfg!(feature = "metal"),
+            devices: metal_devices(),
+        },
+    ]
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_devices() -> Result<Vec<String>, String> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let count = CudaContext::device_count().map_err(|e| e.to_string())?;
+    (0..count as usize)
+        .map(|n| {
+            let describe =
+                || -> Result<String, candle_core::cuda_backend::cudarc::driver::DriverError> {
+                    let context = CudaContext::new(n)?;
+                    let (major, minor) = context.compute_capability()?;
+                    let (free, total) = context.mem_get_info()?;
+                    Ok(format!(
+                    "cuda:{n}: {}, compute capability {major}.{minor}, {:.1} GB ({:.1} GB free)",
+                    context.name()?,
+                    total as f64 / 1e9,
+                    free as f64 / 1e9
+                ))
+                };
+            describe().map_err(|e| format!("cuda:{n}: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_devices() -> Result<Vec<String>, String> {
+    Ok(Vec::new())
+}
+
+#[cfg(feature = "metal")]
+fn metal_devices() -> Result<Vec<String>, String> {
+    Device::new_metal(0)
+        .map(|_| vec!["metal: the system's default GPU".to_string()])
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "metal"))]
+fn metal_devices() -> Result<Vec<String>, String> {
+    Ok(Vec::new())
+}
+
 /// `bf16` or `f32`. `f16` is refused: FLUX's VAE overflows in it and gives
 /// NaN or black images (candle #2481, diffusers #9096).
 pub fn parse_dtype(s: &str) -> Result<DType, FluxError> {

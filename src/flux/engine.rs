@@ -46,6 +46,22 @@ pub struct EngineOptions {
     pub memory_budget: Option<u64>,
 }
 
+impl EngineOptions {
+    /// The dtype to run in: the one asked for, else the device's default.
+    /// bf16 on the CPU is refused here, before anything is fetched: candle's
+    /// CPU matmul has no bf16 kernel for the VAE's convolutions, so it would
+    /// fail only after the whole denoising.
+    pub fn resolved_dtype(&self) -> Result<DType, FluxError> {
+        let dtype = self.dtype.unwrap_or_else(|| self.device.default_dtype());
+        if dtype == DType::BF16 && self.device == DeviceChoice::Cpu {
+            return Err(FluxError::Dtype(
+                "bf16 is not supported on the CPU (candle's CPU convolutions have no bf16 matmul): use f32, or a GGUF --quant for less memory".into(),
+            ));
+        }
+        Ok(dtype)
+    }
+}
+
 /// The image size `auto` plans for when no request has come yet (`prepare`).
 pub const PLANNED_SIDE: u32 = 1024;
 
@@ -281,9 +297,7 @@ impl FluxSchnell {
         let size =
             ModelSize::from_configs([(&a.0, &a.1), (&b.0, &b.1), (&c.0, &c.1), (&d.0, &d.1)])?;
         let work = Workload {
-            dtype: options
-                .dtype
-                .unwrap_or_else(|| options.device.default_dtype()),
+            dtype: options.resolved_dtype()?,
             width,
             height,
             low_memory: options.low_memory,
@@ -607,10 +621,8 @@ fn load(
     options: &EngineOptions,
     emit: &mut dyn FnMut(Component) -> bool,
 ) -> Result<Loaded, FluxError> {
+    let dtype = options.resolved_dtype()?;
     let device = options.device.open()?;
-    let dtype = options
-        .dtype
-        .unwrap_or_else(|| options.device.default_dtype());
     let model = LocalModel::open(local.clone(), device, dtype)?;
     let tokenizers = model.tokenizers()?;
     emit(Component::Clip);

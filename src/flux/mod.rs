@@ -14,13 +14,14 @@ mod preview;
 mod quant;
 mod request;
 mod text;
+pub(crate) mod transformer;
 mod weights;
 pub(crate) use weights::Named;
 
 pub use config::{
     check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
 };
-pub use device::{parse_dtype, DeviceChoice};
+pub use device::{backend_reports, parse_dtype, BackendReport, DeviceChoice, COMPILED_BACKENDS};
 pub use engine::{
     EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, Phase, PLANNED_SIDE,
 };
