@@ -159,11 +159,9 @@ def run_diffusers(args, noise, side):
         out, _ = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"the diffusers run failed ({proc.returncode})")
-        # The child's peak RSS, from the kernel's accounting of waited-for children.
-        if args.device != "cuda":
-            import resource
-            mem.peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     row = json.loads(out.strip().splitlines()[-1])
+    if args.device != "cuda":
+        mem.peak = row.pop("peak_rss_bytes")
     print(f"   steps {row['steps_ms']} ms, VAE {row['vae_decode_ms']} ms", flush=True)
     row.update(impl="diffusers", config=args.dtype, side=side, steps=args.steps, peak_memory_bytes=mem.peak)
     return row
@@ -391,6 +389,9 @@ def cmd_diffusers(args):
     from PIL import Image
 
     Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(args.out)
+    import resource
+
+    timings["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(timings), flush=True)
 
 

@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use schnell::flux::RetryPolicy;
 use schnell::server::ServerConfig;
 use serde_json::Value;
 use support::server::{request, start};
@@ -76,4 +77,69 @@ async fn readiness_reports_real_download_progress_and_health_stays_quick() {
         "/healthz took {slowest_health:?}"
     );
     assert_eq!(s.post(request("256x256", 1)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_failed_on_the_hub_recovers_on_its_own() {
+    // The Hub answers 503 to everything until the test says otherwise.
+    let s = start(ServerConfig::default(), false, |hub| {
+        hub.faults.fail_next(usize::MAX / 2, None)
+    })
+    .await;
+    let engine = s.engine.clone();
+    let policy = RetryPolicy {
+        first: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    };
+    let preparing = tokio::spawn(async move { engine.prepare_until_ready(policy).await });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed: Value = loop {
+        assert!(Instant::now() < deadline, "no failed attempt reported");
+        let status: Value = s.get("/readyz").await.json().await.unwrap();
+        if status["retry"]["failed_attempts"].as_u64() >= Some(2) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["ready"], false, "{failed}");
+    assert!(
+        failed["retry"]["next_in_s"].as_f64().unwrap() <= 1.0,
+        "{failed}"
+    );
+
+    // The Hub is back: the next attempt succeeds without anyone's help.
+    s.hub.faults.fail_next(0, None);
+    preparing.await.unwrap().unwrap();
+    let ready = s.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let status: Value = ready.json().await.unwrap();
+    assert!(status["retry"].is_null(), "{status}");
+    assert_eq!(s.post(request("256x256", 1)).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_mend_is_not_retried() {
+    // A gated repository without the licence accepted: retrying cannot help.
+    let s = start(ServerConfig::default(), false, |hub| {
+        *hub.faults.require_token.lock().unwrap() = Some("another token".into())
+    })
+    .await;
+    let policy = RetryPolicy {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        s.engine.prepare_until_ready(policy),
+    )
+    .await
+    .expect("gives up at once");
+    let e = result.unwrap_err();
+    assert!(
+        e.to_string().contains("403") || e.to_string().to_lowercase().contains("access"),
+        "{e}"
+    );
+    let status: Value = s.get("/readyz").await.json().await.unwrap();
+    assert!(status["retry"].is_null(), "{status}");
 }

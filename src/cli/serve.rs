@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use schnell::flux::{FluxSchnell, ModelDescription};
+use schnell::flux::{FluxSchnell, ModelDescription, RetryPolicy};
 use schnell::server::{self, ServerConfig};
 
 use super::{EngineArgs, HubArgs};
@@ -71,7 +71,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     // The server answers at once; the model arrives in the background.
     tokio::spawn(async move {
-        match engine.prepare().await {
+        match engine.prepare_until_ready(RetryPolicy::default()).await {
             Ok(()) => tracing::info!("the model is ready"),
             Err(e) => {
                 tracing::error!(error = %e, "the model could not be prepared; /readyz reports it")

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use candle_core::DType;
 use futures::Stream;
@@ -19,7 +19,7 @@ use super::config::ConfigSource;
 use super::device::DeviceChoice;
 use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
-use super::memory::{self, MemoryBudget, ModelSize, Workload};
+use super::memory::{self, MemoryBudget, ModelSize, Sizing, Workload};
 use super::pipeline;
 use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::request::{Component, GenerateEvent, GenerateRequest};
@@ -92,6 +92,78 @@ pub struct EngineStatus {
     pub error: Option<String>,
     /// The weights chosen, and why; once the plan is made.
     pub weights: Option<QuantPlan>,
+    /// The memory requests are checked against; once the plan is made.
+    pub memory: Option<MemoryReport>,
+    /// After a failed start that a later attempt may mend (the Hub
+    /// unreachable, say): which attempt failed last, and when the next begins.
+    pub retry: Option<NextAttempt>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct NextAttempt {
+    /// Attempts made so far.
+    pub failed: u32,
+    pub at: SystemTime,
+}
+
+/// How [`FluxSchnell::prepare_until_ready`] waits between attempts: from
+/// `first`, doubling, up to `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether a failed start may mend itself: the network, the Hub's servers
+/// and the disk may; a missing licence, a wrong name, a bad config or a
+/// model too large for the device will not.
+fn worth_retrying(e: &FluxError) -> bool {
+    fn hub(e: &HubError) -> bool {
+        match e {
+            HubError::Transfer { .. }
+            | HubError::Http { .. }
+            | HubError::Protocol { .. }
+            | HubError::Integrity { .. }
+            | HubError::Io { .. } => true,
+            HubError::Many(errors) => errors.iter().any(hub),
+            _ => false,
+        }
+    }
+    match e {
+        FluxError::Hub(e) => hub(e),
+        _ => false,
+    }
+}
+
+/// What `/readyz` says of memory: the limit, where it came from, and the
+/// largest square image that fits under it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryReport {
+    pub limit_bytes: u64,
+    pub source: String,
+    /// The estimate for a 1024×1024 image.
+    pub need_1024_bytes: u64,
+    pub largest_square: Option<u32>,
+}
+
+impl MemoryReport {
+    fn of(sizing: &Sizing) -> Self {
+        Self {
+            limit_bytes: sizing.limit(),
+            source: sizing.budget.source.clone(),
+            need_1024_bytes: sizing.need(1024, 1024),
+            largest_square: sizing.largest_square(),
+        }
+    }
 }
 
 /// Counters, for tests and metrics.
@@ -117,7 +189,7 @@ struct Inner {
     options: EngineOptions,
     jobs: std_mpsc::Sender<Job>,
     shared: Arc<Shared>,
-    plan: OnceCell<QuantPlan>,
+    plan: OnceCell<(QuantPlan, Sizing)>,
     local: OnceCell<Arc<LocalFiles>>,
 }
 
@@ -217,6 +289,8 @@ impl FluxSchnell {
                 files: BTreeMap::new(),
                 error: None,
                 weights: None,
+                memory: None,
+                retry: None,
             }),
             stats: EngineStats::default(),
         });
@@ -262,7 +336,7 @@ impl FluxSchnell {
     /// the (small) config files first: the estimate is computed from them.
     pub async fn plan(&self, width: u32, height: u32) -> Result<QuantPlan, Arc<FluxError>> {
         let shared = &self.inner.shared;
-        let plan = self
+        let (plan, sizing) = self
             .inner
             .plan
             .get_or_try_init(|| self.make_plan(width, height))
@@ -271,11 +345,22 @@ impl FluxSchnell {
                 shared.set_phase(Phase::Failed, Some(e.to_string()));
                 Arc::new(e)
             })?;
-        shared.status.lock().expect("not poisoned").weights = Some(plan.clone());
+        let mut status = shared.status.lock().expect("not poisoned");
+        status.weights = Some(plan.clone());
+        status.memory = Some(MemoryReport::of(sizing));
         Ok(plan.clone())
     }
 
-    async fn make_plan(&self, width: u32, height: u32) -> Result<QuantPlan, FluxError> {
+    /// Refuses a request that would not fit in memory (once planned; before
+    /// that, the plan is made for the request's own size).
+    fn check_fits(&self, width: u32, height: u32) -> Result<(), FluxError> {
+        match self.inner.plan.get() {
+            Some((_, sizing)) => sizing.check(width, height),
+            None => Ok(()),
+        }
+    }
+
+    async fn make_plan(&self, width: u32, height: u32) -> Result<(QuantPlan, Sizing), FluxError> {
         let options = &self.inner.options;
         let configs = self.safetensors_files();
         let wanted = [
@@ -303,23 +388,21 @@ impl FluxSchnell {
             low_memory: options.low_memory,
             cpu: options.device == DeviceChoice::Cpu,
         };
+        let budget = match options.memory_budget {
+            Some(bytes) => MemoryBudget {
+                bytes,
+                source: "--memory-budget".into(),
+            },
+            None => {
+                let device = options.device;
+                tokio::task::spawn_blocking(move || MemoryBudget::measure(device))
+                    .await
+                    .map_err(|e| FluxError::Device(e.to_string()))??
+            }
+        };
         let plan = match options.quant {
             QuantChoice::Fixed(quant) => memory::fixed(&size, &work, quant, options.t5_quant),
-            QuantChoice::Auto => {
-                let budget = match options.memory_budget {
-                    Some(bytes) => MemoryBudget {
-                        bytes,
-                        source: "--memory-budget".into(),
-                    },
-                    None => {
-                        let device = options.device;
-                        tokio::task::spawn_blocking(move || MemoryBudget::measure(device))
-                            .await
-                            .map_err(|e| FluxError::Device(e.to_string()))??
-                    }
-                };
-                memory::choose(&size, &work, &budget, options.t5_quant)?
-            }
+            QuantChoice::Auto => memory::choose(&size, &work, &budget, options.t5_quant)?,
         };
         tracing::info!(
             transformer = %plan.transformer,
@@ -327,7 +410,13 @@ impl FluxSchnell {
             reason = %plan.reason,
             "weights chosen"
         );
-        Ok(plan)
+        let sizing = Sizing {
+            size,
+            plan: (plan.transformer, plan.t5),
+            work,
+            budget,
+        };
+        Ok((plan, sizing))
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -341,6 +430,36 @@ impl FluxSchnell {
 
     pub fn stats(&self) -> &EngineStats {
         &self.inner.shared.stats
+    }
+
+    /// [`FluxSchnell::prepare`], tried again after failures that may mend
+    /// themselves (see `worth_retrying`), with backoff, until it succeeds;
+    /// `status().retry` says when the next attempt is. Other failures end it.
+    pub async fn prepare_until_ready(&self, policy: RetryPolicy) -> Result<(), Arc<FluxError>> {
+        let mut delay = policy.first;
+        let mut failed = 0;
+        loop {
+            let result = self.prepare().await;
+            let retry = match &result {
+                Err(e) if worth_retrying(e) => {
+                    failed += 1;
+                    Some(NextAttempt {
+                        failed,
+                        at: SystemTime::now() + delay,
+                    })
+                }
+                _ => None,
+            };
+            self.inner.shared.status.lock().expect("not poisoned").retry = retry;
+            let Some(next) = retry else {
+                return result;
+            };
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, attempt = next.failed, retry_in = ?delay, "the model could not be prepared; trying again");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(policy.max);
+        }
     }
 
     /// Downloads every file (once) and loads the models (once).
@@ -378,6 +497,10 @@ impl FluxSchnell {
                     return;
                 }
             };
+            if let Err(e) = this.check_fits(request.width, request.height) {
+                let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                return;
+            }
             let seed = request.seed.unwrap_or_else(rand::random);
             let job = Job::Generate {
                 local,
@@ -571,9 +694,17 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
             } => {
                 let mut emit = |event: GenerateEvent| events.send(event).is_ok();
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    pipeline::generate(model, resident, &request, seed, &mut emit, || {
-                        shared.stats.steps.fetch_add(1, Ordering::Relaxed);
-                    })
+                    pipeline::generate(
+                        model,
+                        resident,
+                        &request,
+                        seed,
+                        &mut emit,
+                        || {
+                            shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                        },
+                        || events.is_closed(),
+                    )
                 }));
                 let result = match result {
                     Ok(r) => r,

@@ -28,6 +28,14 @@ pub enum FluxError {
     #[error("memory: {0}")]
     Memory(String),
 
+    /// A request that would not fit in memory, refused before it runs.
+    #[error("{width}×{height} is too large for this server's memory: {reason}")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+
     #[error("{stage} failed: {reason}")]
     Compute { stage: &'static str, reason: String },
 
@@ -42,7 +50,36 @@ impl FluxError {
     pub(crate) fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> FluxError {
         move |e| FluxError::Compute {
             stage,
-            reason: e.to_string(),
+            reason: candle_message(&e),
         }
+    }
+}
+
+/// A candle error's message without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set: messages reach clients, backtraces stay out.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_leave_candles_backtraces_out() {
+        let e = candle_core::Error::Msg("shapes differ".into());
+        let with_trace = candle_core::Error::WithBacktrace {
+            inner: Box::new(e),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(with_trace.to_string().lines().count() > 1);
+        let error = FluxError::compute("denoising")(with_trace.context("step 2"));
+        assert_eq!(error.to_string(), "denoising failed: step 2: shapes differ");
     }
 }

@@ -35,8 +35,10 @@ impl<'a> GgufFile<'a> {
     /// is an error naming the file.
     pub fn open(named: &'a Named) -> Result<Self, FluxError> {
         let file = File::open(&named.path).map_err(|e| load_error(named, e.to_string()))?;
-        let content = Content::read(&mut BufReader::new(file))
-            .map_err(|e| load_error(named, format!("not a GGUF file candle can read: {e}")))?;
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            let e = super::error::candle_message(&e);
+            load_error(named, format!("not a GGUF file candle can read: {e}"))
+        })?;
         Ok(Self { named, content })
     }
 

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextConfig;
-use candle_transformers::models::flux::autoencoder::{self, Decoder};
+use candle_transformers::models::flux::autoencoder;
 use candle_transformers::models::flux::model;
 use candle_transformers::models::flux::{quantized_model, WithForward};
 use candle_transformers::models::{quantized_t5, t5};
@@ -12,6 +12,7 @@ use super::gguf::{is_flux_block_matrix, GgufFile};
 use super::quant::{Quant, T5Quant};
 use super::text::{load_error, Clip, Tokenizers, T5};
 use super::transformer::Flux;
+use super::vae::Decoder;
 use super::weights::{mmap, Named};
 use super::FluxError;
 

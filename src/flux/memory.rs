@@ -12,6 +12,7 @@ use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::{autoencoder, model};
 use candle_transformers::models::t5;
 
+use super::attention::SCORE_BYTES;
 use super::config::{self, ConfigSource};
 use super::device::DeviceChoice;
 use super::quant::{Quant, QuantPlan, T5Quant};
@@ -325,14 +326,22 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let flux_s = if quant == Quant::None { s } else { 4 };
     let (w, h) = (work.width as u64, work.height as u64);
     let tokens = (w / 16) * (h / 16) + T5_TOKENS;
-    // candle's attention is plain matmul and softmax: the scores and their
-    // softmax live together; beside them a few of the single blocks' widest
-    // activations (linear1: 3h for q, k, v and 4h for the MLP).
+    // The attention's scores and their softmax live together, in row blocks
+    // of at most `SCORE_BYTES` each (`super::attention`); beside them a few
+    // of the single blocks' widest activations (linear1: 3h for q, k, v and
+    // 4h for the MLP).
+    let scores = |bytes: u64| 2 * bytes.min(SCORE_BYTES as u64);
     let mlp_wide = 7 * size.flux_width;
-    let flux_act = 2 * size.flux_heads * tokens * tokens * flux_s + 4 * tokens * mlp_wide * flux_s;
+    let flux_act =
+        scores(size.flux_heads * tokens * tokens * flux_s) + 4 * tokens * mlp_wide * flux_s;
     let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4;
     let latent = (w / 8) * (h / 8);
-    let vae_act = (5 * latent * latent / 2 * s).max(6 * size.vae_first_channels * w * h * s)
+    // The VAE: its mid-block attention at latent size, or about eight
+    // full-resolution tensors as wide as its last block (norms, activations
+    // and convolutions each make one; the tiny model at 2048², 32 channels,
+    // peaked at 4.4 GB RSS).
+    let vae_act = (scores(latent * latent * s) + latent * size.vae_top_channels * 4 * s)
+        .max(8 * size.vae_first_channels * w * h * s)
         + 2 * size.vae_top_channels * latent * s;
 
     let peak = if work.low_memory {
@@ -372,9 +381,23 @@ impl MemoryBudget {
             DeviceChoice::Cpu | DeviceChoice::Metal => {
                 let mut sys = sysinfo::System::new();
                 sys.refresh_memory();
-                Ok(Self {
-                    bytes: sys.available_memory(),
-                    source: "available RAM".into(),
+                let available = sys.available_memory();
+                // In a container with a memory limit, that limit is what the
+                // kernel enforces: the headroom is the limit less the group's
+                // resident memory (its page cache can be reclaimed).
+                let in_cgroup = sys
+                    .cgroup_limits()
+                    .filter(|c| c.total_memory < sys.total_memory())
+                    .map(|c| c.total_memory.saturating_sub(c.rss));
+                Ok(match in_cgroup {
+                    Some(headroom) if headroom < available => Self {
+                        bytes: headroom,
+                        source: "the container's memory limit".into(),
+                    },
+                    _ => Self {
+                        bytes: available,
+                        source: "available RAM".into(),
+                    },
                 })
             }
             DeviceChoice::Cuda(_) => cuda_free(device),
@@ -598,5 +621,66 @@ mod tests {
         // Q4_0 resident at 256²: the transformer (6.8 GB), T5 (2.7 GB + its
         // F32 embedding), CLIP and the VAE: between 10 and 13 GB.
         assert!((10e9..13e9).contains(&(small as f64)), "{small}");
+    }
+}
+
+/// What the engine planned for: the model, the weights, and the memory
+/// measured before anything loaded. Requests are checked against it.
+#[derive(Clone, Debug)]
+pub struct Sizing {
+    pub size: ModelSize,
+    pub plan: (Quant, T5Quant),
+    pub work: Workload,
+    pub budget: MemoryBudget,
+}
+
+impl Sizing {
+    /// The estimated peak for one `width`×`height` image.
+    pub fn need(&self, width: u32, height: u32) -> u64 {
+        let work = Workload {
+            width,
+            height,
+            ..self.work
+        };
+        estimate_peak(&self.size, self.plan, &work)
+    }
+
+    /// The most a request may need: the budget, or what the planned size
+    /// needs if that is more (an explicit `--quant` may plan beyond the
+    /// budget; requests up to the planned size then run as asked).
+    pub fn limit(&self) -> u64 {
+        self.budget
+            .bytes
+            .max(self.need(self.work.width, self.work.height))
+    }
+
+    /// Refuses an image that would not fit, before it runs.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), FluxError> {
+        let need = self.need(width, height);
+        if need <= self.limit() {
+            return Ok(());
+        }
+        let largest = match self.largest_square() {
+            Some(side) => format!("the largest square image that fits is {side}×{side}"),
+            None => "no image size fits".into(),
+        };
+        Err(FluxError::TooLarge {
+            width,
+            height,
+            reason: format!(
+                "it needs about {}, more than the {} limit ({} when the model was planned); {largest}",
+                gb(need),
+                gb(self.limit()),
+                self.budget.source,
+            ),
+        })
+    }
+
+    /// The largest side (a multiple of 16) of a square image that fits.
+    pub fn largest_square(&self) -> Option<u32> {
+        (super::MIN_SIDE..=super::MAX_SIDE)
+            .step_by(16)
+            .take_while(|&side| self.need(side, side) <= self.limit())
+            .last()
     }
 }

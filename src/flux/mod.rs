@@ -1,6 +1,7 @@
 //! FLUX.1-schnell with candle: files through the hub, configs from the files,
 //! one engine thread for all compute.
 
+mod attention;
 mod config;
 mod device;
 mod engine;
@@ -15,6 +16,7 @@ mod quant;
 mod request;
 mod text;
 pub(crate) mod transformer;
+mod vae;
 mod weights;
 pub(crate) use weights::Named;
 
@@ -23,7 +25,8 @@ pub use config::{
 };
 pub use device::{backend_reports, parse_dtype, BackendReport, DeviceChoice, COMPILED_BACKENDS};
 pub use engine::{
-    EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, Phase, PLANNED_SIDE,
+    EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, MemoryReport, NextAttempt,
+    Phase, RetryPolicy, PLANNED_SIDE,
 };
 pub use error::FluxError;
 pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};

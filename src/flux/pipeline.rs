@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_transformers::models::flux::autoencoder::{self, Decoder};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::flux::autoencoder;
 use candle_transformers::models::flux::sampling::{get_schedule, unpack, State};
 use rand::SeedableRng;
 use rand_distr::Distribution;
@@ -12,13 +12,15 @@ use rand_distr::Distribution;
 use super::loaded::{LocalModel, Resident, Transformer};
 use super::preview::latent_preview;
 use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
+use super::vae::Decoder;
 use super::FluxError;
 
 /// Sends an event; `false` means nobody listens any more (cancelled).
 pub type Emit<'a> = &'a mut dyn FnMut(GenerateEvent) -> bool;
 
 /// Makes one image. Events go out as they happen; each `Step` right after its
-/// transformer pass.
+/// transformer pass. `cancelled` is asked inside the VAE decode, where no
+/// event goes out for seconds.
 pub fn generate(
     model: &LocalModel,
     resident: &mut Resident,
@@ -26,6 +28,7 @@ pub fn generate(
     seed: u64,
     emit: Emit,
     mut on_step: impl FnMut(),
+    cancelled: impl Fn() -> bool,
 ) -> Result<(Image, Timings), FluxError> {
     let start = Instant::now();
     let mut timings = Timings::default();
@@ -144,7 +147,14 @@ pub fn generate(
         &mut timings,
     )?;
     let t = Instant::now();
-    let image = decode(decoder, &model.vae_config, model.dtype, &img, width, height)?;
+    let image = decode(
+        decoder,
+        &model.vae_config,
+        model.dtype,
+        &img,
+        (width, height),
+        &cancelled,
+    )?;
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
     Ok((image, timings))
@@ -197,22 +207,27 @@ fn decode(
     cfg: &autoencoder::Config,
     dtype: DType,
     img: &Tensor,
-    width: usize,
-    height: usize,
+    (width, height): (usize, usize),
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<Image, FluxError> {
-    let run = || -> candle_core::Result<Vec<u8>> {
+    let run = || -> candle_core::Result<Option<Vec<u8>>> {
         let latent = unpack(img, height, width)?;
         let latent = ((latent / cfg.scale_factor)? + cfg.shift_factor)?.to_dtype(dtype)?;
-        let rgb = decoder.forward(&latent)?.to_dtype(DType::F32)?;
-        let rgb = ((rgb.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.round()?;
+        let Some(rgb) = decoder.decode(&latent, &mut || !cancelled())? else {
+            return Ok(None);
+        };
+        let rgb = ((rgb.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.round()?;
         rgb.to_dtype(DType::U8)?
             .squeeze(0)?
             .permute((1, 2, 0))?
             .flatten_all()?
             .to_device(&Device::Cpu)?
             .to_vec1::<u8>()
+            .map(Some)
     };
-    let rgb = run().map_err(FluxError::compute("VAE decoding"))?;
+    let rgb = run()
+        .map_err(FluxError::compute("VAE decoding"))?
+        .ok_or(FluxError::Cancelled)?;
     Ok(Image {
         width: width as u32,
         height: height as u32,

@@ -261,7 +261,10 @@ pub(crate) fn load_error(files: &[Named], e: candle_core::Error) -> FluxError {
     let names: Vec<String> = files.iter().map(ToString::to_string).collect();
     FluxError::Load {
         file: names.join(", "),
-        reason: format!("the weights do not fit the config: {e}"),
+        reason: format!(
+            "the weights do not fit the config: {}",
+            super::error::candle_message(&e)
+        ),
     }
 }
 

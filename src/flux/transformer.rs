@@ -1,7 +1,8 @@
 //! The FLUX transformer, owned so that its rotary position embedding is
 //! computed in F32 on every device (see `rope`).
 //!
-//! Apart from `rope` and `EmbedNd`, this is candle-transformers 0.11's
+//! Apart from `rope`, `EmbedNd` and the attention (bounded in memory, see
+//! `super::attention`), this is candle-transformers 0.11's
 //! `models/flux/model.rs` (MIT or Apache-2.0, by the candle authors), kept
 //! line for line so that it can be diffed against upstream; in F32 it computes
 //! exactly what candle's does (pinned by the tests below). The config type is
@@ -15,22 +16,6 @@ use candle_transformers::models::flux::WithForward;
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let ws = Tensor::ones(dim, vb.dtype(), vb.device())?;
     Ok(LayerNorm::new_no_bias(ws, 1e-6))
-}
-
-fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dim = q.dim(D::Minus1)?;
-    let scale_factor = 1.0 / (dim as f64).sqrt();
-    let mut batch_dims = q.dims().to_vec();
-    batch_dims.pop();
-    batch_dims.pop();
-    let q = q.flatten_to(batch_dims.len() - 1)?;
-    let k = k.flatten_to(batch_dims.len() - 1)?;
-    let v = v.flatten_to(batch_dims.len() - 1)?;
-    let attn_weights = (q.matmul(&k.t()?)? * scale_factor)?;
-    let attn_scores = candle_nn::ops::softmax_last_dim(&attn_weights)?.matmul(&v)?;
-    batch_dims.push(attn_scores.dim(D::Minus2)?);
-    batch_dims.push(attn_scores.dim(D::Minus1)?);
-    attn_scores.reshape(batch_dims)
 }
 
 /// The rotary angles of one position axis, as `(b, n, dim/2, 2, 2)` rotation
@@ -75,7 +60,8 @@ fn apply_rope(x: &Tensor, freq_cis: &Tensor) -> Result<Tensor> {
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pe: &Tensor) -> Result<Tensor> {
     let q = apply_rope(q, pe)?.contiguous()?;
     let k = apply_rope(k, pe)?.contiguous()?;
-    let x = scaled_dot_product_attention(&q, &k, v)?;
+    // In row blocks at large sizes (see `super::attention`): the same values.
+    let x = super::attention::attention(&q, &k, v)?;
     x.transpose(1, 2)?.flatten_from(2)
 }
 

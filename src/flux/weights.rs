@@ -54,7 +54,10 @@ pub fn mmap(
         // SAFETY: cache blobs are immutable once renamed into place.
         unsafe { MmapedSafetensors::new(&f.path) }.map_err(|e| FluxError::Load {
             file: f.to_string(),
-            reason: format!("not a valid safetensors file: {e}"),
+            reason: format!(
+                "not a valid safetensors file: {}",
+                super::error::candle_message(&e)
+            ),
         })?;
     }
     let paths: Vec<&PathBuf> = files.iter().map(|f| &f.path).collect();

@@ -101,6 +101,10 @@ impl ApiError {
                 };
                 Self::invalid(Some(param), e.to_string())
             }
+            FluxError::TooLarge { .. } => Self {
+                code: Some("image_too_large"),
+                ..Self::invalid(Some("size"), e.to_string())
+            },
             FluxError::Cancelled => Self {
                 status: StatusCode::from_u16(499).expect("valid status"),
                 message: e.to_string(),

@@ -1,6 +1,7 @@
 //! `/healthz` (the process answers) and `/readyz` (the model is loaded).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -48,6 +49,14 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "tokenizers": { "t5": t5_tokenizer, "clip": clip_tokenizer },
             // The weights chosen (`--quant`, or auto's pick) and why.
             "weights": status.weights,
+            // The memory limit requests are checked against, and the largest
+            // square image under it (400 `image_too_large` beyond).
+            "memory": status.memory,
+            // After a start that failed for a reason that may pass.
+            "retry": status.retry.map(|next| json!({
+                "failed_attempts": next.failed,
+                "next_in_s": next.at.duration_since(SystemTime::now()).unwrap_or_default().as_secs_f64().ceil(),
+            })),
         })),
     )
         .into_response()

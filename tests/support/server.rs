@@ -28,6 +28,16 @@ pub async fn start(
     prepare: bool,
     configure_hub: impl FnOnce(&TestHub),
 ) -> TestServer {
+    start_with(EngineOptions::default(), config, prepare, configure_hub).await
+}
+
+/// [`start`] with the engine's options given.
+pub async fn start_with(
+    options: EngineOptions,
+    config: ServerConfig,
+    prepare: bool,
+    configure_hub: impl FnOnce(&TestHub),
+) -> TestServer {
     let hub = TestHub::start(tiny_models());
     configure_hub(&hub);
     let cache = tempfile::tempdir().unwrap();
@@ -37,7 +47,7 @@ pub async fn start(
         .retries(1, Duration::from_millis(5), Duration::from_millis(10))
         .build()
         .unwrap();
-    let engine = FluxSchnell::new(client, EngineOptions::default());
+    let engine = FluxSchnell::new(client, options);
     let app = server::router(
         engine.clone(),
         &FLUX_SCHNELL,

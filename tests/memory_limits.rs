@@ -1,0 +1,73 @@
+//! Requests that would not fit in memory are refused before they run, and
+//! the largest image runs within a bounded address space. In its own test
+//! binary: the 2048² generation takes the machine's cores for minutes.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod support;
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use schnell::flux::{EngineOptions, Quant, QuantChoice};
+use schnell::server::ServerConfig;
+use serde_json::Value;
+use support::server::{request, start_with};
+use support::{tiny_models, TestHub};
+
+#[tokio::test]
+async fn an_image_beyond_the_memory_limit_is_refused_with_the_largest_that_fits() {
+    // A budget of one byte: only what the plan was made for (1024², with
+    // the weights forced) may run.
+    let options = EngineOptions {
+        quant: QuantChoice::Fixed(Quant::None),
+        memory_budget: Some(1),
+        ..EngineOptions::default()
+    };
+    let s = start_with(options, ServerConfig::default(), true, |_| {}).await;
+    let ready: Value = s.get("/readyz").await.json().await.unwrap();
+    let memory = &ready["memory"];
+    assert_eq!(memory["largest_square"], 1024, "{ready}");
+    assert_eq!(memory["source"], "--memory-budget", "{ready}");
+    assert!(memory["limit_bytes"].as_u64().unwrap() >= memory["need_1024_bytes"].as_u64().unwrap());
+
+    let steps_before = s.steps_run();
+    let r = s.post(request("1040x1024", 1)).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "image_too_large", "{body}");
+    assert_eq!(body["error"]["param"], "size", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1040×1024") && message.contains("1024×1024") && message.contains("GB"),
+        "{message}"
+    );
+    assert_eq!(s.steps_run(), steps_before, "nothing ran");
+
+    let r = s.post(request("256x256", 1)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[test]
+fn a_2048_image_on_the_tiny_models_fits_in_a_12_gb_address_space() {
+    let hub = TestHub::start(tiny_models());
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("big.png");
+    let out = Command::new("prlimit")
+        .arg("--as=12000000000")
+        .arg(env!("CARGO_BIN_EXE_schnell"))
+        .args(["generate", "a fox", "--width", "2048", "--height", "2048"])
+        .args(["--steps", "1", "--seed", "3", "--quant", "none"])
+        .args(["--endpoint", &hub.endpoint, "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .arg("-o")
+        .arg(&png)
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(image::image_dimensions(&png).unwrap(), (2048, 2048));
+}
