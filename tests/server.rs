@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -296,6 +297,32 @@ async fn disconnecting_cancels_the_job_and_frees_the_queue() {
     let ran = s.steps_run() - start_steps;
     assert_eq!(s.post(request("256x256", 4)).await.status(), StatusCode::OK);
     assert!(ran < 50, "the abandoned request ran all {ran} steps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_during_the_vae_decode_stops_it() {
+    let s = ready(ServerConfig::default()).await;
+    let stats = s.engine.stats();
+    let images = stats.images.load(Ordering::SeqCst);
+    // One step, then a decode at 1024² that takes seconds: leave as soon as
+    // the step's preview arrives, while the engine decodes.
+    let mut body = request("1024x1024", 1);
+    body["stream"] = json!(true);
+    body["steps"] = json!(1);
+    let r = s.post(body).await;
+    let mut chunks = r.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("partial_image") {
+        seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
+    }
+    drop(chunks);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.cancelled.load(Ordering::SeqCst) == 0 && stats.images.load(Ordering::SeqCst) == images {
+        assert!(Instant::now() < deadline, "the job neither finished nor stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.cancelled.load(Ordering::SeqCst), 1, "the decode ran to the end");
+    assert_eq!(stats.images.load(Ordering::SeqCst), images);
 }
 
 #[tokio::test]

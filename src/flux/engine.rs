@@ -175,6 +175,8 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     /// Images finished.
     pub images: AtomicU64,
+    /// Requests stopped because their client went away.
+    pub cancelled: AtomicU64,
 }
 
 /// FLUX.1-schnell, ready to be asked for images. Cheap to clone.
@@ -728,7 +730,10 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                             timings,
                         });
                     }
-                    Err(FluxError::Cancelled) => tracing::info!("request cancelled"),
+                    Err(FluxError::Cancelled) => {
+                        shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("request cancelled");
+                    }
                     Err(e) => {
                         let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
                     }
