@@ -35,6 +35,7 @@ fn main() {
                     height: 1024,
                     low_memory,
                     cpu,
+                    tiled_vae: false,
                 },
             ))
         };

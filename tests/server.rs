@@ -317,11 +317,20 @@ async fn leaving_during_the_vae_decode_stops_it() {
     }
     drop(chunks);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while stats.cancelled.load(Ordering::SeqCst) == 0 && stats.images.load(Ordering::SeqCst) == images {
-        assert!(Instant::now() < deadline, "the job neither finished nor stopped");
+    while stats.cancelled.load(Ordering::SeqCst) == 0
+        && stats.images.load(Ordering::SeqCst) == images
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the job neither finished nor stopped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stats.cancelled.load(Ordering::SeqCst), 1, "the decode ran to the end");
+    assert_eq!(
+        stats.cancelled.load(Ordering::SeqCst),
+        1,
+        "the decode ran to the end"
+    );
     assert_eq!(stats.images.load(Ordering::SeqCst), images);
 }
 

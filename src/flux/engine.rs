@@ -19,7 +19,7 @@ use super::config::ConfigSource;
 use super::device::DeviceChoice;
 use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
-use super::memory::{self, MemoryBudget, ModelSize, Sizing, Workload};
+use super::memory::{self, MemoryBudget, ModelSize, Sizing, VaeDecode, Workload};
 use super::pipeline;
 use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::request::{Component, GenerateEvent, GenerateRequest};
@@ -160,7 +160,7 @@ impl MemoryReport {
         Self {
             limit_bytes: sizing.limit(),
             source: sizing.budget.source.clone(),
-            need_1024_bytes: sizing.need(1024, 1024),
+            need_1024_bytes: sizing.need(1024, 1024, false),
             largest_square: sizing.largest_square(),
         }
     }
@@ -243,6 +243,8 @@ enum Job {
         local: Arc<LocalFiles>,
         request: GenerateRequest,
         seed: u64,
+        /// Whole, or in tiles where the whole would not fit.
+        decode: VaeDecode,
         events: mpsc::UnboundedSender<GenerateEvent>,
     },
 }
@@ -353,12 +355,12 @@ impl FluxSchnell {
         Ok(plan.clone())
     }
 
-    /// Refuses a request that would not fit in memory (once planned; before
-    /// that, the plan is made for the request's own size).
-    fn check_fits(&self, width: u32, height: u32) -> Result<(), FluxError> {
+    /// How a request's image will be decoded, or its refusal if it would
+    /// not fit in memory either way.
+    fn check_fits(&self, width: u32, height: u32) -> Result<VaeDecode, FluxError> {
         match self.inner.plan.get() {
             Some((_, sizing)) => sizing.check(width, height),
-            None => Ok(()),
+            None => Ok(VaeDecode::Whole),
         }
     }
 
@@ -389,6 +391,7 @@ impl FluxSchnell {
             height,
             low_memory: options.low_memory,
             cpu: options.device == DeviceChoice::Cpu,
+            tiled_vae: false,
         };
         let budget = match options.memory_budget {
             Some(bytes) => MemoryBudget {
@@ -499,15 +502,19 @@ impl FluxSchnell {
                     return;
                 }
             };
-            if let Err(e) = this.check_fits(request.width, request.height) {
-                let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
-                return;
-            }
+            let decode = match this.check_fits(request.width, request.height) {
+                Ok(decode) => decode,
+                Err(e) => {
+                    let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                    return;
+                }
+            };
             let seed = request.seed.unwrap_or_else(rand::random);
             let job = Job::Generate {
                 local,
                 request,
                 seed,
+                decode,
                 events,
             };
             if let Err(std_mpsc::SendError(job)) = this.inner.jobs.send(job) {
@@ -691,6 +698,7 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
             Job::Generate {
                 request,
                 seed,
+                decode,
                 events,
                 ..
             } => {
@@ -700,12 +708,14 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                         model,
                         resident,
                         &request,
-                        seed,
-                        &mut emit,
-                        || {
-                            shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                        (seed, decode),
+                        pipeline::Hooks {
+                            emit: &mut emit,
+                            on_step: &mut || {
+                                shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                            },
+                            cancelled: &|| events.is_closed(),
                         },
-                        || events.is_closed(),
                     )
                 }));
                 let result = match result {

@@ -16,6 +16,7 @@ use super::attention::SCORE_BYTES;
 use super::config::{self, ConfigSource};
 use super::device::DeviceChoice;
 use super::quant::{Quant, QuantPlan, T5Quant};
+use super::vae;
 use super::FluxError;
 
 const GB: f64 = 1e9;
@@ -308,6 +309,8 @@ pub struct Workload {
     pub low_memory: bool,
     /// On the CPU (candle repacks some quantized types there).
     pub cpu: bool,
+    /// The VAE decodes in tiles (`vae::Decoder::decode_tiled`).
+    pub tiled_vae: bool,
 }
 
 /// The peak memory of one choice of weights, in bytes.
@@ -335,14 +338,18 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let flux_act =
         scores(size.flux_heads * tokens * tokens * flux_s) + 4 * tokens * mlp_wide * flux_s;
     let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4;
-    let latent = (w / 8) * (h / 8);
     // The VAE: its mid-block attention at latent size, or about eight
     // full-resolution tensors as wide as its last block (norms, activations
     // and convolutions each make one; the tiny model at 2048², 32 channels,
-    // peaked at 4.4 GB RSS).
-    let vae_act = (scores(latent * latent * s) + latent * size.vae_top_channels * 4 * s)
-        .max(8 * size.vae_first_channels * w * h * s)
-        + 2 * size.vae_top_channels * latent * s;
+    // peaked at 4.4 GB RSS). Tiled, that of one tile, plus the blended
+    // image's sums and weights in F32.
+    let vae_act = if work.tiled_vae {
+        let tile = (vae::TILE * 8) as u64;
+        let (tw, th) = (w.min(tile), h.min(tile));
+        vae_activations(size, tw, th, s) + 4 * 4 * w * h
+    } else {
+        vae_activations(size, w, h, s)
+    };
 
     let peak = if work.low_memory {
         // One part at a time: T5, CLIP, the transformer, the decoder.
@@ -363,6 +370,14 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
         loading.max(running)
     };
     peak + OVERHEAD
+}
+
+/// The VAE decoder's activations for a `w`×`h` image in `s`-byte elements.
+fn vae_activations(size: &ModelSize, w: u64, h: u64, s: u64) -> u64 {
+    let latent = (w / 8) * (h / 8);
+    let scores = 2 * (latent * latent * s).min(SCORE_BYTES as u64);
+    (scores + latent * size.vae_top_channels * 4 * s).max(8 * size.vae_first_channels * w * h * s)
+        + 2 * size.vae_top_channels * latent * s
 }
 
 /// Memory the device has to give, and where that figure came from.
@@ -519,6 +534,7 @@ mod tests {
             // Planned as for a GPU with F32 activations: the CPU's repacked
             // copies depend on the machine's instruction set.
             cpu: false,
+            tiled_vae: false,
         }
     }
 
@@ -636,10 +652,11 @@ pub struct Sizing {
 
 impl Sizing {
     /// The estimated peak for one `width`×`height` image.
-    pub fn need(&self, width: u32, height: u32) -> u64 {
+    pub fn need(&self, width: u32, height: u32, tiled_vae: bool) -> u64 {
         let work = Workload {
             width,
             height,
+            tiled_vae,
             ..self.work
         };
         estimate_peak(&self.size, self.plan, &work)
@@ -651,15 +668,16 @@ impl Sizing {
     pub fn limit(&self) -> u64 {
         self.budget
             .bytes
-            .max(self.need(self.work.width, self.work.height))
+            .max(self.need(self.work.width, self.work.height, false))
     }
 
-    /// Refuses an image that would not fit, before it runs.
-    pub fn check(&self, width: u32, height: u32) -> Result<(), FluxError> {
-        let need = self.need(width, height);
-        if need <= self.limit() {
-            return Ok(());
+    /// How an image will be decoded: whole if it fits, else in tiles if
+    /// that fits; an image that fits neither way is refused, before it runs.
+    pub fn check(&self, width: u32, height: u32) -> Result<VaeDecode, FluxError> {
+        if let Some(decode) = self.fits(width, height) {
+            return Ok(decode);
         }
+        let need = self.need(width, height, true);
         let largest = match self.largest_square() {
             Some(side) => format!("the largest square image that fits is {side}×{side}"),
             None => "no image size fits".into(),
@@ -676,11 +694,31 @@ impl Sizing {
         })
     }
 
-    /// The largest side (a multiple of 16) of a square image that fits.
+    /// The largest side (a multiple of 16) of a square image that fits,
+    /// decoded in tiles if need be.
     pub fn largest_square(&self) -> Option<u32> {
         (super::MIN_SIDE..=super::MAX_SIDE)
             .step_by(16)
-            .take_while(|&side| self.need(side, side) <= self.limit())
+            .take_while(|&side| self.fits(side, side).is_some())
             .last()
     }
+
+    fn fits(&self, width: u32, height: u32) -> Option<VaeDecode> {
+        let limit = self.limit();
+        if self.need(width, height, false) <= limit {
+            Some(VaeDecode::Whole)
+        } else if self.need(width, height, true) <= limit {
+            Some(VaeDecode::Tiled)
+        } else {
+            None
+        }
+    }
+}
+
+/// How the VAE decodes one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeDecode {
+    Whole,
+    /// In overlapping tiles, when the whole would not fit.
+    Tiled,
 }

@@ -10,26 +10,36 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 
 use super::loaded::{LocalModel, Resident, Transformer};
+use super::memory::VaeDecode;
 use super::preview::latent_preview;
 use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
 use super::vae::Decoder;
 use super::FluxError;
 
-/// Sends an event; `false` means nobody listens any more (cancelled).
-pub type Emit<'a> = &'a mut dyn FnMut(GenerateEvent) -> bool;
+/// How the engine follows one generation.
+pub struct Hooks<'a> {
+    /// Sends an event; `false` means nobody listens any more (cancelled).
+    pub emit: &'a mut dyn FnMut(GenerateEvent) -> bool,
+    /// Called after each transformer pass.
+    pub on_step: &'a mut dyn FnMut(),
+    /// Asked inside the VAE decode, where no event goes out for seconds.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
 
 /// Makes one image. Events go out as they happen; each `Step` right after its
-/// transformer pass. `cancelled` is asked inside the VAE decode, where no
-/// event goes out for seconds.
+/// transformer pass.
 pub fn generate(
     model: &LocalModel,
     resident: &mut Resident,
     request: &GenerateRequest,
-    seed: u64,
-    emit: Emit,
-    mut on_step: impl FnMut(),
-    cancelled: impl Fn() -> bool,
+    (seed, vae_decode): (u64, VaeDecode),
+    hooks: Hooks,
 ) -> Result<(Image, Timings), FluxError> {
+    let Hooks {
+        emit,
+        on_step,
+        cancelled,
+    } = hooks;
     let start = Instant::now();
     let mut timings = Timings::default();
     // The transformer's dtype: F32 for GGUF weights, else CLIP's and the VAE's.
@@ -153,7 +163,8 @@ pub fn generate(
         model.dtype,
         &img,
         (width, height),
-        &cancelled,
+        vae_decode,
+        cancelled,
     )?;
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
@@ -208,12 +219,18 @@ fn decode(
     dtype: DType,
     img: &Tensor,
     (width, height): (usize, usize),
+    mode: VaeDecode,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Image, FluxError> {
     let run = || -> candle_core::Result<Option<Vec<u8>>> {
         let latent = unpack(img, height, width)?;
         let latent = ((latent / cfg.scale_factor)? + cfg.shift_factor)?.to_dtype(dtype)?;
-        let Some(rgb) = decoder.decode(&latent, &mut || !cancelled())? else {
+        let mut keep_going = || !cancelled();
+        let decoded = match mode {
+            VaeDecode::Whole => decoder.decode(&latent, &mut keep_going)?,
+            VaeDecode::Tiled => decoder.decode_tiled(&latent, &mut keep_going)?,
+        };
+        let Some(rgb) = decoded else {
             return Ok(None);
         };
         let rgb = ((rgb.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?.round()?;

@@ -231,6 +231,96 @@ impl Decoder {
     }
 }
 
+/// Latent pixels per side of a tile in [`Decoder::decode_tiled`] (512 image
+/// pixels), and of the overlap between neighbouring tiles.
+pub const TILE: usize = 64;
+pub const OVERLAP: usize = 8;
+
+/// Where tiles of `TILE` start along a side of `len` latent pixels: every
+/// `TILE - OVERLAP`, the last one flush with the end.
+fn tile_starts(len: usize) -> Vec<usize> {
+    if len <= TILE {
+        return vec![0];
+    }
+    let mut starts: Vec<usize> = (0..len - TILE).step_by(TILE - OVERLAP).collect();
+    starts.push(len - TILE);
+    starts
+}
+
+/// A tile pixel's weight along one axis: rising over the overlap from an
+/// edge shared with a neighbour, 1 elsewhere; never 0.
+fn ramp(p: usize, len: usize, neighbour_before: bool, neighbour_after: bool) -> f32 {
+    let o = (OVERLAP * 8) as f32;
+    let up = if neighbour_before {
+        ((p as f32 + 0.5) / o).min(1.0)
+    } else {
+        1.0
+    };
+    let down = if neighbour_after {
+        ((len - p) as f32 - 0.5) / o
+    } else {
+        1.0
+    };
+    up.min(down.min(1.0))
+}
+
+impl Decoder {
+    /// Decodes in overlapping tiles of [`TILE`] latent pixels, blended
+    /// linearly where they overlap: the activations of one tile instead of
+    /// the whole image's, for images that would not fit otherwise. Each
+    /// tile's attention and group norms see only that tile, so the result is
+    /// close to a whole decode but not the same (as with diffusers' tiled
+    /// decoding). One tile is a whole decode.
+    pub fn decode_tiled(
+        &self,
+        xs: &Tensor,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = xs.dims4()?;
+        if h <= TILE && w <= TILE {
+            return self.decode(xs, keep_going);
+        }
+        let (oh, ow) = (h * 8, w * 8);
+        let mut sum = vec![0f32; 3 * oh * ow];
+        let mut weights = vec![0f32; oh * ow];
+        let (ys, xs_) = (tile_starts(h), tile_starts(w));
+        for &y0 in &ys {
+            for &x0 in &xs_ {
+                let (th, tw) = (TILE.min(h), TILE.min(w));
+                let tile = xs.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
+                let Some(image) = self.decode(&tile, keep_going)? else {
+                    return Ok(None);
+                };
+                let pixels = image
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let (ph, pw) = (th * 8, tw * 8);
+                for yy in 0..ph {
+                    let wy = ramp(yy, ph, y0 > 0, y0 + th < h);
+                    for xx in 0..pw {
+                        let wgt = wy * ramp(xx, pw, x0 > 0, x0 + tw < w);
+                        let at = (y0 * 8 + yy) * ow + x0 * 8 + xx;
+                        weights[at] += wgt;
+                        for c in 0..3 {
+                            sum[c * oh * ow + at] += wgt * pixels[(c * ph + yy) * pw + xx];
+                        }
+                    }
+                }
+            }
+        }
+        for c in 0..3 {
+            for (v, wgt) in sum[c * oh * ow..(c + 1) * oh * ow].iter_mut().zip(&weights) {
+                *v /= wgt;
+            }
+        }
+        Tensor::from_vec(sum, (1, 3, oh, ow), &candle_core::Device::Cpu)?
+            .to_device(xs.device())?
+            .to_dtype(xs.dtype())
+            .map(Some)
+    }
+}
+
 impl Module for Decoder {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(self.decode(xs, &mut || true)?.expect("never cancelled"))
@@ -291,5 +381,71 @@ mod tests {
             .unwrap();
         assert!(stopped.is_none());
         assert_eq!(asked, 3, "stops at the first no");
+    }
+
+    #[test]
+    fn tiles_cover_the_side_and_their_weights_blend() {
+        assert_eq!(tile_starts(64), [0]);
+        assert_eq!(tile_starts(100), [0, 36]);
+        assert_eq!(tile_starts(256), [0, 56, 112, 168, 192]);
+        // Across an overlap the two tiles' weights rise and fall, never 0.
+        let len = TILE * 8;
+        assert_eq!(ramp(0, len, false, true), 1.0);
+        assert!(ramp(0, len, true, true) > 0.0 && ramp(0, len, true, true) < 0.05);
+        assert_eq!(ramp(len / 2, len, true, true), 1.0);
+        assert!(ramp(len - 1, len, true, true) > 0.0);
+    }
+
+    #[test]
+    fn a_tiled_decode_is_a_whole_one_for_one_tile_and_close_for_many() {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let ours = Decoder::new(&config(), vb.pp("decoder")).unwrap();
+        let small = Tensor::randn(0f32, 0.5, (1, 16, 40, 24), &Device::Cpu).unwrap();
+        let whole = ours.forward(&small).unwrap();
+        let tiled = ours.decode_tiled(&small, &mut || true).unwrap().unwrap();
+        assert_eq!(
+            (whole - &tiled)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+
+        // 80 latent pixels wide: two tiles side by side, 48 pixels shared.
+        let wide = Tensor::randn(0f32, 0.5, (1, 16, 16, 80), &Device::Cpu).unwrap();
+        let whole = ours.forward(&wide).unwrap();
+        let tiled = ours.decode_tiled(&wide, &mut || true).unwrap().unwrap();
+        assert_eq!(tiled.dims(), whole.dims());
+        let scale = whole
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let err = (&whole - &tiled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            err < 0.5 * scale,
+            "tiles differ by {err} on average (values {scale})"
+        );
+        // The blend is seamless: no jump at a tile's edge beyond the image's own.
+        let row = tiled.get(0).unwrap().get(0).unwrap().get(64).unwrap();
+        let row: Vec<f32> = row.to_vec1().unwrap();
+        let steps: Vec<f32> = row.windows(2).map(|p| (p[1] - p[0]).abs()).collect();
+        let typical = steps.iter().sum::<f32>() / steps.len() as f32;
+        let edge = 64 * 8 - 1; // the first tile ends here
+        assert!(steps[edge] < 10.0 * typical, "a seam at the tile's edge");
     }
 }
