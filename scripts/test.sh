@@ -5,9 +5,10 @@
 #   - a Python venv with huggingface_hub (cache interoperability test),
 #     openai and pillow (the official client against `schnell serve`) and
 #     selenium (drives ChromeDriver in the end-to-end browser test);
-#   - Debian's chromium and chromium-driver; wasm-bindgen-cli at the exact
-#     wasm-bindgen version in Cargo.lock; wasm-pack (browser tests) and
-#     Trunk 0.21.14 (builds the web app), both from crates.io;
+#   - Debian's chromium, chromium-driver and nginx (the replicas test);
+#     wasm-bindgen-cli at the exact wasm-bindgen version in Cargo.lock;
+#     wasm-pack (browser tests) and Trunk 0.21.14 (builds the web app), both
+#     from crates.io;
 #   - last, scripts/build-cuda.sh installs CUDA 13.0's toolkit wheels from
 #     PyPI into ~/.cache/schnell-cuda and builds the CUDA binary.
 # Nothing downloads a browser or a tool at run time.
@@ -29,10 +30,10 @@ if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL, selenium' 2>/de
     "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow selenium
 fi
 
-if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
-    step "installing chromium and chromium-driver"
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then
+    step "installing chromium, chromium-driver and nginx"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver nginx-light
 fi
 
 WBG_VERSION="$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')"
@@ -85,6 +86,9 @@ step "Python huggingface_hub and schnell share one cache"
 
 step "the official openai Python client against schnell serve"
 "$VENV/bin/python" tests/python/openai_client.py "$target_dir/debug/schnell"
+
+step "two schnell serve replicas behind nginx, as the README sets them up; one is killed mid-load"
+"$VENV/bin/python" tests/python/nginx_replicas.py "$target_dir/debug/schnell"
 
 step "CUDA: scripts/build-cuda.sh builds --features cuda (toolkit from PyPI); the binary runs against a stub driver"
 # Its own build folder (~/.cache/schnell-cuda-target), kept between runs.
