@@ -74,9 +74,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         (key, _) => key,
     };
     if let Some(key) = &api_key {
-        server::check_api_key(key).with_context(|| {
-            format!("refusing --api-key (or {API_KEY_ENV}): it would leave the API open")
-        })?;
+        server::check_api_key(key)
+            .with_context(|| format!("refusing --api-key (or {API_KEY_ENV})"))?;
     }
     if args.max_connections == Some(0) {
         bail!("--max-connections must be at least 1");

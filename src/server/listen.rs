@@ -242,6 +242,9 @@ async fn serve_connection(
     }
     loop {
         tokio::select! {
+            // The connection first: a request that has arrived starts (and
+            // counts as in flight) before the watchdog looks.
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -347,7 +350,10 @@ impl Registry {
         }
         match best {
             Some((conn, _)) => {
-                conn.state.lock().expect("not poisoned").evicted = true;
+                let mut state = conn.state.lock().expect("not poisoned");
+                // It may have received a request since it was ranked.
+                state.evicted = state.active == 0;
+                drop(state);
                 conn.changed.notify_one();
                 true
             }
