@@ -44,7 +44,12 @@ fn main() {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/images/generations", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            server::ServeOptions::default(),
+            std::future::pending(),
+        ));
         let http = reqwest::Client::new();
         let body = |seed: u64| json!({ "prompt": "a red fox in the snow", "size": format!("{SIDE}x{SIDE}"), "steps": STEPS, "seed": seed });
 

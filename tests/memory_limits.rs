@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use schnell::flux::{EngineOptions, Quant, QuantChoice};
 use schnell::server::ServerConfig;
 use serde_json::Value;
-use support::server::{png_size, request, start_with};
+use support::server::{png_size, request, start_with_engine};
 use support::{tiny_models, TestHub};
 
 #[tokio::test]
@@ -24,7 +24,7 @@ async fn an_image_beyond_the_memory_limit_is_refused_with_the_largest_that_fits(
         memory_budget: Some(1),
         ..EngineOptions::default()
     };
-    let s = start_with(options, ServerConfig::default(), true, |_| {}).await;
+    let s = start_with_engine(options, ServerConfig::default(), true, |_| {}).await;
     let ready: Value = s.get("/readyz").await.json().await.unwrap();
     let memory = &ready["memory"];
     assert_eq!(memory["source"], "--memory-budget", "{ready}");

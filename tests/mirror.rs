@@ -159,6 +159,48 @@ async fn paths_never_leave_the_folder() {
 }
 
 #[tokio::test]
+async fn links_out_of_the_folder_are_neither_followed_nor_walked() {
+    // A repository with a link to a tree outside the mirror's folder.
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("mirror");
+    std::fs::create_dir_all(root.join("acme/tiny")).unwrap();
+    std::fs::write(root.join("acme/tiny/config.json"), b"{}").unwrap();
+    let big = outer.path().join("big");
+    for i in 0..50 {
+        std::fs::create_dir_all(big.join(format!("d{i}"))).unwrap();
+        std::fs::write(big.join(format!("d{i}/f.bin")), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink(&big, root.join("acme/tiny/big")).unwrap();
+
+    let commit = |hub: &TestHub| {
+        let url = format!("{}/acme/tiny/resolve/main/config.json", hub.endpoint);
+        async move { header(&get(url, None).await, "x-repo-commit") }
+    };
+    let hub = TestHub::start(&root);
+    let before = commit(&hub).await;
+    let info: serde_json::Value = get(format!("{}/api/models/acme/tiny", hub.endpoint), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["siblings"],
+        serde_json::json!([{ "rfilename": "config.json" }])
+    );
+    drop(hub);
+
+    // A change outside the folder is no change to the repository…
+    std::fs::write(big.join("d0/new.bin"), b"new").unwrap();
+    let hub = TestHub::start(&root);
+    assert_eq!(commit(&hub).await, before, "the linked tree was walked");
+    drop(hub);
+    // …while one inside is.
+    std::fs::write(root.join("acme/tiny/new.json"), b"{}").unwrap();
+    let hub = TestHub::start(&root);
+    assert_ne!(commit(&hub).await, before);
+}
+
+#[tokio::test]
 async fn model_api_lists_siblings() {
     let dir = folder();
     let hub = TestHub::start(dir.path());

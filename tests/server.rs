@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::StatusCode;
-use schnell::server::ServerConfig;
+use schnell::server::{ServeOptions, ServerConfig};
 use serde_json::{json, Value};
-use support::server::{parse_sse, png_size, ready, request, start, HF_TOKEN};
+use support::server::{parse_sse, png_size, ready, request, start, start_with, HF_TOKEN};
 use support::tiny_models;
 
 #[tokio::test]
@@ -49,9 +49,13 @@ async fn generations_answer_in_openai_shape() {
         .json()
         .await
         .unwrap();
+    // Relative without --public-url: never built from the client's Host.
     let url = body["data"][0]["url"].as_str().unwrap();
-    assert!(url.starts_with(&s.url) && url.ends_with(".jpeg"), "{url}");
-    let image = s.http.get(url).send().await.unwrap();
+    assert!(
+        url.starts_with("/v1/images/") && url.ends_with(".jpeg"),
+        "{url}"
+    );
+    let image = s.get(url).await;
     assert_eq!(image.headers()["content-type"], "image/jpeg");
     let bytes = image.bytes().await.unwrap();
     assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "not a JPEG");
@@ -391,4 +395,533 @@ async fn a_failed_download_shows_in_readyz_without_the_token() {
     assert!(body.contains("failed to load"), "{body}");
     assert!(!format!("{status}{body}").contains(HF_TOKEN));
     assert!(s.hub.stats.requests() > 0);
+}
+
+/// Whether the server has closed `stream`, waiting up to `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // a response: keep reading
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.is_ok()
+}
+
+/// Whether the server has closed `stream` already (no waiting).
+fn closed_now(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Writes `bytes` one at a time, 100 ms apart, until the server closes the
+/// connection (or 60 s pass).
+fn trickle(
+    mut stream: tokio::net::TcpStream,
+    head: &'static str,
+    then: u8,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..600 {
+            if stream.write_all(&[then]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let s = start_with(
+        tiny_models(),
+        ServerConfig::default(),
+        ServeOptions {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await;
+    // Never a byte sent.
+    let mut silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // One request, then quiet: keep-alive ends too.
+    let mut kept = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("\"ok\"") {
+            let mut buf = [0u8; 1024];
+            let n = kept.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    }
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20)).await,
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(20)).await,
+        "an idle keep-alive connection stayed open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_trickling_headers_or_a_body_are_cut_off() {
+    let s = start_with(
+        tiny_models(),
+        ServerConfig {
+            body_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ServeOptions {
+            header_timeout: Duration::from_secs(1),
+            // Long: what closes the slow ones is not the idle timeout.
+            idle_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await;
+    let idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut slow_head = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let writer = trickle(
+        slow_head.try_clone_for_test(),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b'a',
+    );
+    assert!(
+        closed_within(&mut slow_head, Duration::from_secs(20)).await,
+        "a client trickling its headers kept its connection"
+    );
+    writer.abort();
+    assert!(
+        !closed_now(&idle),
+        "the idle connection was closed too soon"
+    );
+
+    // A body one byte at a time: 408 once the body timeout is over.
+    let slow_body = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut read, write) = slow_body.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut write = write;
+        let head = "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..600 {
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(
+        got.is_ok(),
+        "a client trickling its body kept its connection"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
+        "{answer}"
+    );
+}
+
+/// For the tests: a second handle on one socket, for a writer task while
+/// the test reads.
+trait TryCloneForTest {
+    fn try_clone_for_test(&self) -> tokio::net::TcpStream;
+}
+
+impl TryCloneForTest for tokio::net::TcpStream {
+    fn try_clone_for_test(&self) -> tokio::net::TcpStream {
+        use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+        let fd = self.as_fd().try_clone_to_owned().unwrap().into_raw_fd();
+        // SAFETY: a fresh duplicate descriptor, owned by the new stream only.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        std.set_nonblocking(true).unwrap();
+        tokio::net::TcpStream::from_std(std).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_idle_connections_make_room() {
+    let s = start_with(
+        tiny_models(),
+        ServerConfig::default(),
+        ServeOptions {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    // Far fewer places than connections, all idle: a new client still gets in.
+    let health = tokio::time::timeout(Duration::from_secs(20), s.get("/healthz"))
+        .await
+        .expect("/healthz got no answer with every connection taken");
+    assert_eq!(health.status(), StatusCode::OK);
+    // 11 connections, 4 places: the 7 idle the longest were closed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let closed: Vec<bool> = idle.iter().map(closed_now).collect();
+        let count = closed.iter().filter(|c| **c).count();
+        if count >= 7 {
+            assert!(closed[..7].iter().all(|c| *c), "{closed:?}");
+            assert!(!closed[9], "the newest idle connection was closed first");
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {count} closed: {closed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_on_slow_clients_beyond_the_grace_period() {
+    let mut s = start_with(
+        tiny_models(),
+        ServerConfig::default(),
+        ServeOptions {
+            shutdown_grace: Duration::from_secs(1),
+            ..Default::default()
+        },
+        false,
+        |_| {},
+    )
+    .await;
+    let head = trickle(
+        tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b'a',
+    );
+    let body = trickle(
+        tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b' ',
+    );
+    // Both were accepted before this one was answered.
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+    let stopped = s.shut_down();
+    let done = tokio::time::timeout(Duration::from_secs(15), stopped).await;
+    head.abort();
+    body.abort();
+    done.expect("shutdown waited on slow clients")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(s.addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_api_key_is_refused_not_ignored() {
+    let cache = tempfile::tempdir().unwrap();
+    for (key, needle) in [("", "empty"), ("  ", "empty"), (" sk-1", "whitespace")] {
+        let client = schnell::hub::HubClientBuilder::new(cache.path())
+            .endpoint("http://127.0.0.1:9")
+            .build()
+            .unwrap();
+        let engine = schnell::flux::FluxSchnell::new(client, Default::default());
+        let result = schnell::server::router(
+            engine,
+            &schnell::flux::FLUX_SCHNELL,
+            ServerConfig {
+                api_key: Some(key.into()),
+                hub_cache: cache.path().into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let Err(error) = result else {
+            panic!("{key:?}: an unusable key was accepted");
+        };
+        let error = error.to_string();
+        assert!(error.contains(needle), "{key:?}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_key_the_hub_gives_weights_only_to_key_holders() {
+    let s = ready(ServerConfig {
+        api_key: Some("sk-hub-key".into()),
+        ..Default::default()
+    })
+    .await;
+    let status: Value = s.get("/readyz").await.json().await.unwrap();
+    let hub_url = |repo: &str, path: &str| format!("{}/hub/{repo}/resolve/main/{path}", s.url);
+    // What the page reads: the tokenizers and configs, without the key.
+    for which in ["t5", "clip"] {
+        let t = &status["tokenizers"][which];
+        let url = hub_url(t["repo"].as_str().unwrap(), t["path"].as_str().unwrap());
+        let r = s.http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{url}");
+    }
+    let flux = "black-forest-labs/FLUX.1-schnell";
+    let config = s
+        .http
+        .get(hub_url(flux, "transformer/config.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(config.status(), StatusCode::OK);
+    // The weights need it, by GET or HEAD, and nothing says what exists.
+    for path in [
+        "ae.safetensors",
+        "flux1-schnell.safetensors",
+        "no-such-file.bin",
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let r = s
+                .http
+                .request(method.clone(), hub_url(flux, path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            let r = s
+                .http
+                .request(method.clone(), hub_url(flux, path))
+                .bearer_auth("sk-wrong")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
+    let r = s
+        .http
+        .get(hub_url(flux, "ae.safetensors"))
+        .header("authorization", "bearer sk-hub-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let served = r.bytes().await.unwrap();
+    let original = std::fs::read(tiny_models().join(flux).join("ae.safetensors")).unwrap();
+    assert_eq!(served, original);
+
+    // The scheme is case-insensitive on /v1 too (RFC 7235).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let r = s
+            .http
+            .get(format!("{}/v1/models", s.url))
+            .header("authorization", format!("{scheme} sk-hub-key"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn image_urls_use_the_public_url_when_set() {
+    let s = ready(ServerConfig {
+        public_url: Some("https://images.example.com/schnell/".into()),
+        ..Default::default()
+    })
+    .await;
+    let r = s
+        .http
+        .post(format!("{}/v1/images/generations", s.url))
+        .header("host", "evil.example")
+        .json(&json!({ "prompt": "x", "size": "256x256", "steps": 1, "response_format": "url" }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let url = body["data"][0]["url"].as_str().unwrap();
+    let path = url
+        .strip_prefix("https://images.example.com/schnell/v1/images/")
+        .unwrap_or_else(|| panic!("{url}"));
+    assert_eq!(
+        s.get(&format!("/v1/images/{path}")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_web_page_stays_inside_dist_and_unknown_api_paths_are_json_404s() {
+    let outer = tempfile::tempdir().unwrap();
+    let dist = outer.path().join("dist");
+    std::fs::create_dir_all(dist.join("assets")).unwrap();
+    std::fs::write(dist.join("index.html"), "<html>the page</html>").unwrap();
+    std::fs::write(dist.join("assets/app.js"), "let app;").unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "top secret").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.txt"), dist.join("passwd")).unwrap();
+    std::os::unix::fs::symlink(outer.path(), dist.join("up")).unwrap();
+    std::os::unix::fs::symlink(dist.join("assets/app.js"), dist.join("alias.js")).unwrap();
+    let s = ready(ServerConfig {
+        dist: dist.clone(),
+        ..Default::default()
+    })
+    .await;
+
+    let server = &s;
+    let text = |path: &'static str| async move {
+        let r = server.get(path).await;
+        (r.status(), r.text().await.unwrap())
+    };
+    assert_eq!(text("/").await.1, "<html>the page</html>");
+    assert_eq!(text("/assets/app.js").await.1, "let app;");
+    // A link that stays inside is followed.
+    assert_eq!(text("/alias.js").await.1, "let app;");
+    // The page routes itself: unknown paths get it.
+    assert_eq!(text("/history/3").await.1, "<html>the page</html>");
+    for path in [
+        "/passwd",
+        "/up/secret.txt",
+        "/up/dist/../secret.txt",
+        "/%2e%2e/secret.txt",
+    ] {
+        let (status, body) = text(path).await;
+        assert!(!body.contains("top secret"), "{path}: {status} {body}");
+    }
+
+    // Unknown API paths answer in the API's shape, not with the page.
+    for path in ["/v1/nope", "/v1", "/v1/images/generations/extra"] {
+        let r = s.get(path).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    let r = s.get("/v1/images/generations").await;
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn readyz_and_errors_never_show_local_paths() {
+    let models = support::tiny_copy();
+    std::fs::write(
+        models
+            .path()
+            .join("black-forest-labs/FLUX.1-schnell/ae.safetensors"),
+        b"this is not a safetensors file",
+    )
+    .unwrap();
+    let s = start_with(
+        models.path(),
+        ServerConfig::default(),
+        ServeOptions::default(),
+        false,
+        |_| {},
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status: Value = s.get("/readyz").await.json().await.unwrap();
+        if status["phase"] == "failed" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never failed: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status["error"].as_str().unwrap().to_string();
+    assert!(error.contains("ae.safetensors"), "{error}");
+    let body = s.post(request("256x256", 1)).await.text().await.unwrap();
+    assert!(body.contains("ae.safetensors"), "{body}");
+    let cache = s.cache.to_str().unwrap();
+    let temp = std::env::temp_dir();
+    for text in [error.as_str(), body.as_str()] {
+        assert!(
+            !text.contains(cache) && !text.contains(temp.to_str().unwrap()),
+            "a local path: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_dir_is_shared_by_replicas_capped_and_never_left() {
+    let images = tempfile::tempdir().unwrap();
+    let config = || ServerConfig {
+        image_dir: Some(images.path().to_path_buf()),
+        // Room for one image only: each new one evicts the one before.
+        image_dir_max: 1,
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(ready(config()), ready(config()));
+    async fn make(s: &support::server::TestServer) -> String {
+        let body: Value = s
+            .post(json!({ "prompt": "x", "size": "256x256", "steps": 1, "response_format": "url" }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["data"][0]["url"].as_str().unwrap().to_string()
+    }
+    let first = make(&a).await;
+    // Made on one replica, served by the other.
+    let from_a = a.get(&first).await;
+    assert_eq!(from_a.status(), StatusCode::OK);
+    let from_b = b.get(&first).await;
+    assert_eq!(from_b.status(), StatusCode::OK);
+    assert_eq!(from_b.headers()["content-type"], "image/png");
+    assert_eq!(from_a.bytes().await.unwrap(), from_b.bytes().await.unwrap());
+
+    // Over the cap, the oldest goes, for every replica.
+    let second = make(&b).await;
+    for s in [&a, &b] {
+        assert_eq!(s.get(&first).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(s.get(&second).await.status(), StatusCode::OK);
+    }
+    let names: Vec<String> = std::fs::read_dir(images.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [second.rsplit('/').next().unwrap()], "{names:?}");
+
+    // No name from a request reaches outside the folder.
+    std::fs::write(images.path().parent().unwrap().join("outside.png"), b"no").ok();
+    let id = second.rsplit('/').next().unwrap().trim_end_matches(".png");
+    for path in [
+        "/v1/images/..%2Foutside.png".to_string(),
+        "/v1/images/..%2F..%2Fetc%2Fpasswd".to_string(),
+        format!("/v1/images/{}.png", id.to_uppercase()),
+        format!("/v1/images/{id}.gif"),
+        format!("/v1/images/{id}"),
+    ] {
+        let r = a.get(&path).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 }

@@ -196,6 +196,32 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((number * scale) as u64)
 }
 
+/// `30s`, `2m`, `500ms`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 2m or 500ms"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    if number < 0.0 || !number.is_finite() {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    std::time::Duration::try_from_secs_f64(number * scale).map_err(|_| format!("{s:?} is too long"))
+}
+
 #[derive(Args)]
 struct FetchArgs {
     /// Every file of a model: `flux-schnell`, as `generate` or `serve` with
@@ -310,6 +336,8 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    // A blocking task (hashing a large file, say) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -426,4 +454,22 @@ async fn random_models(dir: PathBuf, options: WriteOptions) -> Result<()> {
     );
     println!("serve them with: schnell mirror --dir {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 }

@@ -3,13 +3,16 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use schnell::flux::{FluxSchnell, ModelDescription, RetryPolicy};
-use schnell::server::{self, ServerConfig};
+use schnell::server::{self, ServeOptions, ServerConfig};
 
-use super::{EngineArgs, HubArgs};
+use super::{parse_bytes, parse_duration, EngineArgs, HubArgs};
+
+const API_KEY_ENV: &str = "SCHNELL_API_KEY";
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -24,8 +27,9 @@ pub struct ServeArgs {
     /// Requests admitted at once (running and waiting); more get 429.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
-    /// Require `Authorization: Bearer KEY` on /v1.
-    #[arg(long, env = "SCHNELL_API_KEY", hide_env_values = true)]
+    /// Require `Authorization: Bearer KEY` on /v1 and for /hub's weights
+    /// (an empty key is refused).
+    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
     api_key: Option<String>,
     /// Allow browser calls from this origin (repeat; `*` for any).
     #[arg(long = "cors-origin")]
@@ -33,14 +37,49 @@ pub struct ServeArgs {
     /// The Trunk-built web UI.
     #[arg(long, default_value = "dist")]
     dist: PathBuf,
-    /// Base of image URLs (default: from the request's Host header).
+    /// Base of image URLs, e.g. https://images.example.com (default: relative
+    /// URLs, /v1/images/ID.png).
     #[arg(long)]
     public_url: Option<String>,
+    /// Keep `response_format: "url"` images in this folder (shareable between
+    /// replicas) instead of in memory.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// The most --image-dir may hold (e.g. 1GB); the oldest images go first.
+    #[arg(long, value_parser = parse_bytes, default_value = "1GB", requires = "image_dir")]
+    image_dir_max: u64,
+    /// Connections open at once; at the cap a new one closes the longest-idle
+    /// one (default: half the open-file limit, 16 to 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Time a client has to send a request's headers, and again its body.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "75s")]
+    idle_timeout: Duration,
+    /// On SIGTERM or Ctrl-C, let requests in flight finish for this long,
+    /// then cancel them and exit (a second signal exits at once).
+    #[arg(long, value_parser = parse_duration, default_value = "25s")]
+    shutdown_grace: Duration,
     #[command(flatten)]
     hub: HubArgs,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    // clap takes an empty environment variable for an absent one, which would
+    // quietly turn authentication off.
+    let api_key = match (args.api_key, std::env::var_os(API_KEY_ENV)) {
+        (None, Some(_)) => Some(String::new()),
+        (key, _) => key,
+    };
+    if let Some(key) = &api_key {
+        server::check_api_key(key)
+            .with_context(|| format!("refusing --api-key (or {API_KEY_ENV})"))?;
+    }
+    if args.max_connections == Some(0) {
+        bail!("--max-connections must be at least 1");
+    }
     let model = ModelDescription::find(&args.model)
         .with_context(|| format!("unknown model {:?}: try flux-schnell", args.model))?;
     let hub = args.hub.builder().build()?;
@@ -51,23 +90,35 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         model,
         ServerConfig {
             max_queue: args.max_queue.max(1),
-            api_key: args.api_key,
+            api_key,
             cors_origins: args.cors_origins,
             dist: args.dist,
             hub_cache,
             public_url: args.public_url,
+            body_timeout: args.header_timeout,
+            image_dir: args.image_dir,
+            image_dir_max: args.image_dir_max,
             ..Default::default()
         },
     )
     .await
     .context("setting up the server")?;
+    let options = ServeOptions {
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(server::default_max_connections),
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        shutdown_grace: args.shutdown_grace,
+    };
 
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     let _ = writeln!(std::io::stdout(), "listening on http://{addr}");
-    tracing::info!(%addr, model = model.id, "listening; fetching and loading the model in the background");
+    tracing::info!(%addr, model = model.id, max_connections = options.max_connections,
+        "listening; fetching and loading the model in the background");
 
     // The server answers at once; the model arrives in the background.
     tokio::spawn(async move {
@@ -78,10 +129,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    let grace = options.shutdown_grace;
+    let signal = async move {
+        server::shutdown_signal().await;
+        // A second signal means now.
+        tokio::spawn(async move {
+            server::shutdown_signal().await;
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        });
+        tracing::info!(?grace, "stopping: requests in flight may finish");
+    };
+    server::serve(listener, app, options, signal)
         .await
-        .context("serving")
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -46,6 +46,26 @@ pub struct Mirror {
     source: Source,
     /// When set, only these repositories are served (`org/name`).
     repos: Option<HashSet<String>>,
+    /// When set, most files need a key.
+    guard: Option<Guard>,
+}
+
+/// Says whether a request's headers carry the key.
+type Authorize = dyn Fn(&HeaderMap) -> bool + Send + Sync;
+
+/// Files anyone may read; the rest need [`Guard::authorize`].
+struct Guard {
+    authorize: Box<Authorize>,
+    public_json_max: u64,
+}
+
+impl Guard {
+    /// `*.json` (tokenizers, configs) up to the size cap is public.
+    fn public_by_name(path: &str) -> bool {
+        Path::new(path)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    }
 }
 
 impl Mirror {
@@ -64,12 +84,29 @@ impl Mirror {
         Ok(Self {
             source: Source::open(dir, layout).await?,
             repos: None,
+            guard: None,
         })
     }
 
     /// Serves only the named repositories; others answer `RepoNotFound`.
     pub fn only_repos(mut self, repos: impl IntoIterator<Item = String>) -> Self {
         self.repos = Some(repos.into_iter().collect());
+        self
+    }
+
+    /// Serves only `*.json` files of at most `public_json_max` bytes (the
+    /// tokenizers and configs a browser reads) to anyone; every other file
+    /// answers 401 unless `authorize` accepts the request's headers. Listings
+    /// (`/api/models/…`) stay public.
+    pub fn require_key(
+        mut self,
+        authorize: impl Fn(&HeaderMap) -> bool + Send + Sync + 'static,
+        public_json_max: u64,
+    ) -> Self {
+        self.guard = Some(Guard {
+            authorize: Box::new(authorize),
+            public_json_max,
+        });
         self
     }
 
@@ -104,8 +141,9 @@ impl Mirror {
     }
 }
 
-/// Binds `addr` and serves until Ctrl-C. Calls `on_bound` with the real
-/// address (useful with port 0).
+/// Binds `addr` and serves until SIGINT or SIGTERM, with the connection cap
+/// and timeouts of `schnell serve`. Calls `on_bound` with the real address
+/// (useful with port 0).
 pub async fn serve(
     mirror: Mirror,
     addr: SocketAddr,
@@ -116,11 +154,13 @@ pub async fn serve(
     let app = Arc::new(mirror)
         .router()
         .layer(tower_http::trace::TraceLayer::new_for_http());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    crate::server::serve(
+        listener,
+        app,
+        crate::server::ServeOptions::default(),
+        crate::server::shutdown_signal(),
+    )
+    .await
 }
 
 fn hub_error(status: StatusCode, code: &'static str, message: String) -> Response {
@@ -128,6 +168,23 @@ fn hub_error(status: StatusCode, code: &'static str, message: String) -> Respons
     response
         .headers_mut()
         .insert("x-error-code", HeaderValue::from_static(code));
+    response
+}
+
+/// 401 for a file that needs the key.
+fn needs_key(file: &HubFile, public_json_max: u64) -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": format!(
+            "{} in {} needs this server's API key (send `Authorization: Bearer <key>`); \
+             without it only *.json files up to {} MiB are served",
+            file.path, file.repo, public_json_max >> 20
+        ) })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -186,10 +243,22 @@ async fn resolve(
         Ok(file) => file,
         Err(response) => return *response,
     };
+    // By name first, so that without the key nothing says which files exist.
+    let authorized = mirror
+        .guard
+        .as_ref()
+        .is_none_or(|g| (g.authorize)(&headers));
+    let guard = mirror.guard.as_ref().filter(|_| !authorized);
+    if let Some(guard) = guard.filter(|_| !Guard::public_by_name(&file.path)) {
+        return needs_key(&file, guard.public_json_max);
+    }
     let found = match mirror.source.resolve(&file).await {
         Ok(found) => found,
         Err(what) => return missing(&file, what),
     };
+    if let Some(guard) = guard.filter(|g| found.len > g.public_json_max) {
+        return needs_key(&file, guard.public_json_max);
+    }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match range::answer(range, found.len) {
         RangeAnswer::Full => (StatusCode::OK, 0, found.len),

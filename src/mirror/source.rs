@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
@@ -77,11 +78,22 @@ fn is_lfs(path: &Path, len: u64) -> bool {
 
 type EtagKey = (PathBuf, u64, Option<SystemTime>);
 
+/// A plain folder's stand-in commit is reused this long before the folder is
+/// walked again: not once per request.
+const LISTING_TTL: Duration = Duration::from_secs(2);
+
+/// A repository folder's stand-in commit and when it was computed.
+type Listing = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
+
 pub(crate) struct Source {
     root: PathBuf,
     layout: Layout,
     /// Hashing a multi-gigabyte file takes a while: once per version of a file.
     etags: Mutex<HashMap<EtagKey, Arc<OnceCell<String>>>>,
+    /// Per repository folder (plain layout).
+    listings: Mutex<HashMap<PathBuf, Listing>>,
+    /// Folder walks for stand-in commits, for tests.
+    walks: AtomicUsize,
 }
 
 impl Source {
@@ -103,6 +115,8 @@ impl Source {
             root,
             layout,
             etags: Mutex::default(),
+            listings: Mutex::default(),
+            walks: AtomicUsize::new(0),
         })
     }
 
@@ -178,7 +192,8 @@ impl Source {
                 {
                     return Err(Missing::Repo);
                 }
-                let commit = listing_commit(repo_dir.clone())
+                let commit = self
+                    .listing_commit(&repo_dir)
                     .await
                     .map_err(|_| Missing::Repo)?;
                 Ok((repo_dir, commit))
@@ -207,6 +222,28 @@ impl Source {
                 Ok((repo_dir, commit))
             }
         }
+    }
+
+    /// The stand-in commit of a plain repository folder, walked at most once
+    /// per [`LISTING_TTL`]; requests meanwhile wait for the one walk.
+    async fn listing_commit(&self, repo_dir: &Path) -> io::Result<String> {
+        let listing = self
+            .listings
+            .lock()
+            .expect("not poisoned")
+            .entry(repo_dir.to_path_buf())
+            .or_default()
+            .clone();
+        let mut cached = listing.lock().await;
+        if let Some((at, commit)) = &*cached {
+            if at.elapsed() < LISTING_TTL {
+                return Ok(commit.clone());
+            }
+        }
+        self.walks.fetch_add(1, Ordering::Relaxed);
+        let commit = listing_commit(repo_dir.to_path_buf(), self.root.clone()).await?;
+        *cached = Some((Instant::now(), commit.clone()));
+        Ok(commit)
     }
 
     /// Every file of a revision, as repository-relative `/` paths.
@@ -271,15 +308,28 @@ fn blob_etag(path: &Path) -> Option<String> {
     (parent.file_name()? == "blobs").then(|| path.file_name()?.to_str().map(str::to_string))?
 }
 
+/// Regular files under `base`, skipping hidden files and folders (`.git`,
+/// partial downloads) and never entering a link that leads out of `root`.
+fn walk(base: &Path, root: &Path) -> impl Iterator<Item = walkdir::DirEntry> {
+    let root = root.to_path_buf();
+    walkdir::WalkDir::new(base)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(move |e| {
+            e.depth() == 0
+                || (!e.file_name().to_string_lossy().starts_with('.')
+                    && (!e.path_is_symlink()
+                        || std::fs::canonicalize(e.path()).is_ok_and(|c| c.starts_with(&root))))
+        })
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+}
+
 /// A stable stand-in commit for a plain folder: it changes whenever a file is
 /// added, removed, resized or touched, so clients see a new revision.
-async fn listing_commit(repo_dir: PathBuf) -> io::Result<String> {
+async fn listing_commit(repo_dir: PathBuf, root: PathBuf) -> io::Result<String> {
     tokio::task::spawn_blocking(move || {
-        let mut entries: Vec<(String, u64, u128)> = walkdir::WalkDir::new(&repo_dir)
-            .follow_links(true)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file())
+        let mut entries: Vec<(String, u64, u128)> = walk(&repo_dir, &root)
             .filter_map(|e| {
                 let rel = e
                     .path()
@@ -310,13 +360,7 @@ async fn listing_commit(repo_dir: PathBuf) -> io::Result<String> {
 /// Regular files under `base` (following links that stay under `root`),
 /// skipping hidden folders such as `.git` and partial downloads.
 fn list_files(base: &Path, root: &Path) -> Vec<String> {
-    let mut names: Vec<String> = walkdir::WalkDir::new(base)
-        .follow_links(true)
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter(|e| std::fs::canonicalize(e.path()).is_ok_and(|c| c.starts_with(root)))
+    let mut names: Vec<String> = walk(base, root)
         .filter_map(|e| {
             Some(
                 e.path()
@@ -329,4 +373,25 @@ fn list_files(base: &Path, root: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plain_folder_is_walked_once_not_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("acme/tiny");
+        std::fs::create_dir_all(&repo).unwrap();
+        std::fs::write(repo.join("config.json"), b"{}").unwrap();
+        let source = Source::open(dir.path(), None).await.unwrap();
+        let file = HubFile::new("acme/tiny", "config.json");
+        let first = source.resolve(&file).await.unwrap().commit;
+        let many = futures::future::join_all((0..20).map(|_| source.resolve(&file))).await;
+        for found in many {
+            assert_eq!(found.unwrap().commit, first);
+        }
+        assert_eq!(source.walks.load(Ordering::Relaxed), 1);
+    }
 }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -54,12 +54,6 @@ impl Format {
             Format::Jpeg => "jpeg",
         }
     }
-    fn content_type(self) -> &'static str {
-        match self {
-            Format::Png => "image/png",
-            Format::Jpeg => "image/jpeg",
-        }
-    }
     fn encode(self, image: &Image) -> Result<Vec<u8>, ApiError> {
         match self {
             Format::Png => image.to_png(),
@@ -78,14 +72,29 @@ struct Checked {
     stream: bool,
 }
 
-fn check(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Checked, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(super::MAX_BODY)
-        } else {
-            ApiError::invalid(None, rejection.body_text())
+/// The whole body, at most [`super::MAX_BODY`] bytes, within `timeout`: a
+/// client trickling its body cannot hold a connection (or a shutdown) open.
+async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::invalid(None, format!("the request body could not be read: {e}"))
+            })?;
+            if buf.len() + chunk.len() > super::MAX_BODY {
+                return Err(ApiError::too_large(super::MAX_BODY));
+            }
+            buf.extend_from_slice(&chunk);
         }
-    })?;
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+}
+
+fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             None,
@@ -178,7 +187,7 @@ fn ready(state: &AppState) -> Result<(), ApiError> {
         Phase::Ready => Ok(()),
         Phase::Failed => Err(ApiError::not_ready(format!(
             "the model failed to load: {}",
-            status.error.unwrap_or_default()
+            state.redact.apply(&status.error.unwrap_or_default())
         ))),
         phase => {
             let (done, total) = status
@@ -203,11 +212,11 @@ fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
         .map_err(|_| ApiError::queue_full(state.max_queue))
 }
 
-pub async fn generations(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let body = match read_body(body, state.body_timeout).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     let checked = match check(&state, body) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -241,8 +250,18 @@ pub async fn generations(
         };
         let mut item = json!({ "seed": used_seed });
         if checked.as_url {
-            let id = state.images.put(encoded, checked.format.content_type());
-            item["url"] = json!(image_url(&state, &headers, &id, checked.format));
+            let name = match state.images.put(encoded, checked.format.name()).await {
+                Ok(name) => name,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot keep an image");
+                    return ApiError::internal(format!(
+                        "the image was made but could not be kept for its URL: {}",
+                        state.redact.apply(&e.to_string())
+                    ))
+                    .into_response();
+                }
+            };
+            item["url"] = json!(image_url(&state, &name));
         } else {
             item["b64_json"] = json!(base64::engine::general_purpose::STANDARD.encode(&encoded));
         }
@@ -273,7 +292,7 @@ async fn run_to_end(
                 seed,
                 timings,
             } => return Ok((image, seed, timings)),
-            GenerateEvent::Failed { error } => return Err(ApiError::from_flux(&error)),
+            GenerateEvent::Failed { error } => return Err(state.flux_error(&error)),
             _ => {}
         }
     }
@@ -290,10 +309,12 @@ fn stream(
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
     let size = format!("{}x{}", checked.request.width, checked.request.height);
     let format = checked.format;
+    let errors = state.clone();
     let engine_events = state.engine.generate(checked.request);
     let events = engine_events
         .filter_map(move |event| {
             let size = size.clone();
+            let errors = errors.clone();
             async move {
                 let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
                 let (name, data): (&str, Value) = match event {
@@ -334,7 +355,7 @@ fn stream(
                     },
                     GenerateEvent::Failed { error } => (
                         "error",
-                        json!({ "type": "error", "error": ApiError::from_flux(&error).body()["error"] }),
+                        json!({ "type": "error", "error": errors.flux_error(&error).body()["error"] }),
                     ),
                     GenerateEvent::Warning { message } => ("warning", json!({ "type": "warning", "message": message })),
                     _ => return None,
@@ -367,26 +388,20 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An absolute URL: `--public-url` if set, else from the request's `Host`.
-fn image_url(state: &AppState, headers: &HeaderMap, id: &str, format: Format) -> String {
-    let base = state.public_url.clone().unwrap_or_else(|| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
-        format!("http://{host}")
-    });
+/// Under `--public-url` when set; else relative (`/v1/images/ID.png`), to
+/// be resolved against the URL the client called. Never from the request's
+/// `Host`, which the client controls and which says nothing of the scheme or
+/// of a proxy in front.
+fn image_url(state: &AppState, name: &str) -> String {
     format!(
-        "{}/v1/images/{id}.{}",
-        base.trim_end_matches('/'),
-        format.name()
+        "{}/v1/images/{name}",
+        state.public_url.as_deref().unwrap_or("")
     )
 }
 
 /// `GET /v1/images/{id}.{png|jpeg}`: an image made with `response_format: "url"`.
 pub async fn image(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
-    let id = file.split_once('.').map_or(file.as_str(), |(id, _)| id);
-    match state.images.get(id) {
+    match state.images.get(&file).await {
         Some((bytes, content_type)) => {
             ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
         }
@@ -395,6 +410,24 @@ pub async fn image(State(state): State<Arc<AppState>>, Path(file): Path<String>)
         ))
         .into_response(),
     }
+}
+
+/// Any other path under `/v1`.
+pub async fn unknown(method: Method, uri: Uri) -> Response {
+    ApiError::not_found(format!("no such endpoint: {method} {}", uri.path())).into_response()
+}
+
+/// A known path with another method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{} does not answer {method}", uri.path()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("method_not_allowed"),
+        retry_after: None,
+    }
+    .into_response()
 }
 
 /// `GET /v1/models`.

@@ -44,7 +44,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "bytes_done": done,
             "bytes_total": total,
             "files": status.files,
-            "error": status.error,
+            "error": status.error.as_deref().map(|e| state.redact.apply(e)),
             "queue": { "in_use": queued, "max": state.max_queue },
             "tokenizers": { "t5": t5_tokenizer, "clip": clip_tokenizer },
             // The weights chosen (`--quant`, or auto's pick) and why.

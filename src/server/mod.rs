@@ -1,33 +1,101 @@
 //! `schnell serve`: an OpenAI-compatible images API with live progress, a
 //! bounded queue in front of the one engine, honest readiness, the browser's
-//! hub and the web UI.
+//! hub and the web UI; [`serve`] runs it with a connection cap, timeouts and
+//! a bounded graceful shutdown.
 
 mod api;
 mod auth;
 mod errors;
 mod health;
+mod listen;
+mod redact;
 mod store;
 mod ui;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{middleware, Router};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use self::api::MAX_IMAGES;
+pub use self::listen::{default_max_connections, serve, shutdown_signal, ServeOptions};
+use self::redact::Redactor;
 use self::store::ImageStore;
 use crate::flux::{FluxSchnell, ModelDescription};
 use crate::mirror::{Layout, Mirror};
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Without the API key, `/hub` serves only `*.json` files up to this size
+/// (tokenizers and configs, what the web page reads); the rest needs the key.
+pub const PUBLIC_HUB_JSON_MAX: u64 = 16 << 20;
+
+/// Why the server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the API key is empty: give a non-empty --api-key (or SCHNELL_API_KEY), or leave both unset to serve without a key")]
+    EmptyApiKey,
+    #[error("the API key starts or ends with whitespace, which no client can send in a header: remove it")]
+    ApiKeyWhitespace,
+    #[error("--public-url {url:?} {reason}")]
+    PublicUrl { url: String, reason: &'static str },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl ServerError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| Self::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Refuses a key that would turn authentication off or could never match.
+pub fn check_api_key(key: &str) -> Result<(), ServerError> {
+    if key.trim().is_empty() {
+        Err(ServerError::EmptyApiKey)
+    } else if key.trim() != key {
+        Err(ServerError::ApiKeyWhitespace)
+    } else {
+        Ok(())
+    }
+}
+
+/// `--public-url`: an `http` or `https` URL, maybe with a path prefix; no
+/// query or fragment. Returned without a trailing `/`.
+pub fn check_public_url(url: &str) -> Result<String, ServerError> {
+    let bad = |reason| ServerError::PublicUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|_| bad("is not a URL: use e.g. https://images.example.com"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("must not have a query or a fragment"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
 
 /// How the server behaves.
 #[derive(Clone, Debug)]
@@ -43,10 +111,19 @@ pub struct ServerConfig {
     pub dist: PathBuf,
     /// The Hugging Face cache served read-only at `/hub`.
     pub hub_cache: PathBuf,
-    /// Base of image URLs; default: from the request's `Host`.
+    /// Base of image URLs, such as `https://images.example.com`; without it
+    /// image URLs are relative (`/v1/images/ID.png`).
     pub public_url: Option<String>,
     /// How long `response_format: "url"` images stay.
     pub image_ttl: Duration,
+    /// A request body must arrive within this (see
+    /// [`ServeOptions::header_timeout`]).
+    pub body_timeout: Duration,
+    /// Keep `response_format: "url"` images in this folder (which replicas
+    /// may share) instead of in memory.
+    pub image_dir: Option<PathBuf>,
+    /// The folder's cap in bytes; the oldest images go first.
+    pub image_dir_max: u64,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +136,9 @@ impl Default for ServerConfig {
             hub_cache: PathBuf::from("."),
             public_url: None,
             image_ttl: Duration::from_secs(3600),
+            body_timeout: Duration::from_secs(30),
+            image_dir: None,
+            image_dir_max: 1_000_000_000,
         }
     }
 }
@@ -72,23 +152,68 @@ pub struct AppState {
     api_key: Option<String>,
     images: ImageStore,
     public_url: Option<String>,
+    /// Takes local paths out of what clients see.
+    redact: Redactor,
+    body_timeout: Duration,
     started: u64,
+}
+
+impl AppState {
+    /// What a failed generation tells the client, without local paths.
+    fn flux_error(&self, e: &crate::flux::FluxError) -> errors::ApiError {
+        let mut error = errors::ApiError::from_flux(e);
+        error.message = self.redact.apply(&error.message);
+        error
+    }
 }
 
 /// The whole application. The engine should be preparing already (see
 /// [`FluxSchnell::prepare`]); until it is ready, `/readyz` says how far it is.
+/// Refuses an empty API key (which would turn authentication off) and a
+/// malformed public URL.
 pub async fn router(
     engine: FluxSchnell,
     model: &'static ModelDescription,
     config: ServerConfig,
-) -> io::Result<Router> {
+) -> Result<Router, ServerError> {
+    if let Some(key) = &config.api_key {
+        check_api_key(key)?;
+    }
+    let public_url = config
+        .public_url
+        .as_deref()
+        .map(check_public_url)
+        .transpose()?;
+    tokio::fs::create_dir_all(&config.hub_cache)
+        .await
+        .map_err(ServerError::io(
+            "cannot create the cache",
+            &config.hub_cache,
+        ))?;
+    let mut redact = Redactor::default();
+    redact.add(&config.hub_cache, "$HF_HUB_CACHE").await;
+    let images = match &config.image_dir {
+        Some(dir) => {
+            let store = ImageStore::in_dir(dir, config.image_dir_max, config.image_ttl)
+                .await
+                .map_err(ServerError::io("cannot use --image-dir", dir))?;
+            redact.add(dir, "$IMAGE_DIR").await;
+            store
+        }
+        None => ImageStore::in_memory(config.image_ttl, 256),
+    };
+    if let Some(home) = dirs::home_dir() {
+        redact.add(&home, "~").await;
+    }
     let state = Arc::new(AppState {
         model,
         queue: Arc::new(Semaphore::new(config.max_queue)),
         max_queue: config.max_queue,
-        api_key: config.api_key.clone().filter(|k| !k.is_empty()),
-        images: ImageStore::new(config.image_ttl, 256),
-        public_url: config.public_url.clone(),
+        api_key: config.api_key.clone(),
+        images,
+        public_url,
+        redact,
+        body_timeout: config.body_timeout,
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -107,14 +232,27 @@ pub async fn router(
     let api = Router::new()
         .merge(guarded)
         .route("/v1/images/{file}", get(api::image))
+        // Not the web page: an unknown API path is a JSON 404.
+        .route("/v1", any(api::unknown))
+        .route("/v1/", any(api::unknown))
+        .route("/v1/{*rest}", any(api::unknown))
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(cors(&config.cors_origins));
 
-    // The browser's hub: this server's own cache, read-only, this model's repos only.
-    tokio::fs::create_dir_all(&config.hub_cache).await?;
-    let hub = Mirror::open_as(&config.hub_cache, Layout::HfCache)
-        .await?
+    // The browser's hub: this server's own cache, read-only, this model's
+    // repos only. With a key, only the small JSON files the page reads
+    // (tokenizers, configs) are public: the weights need the key.
+    let mut hub = Mirror::open_as(&config.hub_cache, Layout::HfCache)
+        .await
+        .map_err(ServerError::io("cannot serve the cache", &config.hub_cache))?
         .only_repos(engine.repos());
+    if let Some(key) = config.api_key.clone() {
+        hub = hub.require_key(
+            move |headers| auth::bearer_matches(headers, &key),
+            PUBLIC_HUB_JSON_MAX,
+        );
+    }
 
     Ok(Router::new()
         .route("/healthz", get(health::healthz))
@@ -122,7 +260,7 @@ pub async fn router(
         .merge(api)
         .with_state(state)
         .nest("/hub", Arc::new(hub).router())
-        .merge(ui::router(&config.dist))
+        .merge(ui::router(&config.dist).await)
         // Method, path, status and latency at debug level; never headers, so
         // no key or token reaches the log.
         .layer(tower_http::trace::TraceLayer::new_for_http()))

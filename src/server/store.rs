@@ -1,65 +1,252 @@
-//! Finished images kept for a while, for `response_format: "url"`.
+//! Finished images kept for a while, for `response_format: "url"`: in memory
+//! (this process only, the newest 256), or in a folder that replicas share.
 
 use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-/// Images by id, each with its content type; expired ones are dropped on
-/// every insert, and the store never holds more than `max` images.
-pub struct ImageStore {
-    ttl: Duration,
-    max: usize,
-    images: Mutex<HashMap<String, Stored>>,
+/// Images by file name (`<32 hex digits>.<png|jpeg>`); the 128 random bits
+/// make the URL itself the capability to read the image.
+pub enum ImageStore {
+    Memory(MemoryStore),
+    Dir(DirStore),
 }
 
-struct Stored {
-    bytes: Bytes,
-    content_type: &'static str,
-    expires: Instant,
+/// The extensions served, with their content types.
+const FORMATS: [(&str, &str); 2] = [("png", "image/png"), ("jpeg", "image/jpeg")];
+
+/// A fresh, unguessable file name.
+fn new_name(ext: &str) -> String {
+    format!("{:032x}.{ext}", rand::random::<u128>())
+}
+
+/// The content type of a valid image file name; `None` for anything else,
+/// so no name from a request can reach outside the store.
+fn content_type(name: &str) -> Option<&'static str> {
+    let (id, ext) = name.split_once('.')?;
+    let valid_id = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    FORMATS
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .filter(|_| valid_id)
+        .map(|(_, t)| *t)
 }
 
 impl ImageStore {
-    pub fn new(ttl: Duration, max: usize) -> Self {
-        Self {
+    pub fn in_memory(ttl: Duration, max: usize) -> Self {
+        Self::Memory(MemoryStore {
             ttl,
             max,
             images: Mutex::default(),
-        }
+        })
     }
 
-    /// Keeps an image; returns its id, unguessable (128 random bits), so the
-    /// URL itself is the capability to read it.
-    pub fn put(&self, bytes: Vec<u8>, content_type: &'static str) -> String {
-        let id = format!("{:032x}", rand::random::<u128>());
+    /// A folder, created if missing, checked writable.
+    pub async fn in_dir(dir: &Path, max_bytes: u64, ttl: Duration) -> io::Result<Self> {
+        let dir = dir.to_path_buf();
+        let checked = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&checked)?;
+            let (probe, _) = create_temp(&checked)?;
+            std::fs::remove_file(probe)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Self::Dir(DirStore {
+            dir,
+            max_bytes,
+            ttl,
+        }))
+    }
+
+    /// Keeps an image; returns its file name. `ext` is `png` or `jpeg`.
+    pub async fn put(&self, bytes: Vec<u8>, ext: &'static str) -> io::Result<String> {
+        debug_assert!(FORMATS.iter().any(|(e, _)| *e == ext));
+        let name = new_name(ext);
+        match self {
+            Self::Memory(store) => store.put(name.clone(), bytes),
+            Self::Dir(store) => store.put(name.clone(), bytes).await?,
+        }
+        Ok(name)
+    }
+
+    /// The image and its content type, if `name` is one and has not expired.
+    pub async fn get(&self, name: &str) -> Option<(Bytes, &'static str)> {
+        let content_type = content_type(name)?;
+        let bytes = match self {
+            Self::Memory(store) => store.get(name)?,
+            Self::Dir(store) => store.get(name).await?,
+        };
+        Some((bytes, content_type))
+    }
+}
+
+/// This process's images: expired ones are dropped on every insert, and the
+/// store never holds more than `max` (the oldest go first).
+pub struct MemoryStore {
+    ttl: Duration,
+    max: usize,
+    images: Mutex<HashMap<String, (Bytes, Instant)>>,
+}
+
+impl MemoryStore {
+    fn put(&self, name: String, bytes: Vec<u8>) {
         let now = Instant::now();
         let mut images = self.images.lock().expect("not poisoned");
-        images.retain(|_, s| s.expires > now);
+        images.retain(|_, (_, expires)| *expires > now);
         while images.len() >= self.max {
             let oldest = images
                 .iter()
-                .min_by_key(|(_, s)| s.expires)
+                .min_by_key(|(_, (_, expires))| *expires)
                 .map(|(k, _)| k.clone())
                 .expect("not empty");
             images.remove(&oldest);
         }
-        images.insert(
-            id.clone(),
-            Stored {
-                bytes: Bytes::from(bytes),
-                content_type,
-                expires: now + self.ttl,
-            },
-        );
-        id
+        images.insert(name, (Bytes::from(bytes), now + self.ttl));
     }
 
-    pub fn get(&self, id: &str) -> Option<(Bytes, &'static str)> {
+    fn get(&self, name: &str) -> Option<Bytes> {
         let images = self.images.lock().expect("not poisoned");
         images
-            .get(id)
-            .filter(|s| s.expires > Instant::now())
-            .map(|s| (s.bytes.clone(), s.content_type))
+            .get(name)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(bytes, _)| bytes.clone())
+    }
+}
+
+/// Files being written start with this; they are never served.
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temporary file this old was left by a crash.
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// A folder of `<id>.<ext>` files, each written to a temporary file and
+/// renamed into place, so that no reader (in any replica) sees half an
+/// image. Its age is its modification time. After each write, expired images
+/// are deleted, then the oldest until the folder is within `max_bytes` (the
+/// newest image always stays).
+pub struct DirStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    ttl: Duration,
+}
+
+impl DirStore {
+    async fn put(&self, name: String, bytes: Vec<u8>) -> io::Result<()> {
+        let (dir, max_bytes, ttl) = (self.dir.clone(), self.max_bytes, self.ttl);
+        tokio::task::spawn_blocking(move || {
+            let (temp, mut file) = create_temp(&dir)?;
+            let written = file
+                .write_all(&bytes)
+                .and_then(|()| std::fs::rename(&temp, dir.join(&name)));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+            if let Err(e) = evict(&dir, &name, max_bytes, ttl) {
+                tracing::warn!(error = %e, "cleaning the image folder failed");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn get(&self, name: &str) -> Option<Bytes> {
+        let path = self.dir.join(name);
+        let meta = tokio::fs::metadata(&path).await.ok()?;
+        if !meta.is_file() || expired(meta.modified().ok(), self.ttl) {
+            return None;
+        }
+        tokio::fs::read(&path).await.ok().map(Bytes::from)
+    }
+}
+
+/// A new, empty temporary file in `dir`, readable by the other replicas
+/// whatever the umask.
+fn create_temp(dir: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+    let path = dir.join(format!("{TEMP_PREFIX}{:032x}", rand::random::<u128>()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+    let file = options.open(&path)?;
+    Ok((path, file))
+}
+
+fn expired(modified: Option<SystemTime>, ttl: Duration) -> bool {
+    modified
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= ttl)
+}
+
+/// Deletes expired images and stale temporary files, then the oldest images
+/// until the folder is within `max_bytes`, keeping `newest`. Another replica
+/// may delete the same files at the same time: a file already gone is fine.
+fn evict(dir: &Path, newest: &str, max_bytes: u64, ttl: Duration) -> io::Result<()> {
+    let remove = |name: &str| match std::fs::remove_file(dir.join(name)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let mut images = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().ok();
+        if name.starts_with(TEMP_PREFIX) {
+            if expired(modified, STALE_TEMP) {
+                remove(&name)?;
+            }
+        } else if content_type(&name).is_some() {
+            if name != newest && expired(modified, ttl) {
+                remove(&name)?;
+            } else {
+                images.push((modified, name, meta.len()));
+            }
+        }
+    }
+    let mut total: u64 = images.iter().map(|(_, _, len)| len).sum();
+    images.sort();
+    for (_, name, len) in images {
+        if total <= max_bytes {
+            break;
+        }
+        if name != newest {
+            remove(&name)?;
+            total -= len;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_image_names_are_valid() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(content_type(&format!("{id}.png")), Some("image/png"));
+        assert_eq!(content_type(&format!("{id}.jpeg")), Some("image/jpeg"));
+        for bad in [
+            format!("{id}.gif"),
+            id.to_string(),
+            id.to_uppercase() + ".png",
+            format!("../{id}.png"),
+            format!("{}.png", &id[1..]),
+            format!(".tmp-{id}.png"),
+            format!("{id}.png/.."),
+        ] {
+            assert_eq!(content_type(&bad), None, "{bad}");
+        }
     }
 }

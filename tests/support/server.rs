@@ -1,13 +1,17 @@
 //! `schnell serve` in-process on 127.0.0.1, with tiny models behind the mirror.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use schnell::flux::{EngineOptions, FluxSchnell, FLUX_SCHNELL};
 use schnell::hub::HubClientBuilder;
-use schnell::server::{self, ServerConfig};
+use schnell::server::{self, ServeOptions, ServerConfig};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{tiny_models, TestHub};
 
@@ -15,9 +19,14 @@ pub const HF_TOKEN: &str = "hf_server_secret_token";
 
 pub struct TestServer {
     pub url: String,
+    pub addr: SocketAddr,
     pub engine: FluxSchnell,
     pub hub: TestHub,
     pub http: reqwest::Client,
+    /// The Hugging Face cache the server fills and serves at /hub.
+    pub cache: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<std::io::Result<()>>>,
     _cache: tempfile::TempDir,
 }
 
@@ -28,40 +37,97 @@ pub async fn start(
     prepare: bool,
     configure_hub: impl FnOnce(&TestHub),
 ) -> TestServer {
-    start_with(EngineOptions::default(), config, prepare, configure_hub).await
+    start_full(
+        tiny_models(),
+        EngineOptions::default(),
+        config,
+        ServeOptions::default(),
+        prepare,
+        configure_hub,
+    )
+    .await
 }
 
-/// [`start`] with the engine's options given.
+/// [`start`], with the models from `models` and the connection options given.
 pub async fn start_with(
-    options: EngineOptions,
+    models: &Path,
+    config: ServerConfig,
+    options: ServeOptions,
+    prepare: bool,
+    configure_hub: impl FnOnce(&TestHub),
+) -> TestServer {
+    start_full(
+        models,
+        EngineOptions::default(),
+        config,
+        options,
+        prepare,
+        configure_hub,
+    )
+    .await
+}
+
+/// [`start`], with the engine's options given.
+pub async fn start_with_engine(
+    engine: EngineOptions,
     config: ServerConfig,
     prepare: bool,
     configure_hub: impl FnOnce(&TestHub),
 ) -> TestServer {
-    let hub = TestHub::start(tiny_models());
+    start_full(
+        tiny_models(),
+        engine,
+        config,
+        ServeOptions::default(),
+        prepare,
+        configure_hub,
+    )
+    .await
+}
+
+async fn start_full(
+    models: &Path,
+    engine_options: EngineOptions,
+    config: ServerConfig,
+    options: ServeOptions,
+    prepare: bool,
+    configure_hub: impl FnOnce(&TestHub),
+) -> TestServer {
+    let hub = TestHub::start(models);
     configure_hub(&hub);
     let cache = tempfile::tempdir().unwrap();
-    let client = HubClientBuilder::new(cache.path())
+    // The cache lives in a subfolder, so that a test can use the tempdir for more.
+    let hub_cache = cache.path().join("hub");
+    let client = HubClientBuilder::new(&hub_cache)
         .endpoint(&hub.endpoint)
         .token(Some(HF_TOKEN.into()))
         .retries(1, Duration::from_millis(5), Duration::from_millis(10))
         .build()
         .unwrap();
-    let engine = FluxSchnell::new(client, options);
+    let engine = FluxSchnell::new(client, engine_options);
+    let dist = if config.dist == ServerConfig::default().dist {
+        cache.path().join("no-dist")
+    } else {
+        config.dist.clone()
+    };
     let app = server::router(
         engine.clone(),
         &FLUX_SCHNELL,
         ServerConfig {
-            hub_cache: cache.path().to_path_buf(),
-            dist: cache.path().join("no-dist"),
+            hub_cache: hub_cache.clone(),
+            dist,
             ..config
         },
     )
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(listener, app, options, async {
+        let _ = stopped.await;
+    }));
     if prepare {
         engine.prepare().await.unwrap();
     } else {
@@ -70,9 +136,13 @@ pub async fn start_with(
     }
     TestServer {
         url,
+        addr,
         engine,
         hub,
         http: reqwest::Client::new(),
+        cache: hub_cache,
+        stop: Some(stop),
+        served: Some(served),
         _cache: cache,
     }
 }
@@ -82,6 +152,12 @@ pub async fn ready(config: ServerConfig) -> TestServer {
 }
 
 impl TestServer {
+    /// Starts a graceful shutdown; the handle ends when the server has stopped.
+    pub fn shut_down(&mut self) -> JoinHandle<std::io::Result<()>> {
+        let _ = self.stop.take().expect("shut down once").send(());
+        self.served.take().expect("shut down once")
+    }
+
     pub async fn post(&self, body: Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/images/generations", self.url))
