@@ -156,6 +156,10 @@ def main(schnell: str) -> int:
                   str([(s, b) for s, b, _ in results if s != 200]))
             ok = [(b, up) for s, b, up in results if s == 200]
             check("most requests succeed despite the kill", len(ok) >= REQUESTS - 2, f"{len(ok)} of {REQUESTS}")
+            dead = replicas[0][1].split("//")[1]
+            log = (work / "nginx-error.log").read_text()
+            check("nginx met the dead replica and passed its requests on",
+                  dead in log and ("refused" in log or "prematurely closed" in log or "reset" in log), log[-500:])
             upstreams = {up.split(",")[-1].strip() for _, up in ok}
             check("both replicas made images", len(upstreams) == 2, str(upstreams))
 
