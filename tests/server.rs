@@ -274,12 +274,7 @@ async fn disconnecting_cancels_the_job_and_frees_the_queue() {
     body["stream"] = json!(true);
     body["steps"] = json!(50);
     let r = s.post(body).await;
-    let mut chunks = r.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains("partial_image") {
-        seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
-    }
-    drop(chunks);
+    leave_after_the_first_step(r).await;
     s.queue_drains().await;
     let before = s.steps_run();
     assert_eq!(s.post(request("256x256", 2)).await.status(), StatusCode::OK);
@@ -314,12 +309,7 @@ async fn leaving_during_the_vae_decode_stops_it() {
     body["stream"] = json!(true);
     body["steps"] = json!(1);
     let r = s.post(body).await;
-    let mut chunks = r.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains("partial_image") {
-        seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
-    }
-    drop(chunks);
+    leave_after_the_first_step(r).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while stats.cancelled.load(Ordering::SeqCst) == 0
         && stats.images.load(Ordering::SeqCst) == images
@@ -923,5 +913,14 @@ async fn an_image_dir_is_shared_by_replicas_capped_and_never_left() {
     ] {
         let r = a.get(&path).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+/// Reads a streamed answer up to its first step's event, then hangs up.
+async fn leave_after_the_first_step(r: reqwest::Response) {
+    let mut chunks = r.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("partial_image") {
+        seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
     }
 }

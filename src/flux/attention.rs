@@ -48,18 +48,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::flux::test_util::max_abs_diff;
 
     #[test]
     fn row_blocks_give_the_unblocked_result() {

@@ -38,3 +38,23 @@ pub use request::{
     MAX_STEPS, MIN_SIDE,
 };
 pub use text::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
+
+/// What the numerical tests of owned layers share.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{DType, Tensor};
+
+    /// The largest element-wise difference, in F32.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+}

@@ -583,6 +583,8 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
     use candle_transformers::models::flux::model as candle_flux;
 
+    use crate::flux::test_util::max_abs_diff;
+
     /// FLUX's real rotary layout: head dim 128 over axes (16, 56, 56).
     fn real_embedder() -> (EmbedNd, candle_flux::EmbedNd) {
         (
@@ -598,19 +600,6 @@ mod tests {
             .flat_map(|i| [0.0, (i / patches) as f32, (i % patches) as f32])
             .collect();
         Tensor::from_vec(ids, (1, patches * patches, 3), &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

@@ -334,6 +334,8 @@ mod tests {
     use candle_nn::VarMap;
     use candle_transformers::models::flux::autoencoder as candle_vae;
 
+    use crate::flux::test_util::max_abs_diff;
+
     fn config() -> Config {
         Config {
             resolution: 256,
@@ -360,17 +362,7 @@ mod tests {
         let a = ours.forward(&shifted).unwrap();
         let b = theirs.decode(&z).unwrap();
         assert_eq!(a.dims(), &[1, 3, 96, 80]);
-        let diff: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(diff, 0.0, "differs from candle's decoder");
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "differs from candle's decoder");
 
         let mut asked = 0;
         let stopped = ours
@@ -404,17 +396,7 @@ mod tests {
         let small = Tensor::randn(0f32, 0.5, (1, 16, 40, 24), &Device::Cpu).unwrap();
         let whole = ours.forward(&small).unwrap();
         let tiled = ours.decode_tiled(&small, &mut || true).unwrap().unwrap();
-        assert_eq!(
-            (whole - &tiled)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            0.0
-        );
+        assert_eq!(max_abs_diff(&whole, &tiled), 0.0);
 
         // 80 latent pixels wide: two tiles side by side, 48 pixels shared.
         let wide = Tensor::randn(0f32, 0.5, (1, 16, 16, 80), &Device::Cpu).unwrap();
