@@ -367,15 +367,7 @@ async fn a_failed_download_shows_in_readyz_without_the_token() {
         *hub.faults.require_token.lock().unwrap() = Some("hf_other".into())
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status: Value = s.get("/readyz").await.json().await.unwrap();
-        if status["phase"] == "failed" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "never failed: {status}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = failed_readyz(&s, Duration::from_secs(30)).await;
     let error = status["error"].as_str().unwrap();
     assert!(
         error.contains("403") && error.contains("licence"),
@@ -838,15 +830,7 @@ async fn readyz_and_errors_never_show_local_paths() {
         |_| {},
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let status: Value = s.get("/readyz").await.json().await.unwrap();
-        if status["phase"] == "failed" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "never failed: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = failed_readyz(&s, Duration::from_secs(60)).await;
     let error = status["error"].as_str().unwrap().to_string();
     assert!(error.contains("ae.safetensors"), "{error}");
     let body = s.post(request("256x256", 1)).await.text().await.unwrap();
@@ -922,5 +906,18 @@ async fn leave_after_the_first_step(r: reqwest::Response) {
     let mut seen = String::new();
     while !seen.contains("partial_image") {
         seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
+    }
+}
+
+/// `/readyz` once it reports the start failed (polled until `within`).
+async fn failed_readyz(s: &support::server::TestServer, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status: Value = s.get("/readyz").await.json().await.unwrap();
+        if status["phase"] == "failed" {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "never failed: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -165,61 +165,69 @@ impl EngineArgs {
     }
 }
 
-/// `12GB`, `16GiB`, `800MB` or plain bytes.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+/// A number and a unit (`12GB`, `30s`): the number times the unit's scale,
+/// from `units` (`""` is the unit-less case). `what` names the quantity in
+/// errors, with an `example`.
+fn parse_quantity(
+    s: &str,
+    units: &[(&[&str], f64)],
+    what: &str,
+    example: &str,
+) -> Result<f64, String> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a size: use e.g. 12GB or 16GiB"))?;
-    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" | "t" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024f64.powi(2),
-        "gib" => 1024f64.powi(3),
-        "tib" => 1024f64.powi(4),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}: use B, KB, MB, GB, GiB…"
-            ))
-        }
+        .map_err(|_| format!("{s:?} is not a {what}: use e.g. {example}"))?;
+    let unit = unit.to_ascii_lowercase();
+    let Some((_, scale)) = units
+        .iter()
+        .find(|(names, _)| names.contains(&unit.as_str()))
+    else {
+        let known: Vec<&str> = units
+            .iter()
+            .flat_map(|(n, _)| n.iter().copied())
+            .filter(|n| !n.is_empty())
+            .collect();
+        return Err(format!(
+            "unknown unit {unit:?} in {s:?}: use {}",
+            known.join(", ")
+        ));
     };
     if number < 0.0 || !number.is_finite() {
-        return Err(format!("{s:?} is not a size"));
+        return Err(format!("{s:?} is not a {what}"));
     }
-    Ok((number * scale) as u64)
+    Ok(number * scale)
+}
+
+/// `12GB`, `16GiB`, `800MB` or plain bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    const UNITS: &[(&[&str], f64)] = &[
+        (&["", "b"], 1.0),
+        (&["kb", "k"], 1e3),
+        (&["mb", "m"], 1e6),
+        (&["gb", "g"], 1e9),
+        (&["tb", "t"], 1e12),
+        (&["kib"], 1024.0),
+        (&["mib"], 1048576.0),
+        (&["gib"], 1073741824.0),
+        (&["tib"], 1099511627776.0),
+    ];
+    parse_quantity(s, UNITS, "size", "12GB or 16GiB").map(|bytes| bytes as u64)
 }
 
 /// `30s`, `2m`, `500ms`, `1h` or plain seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 2m or 500ms"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    if number < 0.0 || !number.is_finite() {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    std::time::Duration::try_from_secs_f64(number * scale).map_err(|_| format!("{s:?} is too long"))
+    const UNITS: &[(&[&str], f64)] = &[
+        (&["", "s"], 1.0),
+        (&["ms"], 1e-3),
+        (&["m", "min"], 60.0),
+        (&["h"], 3600.0),
+    ];
+    let seconds = parse_quantity(s, UNITS, "duration", "30s, 2m or 500ms")?;
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is too long"))
 }
 
 #[derive(Args)]
@@ -459,6 +467,18 @@ async fn random_models(dir: PathBuf, options: WriteOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("12GB"), Ok(12_000_000_000));
+        assert_eq!(parse_bytes("16GiB"), Ok(16 << 30));
+        assert_eq!(parse_bytes(" 800 mb "), Ok(800_000_000));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("-1GB").is_err());
+        assert!(parse_bytes("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
 
     #[test]
     fn durations_parse_with_units() {
