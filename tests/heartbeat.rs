@@ -60,7 +60,7 @@ fn the_runtime_never_stalls_while_files_download_and_are_verified() {
         let heartbeat = support::Heartbeat::start().await;
         let fetched = client.files(&wanted).await.unwrap();
         assert_eq!(fetched.len(), names.len());
-        // Hashing 105 MB: on the blocking pool, never on the runtime.
+        // Hashing 105 MiB: on the blocking pool, never on the runtime.
         let verified = client.verify(&wanted).await.unwrap();
         assert!(
             verified.iter().all(|v| *v == Verification::Intact),
