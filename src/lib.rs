@@ -1,8 +1,8 @@
 //! schnell: FLUX.1-schnell text-to-image, as a native server and a browser client.
 //!
 //! The heart of the crate is [`hub`]: one async way to get a Hugging Face Hub file,
-//! the same call on every target. Natively it is backed by tokio `hf-hub` and the
-//! standard Hugging Face cache; the browser backend arrives with the wasm client.
+//! the same call on every target. Natively it is backed by tokio, reqwest and the
+//! standard Hugging Face cache; in the browser by `fetch` and the Cache API.
 //!
 //! Target-specific code is chosen here, at module boundaries, and nowhere else.
 

@@ -701,3 +701,70 @@ async fn ctrl_c_is_not_held_up_by_a_slow_client() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}\n{log}");
 }
+
+/// Flips one byte of a file in place: same size, wrong content.
+fn damage(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn fetch_verify_hashes_the_cache_and_repairs_what_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("acme/tiny/model.safetensors"), 300_000, 7);
+    std::fs::write(dir.path().join("acme/tiny/config.json"), b"{\"a\": 1}\n").unwrap();
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let names = ["model.safetensors", "config.json"];
+    let out = fetch(&hub.endpoint, cache.path(), &names);
+    assert!(out.status.success());
+    let landed: Vec<std::path::PathBuf> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().into())
+        .collect();
+    for path in &landed {
+        damage(&std::fs::canonicalize(path).unwrap());
+    }
+
+    let verify = |cache: &std::path::Path| {
+        Command::new(BIN)
+            .args(["fetch", "--verify", "--endpoint", &hub.endpoint])
+            .args(["--repo", "acme/tiny", "--file"])
+            .args(names)
+            .env("HF_HUB_CACHE", cache)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_ENDPOINT")
+            .output()
+            .unwrap()
+    };
+    let out = verify(cache.path());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, name) in lines.iter().zip(names) {
+        assert!(
+            line.starts_with(name) && line.contains("repaired"),
+            "{line}"
+        );
+        let path = line.split('\t').nth(1).unwrap();
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            std::fs::read(dir.path().join("acme/tiny").join(name)).unwrap()
+        );
+    }
+
+    // Whole again: verified, nothing downloaded.
+    hub.stats.reset();
+    let out = verify(cache.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.lines().all(|l| l.ends_with("verified")), "{stdout}");
+    assert_eq!(hub.stats.requests(), 0);
+}

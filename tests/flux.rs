@@ -214,6 +214,14 @@ async fn a_corrupt_weight_file_is_named() {
         msg.contains("ae.safetensors") && msg.contains("safetensors file"),
         "{msg}"
     );
+    // It says what to run to check and repair the cached file.
+    assert!(
+        msg.contains(
+            "schnell fetch --verify --repo black-forest-labs/FLUX.1-schnell --revision main \
+             --file ae.safetensors"
+        ),
+        "{msg}"
+    );
 
     // Weights whose tensors do not fit the config are named too.
     let dir = tiny_copy();

@@ -1,12 +1,13 @@
-//! The runtime is never blocked while files download. Alone in its own test
-//! binary, so that other tests' CPU load cannot pass for a stall.
+//! The runtime is never blocked while files download, or while the cache is
+//! verified. Alone in its own test binary, so that other tests' CPU load
+//! cannot pass for a stall.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod support;
 
 use std::time::Duration;
 
-use schnell::hub::{HubClientBuilder, HubFile};
+use schnell::hub::{HubClientBuilder, HubFile, Verification};
 use support::{write_random, TestHub};
 
 const REPO: &str = "acme/tiny";
@@ -24,7 +25,7 @@ fn mirror_dir(files: &[(&str, usize)]) -> tempfile::TempDir {
 }
 
 #[test]
-fn the_runtime_never_stalls_while_files_download() {
+fn the_runtime_never_stalls_while_files_download_and_are_verified() {
     let dir = mirror_dir(&[
         ("flux1-schnell.safetensors", 96 << 20),
         ("ae.safetensors", 6 << 20),
@@ -43,7 +44,7 @@ fn the_runtime_never_stalls_while_files_download() {
         .build()
         .unwrap();
     let (worst, beats) = rt.block_on(async {
-        // The default range size: hf-hub buffers each range and writes it at once.
+        // The default range size.
         let client = HubClientBuilder::new(cache.path())
             .endpoint(&hub.endpoint)
             .build()
@@ -59,6 +60,12 @@ fn the_runtime_never_stalls_while_files_download() {
         let heartbeat = support::Heartbeat::start().await;
         let fetched = client.files(&wanted).await.unwrap();
         assert_eq!(fetched.len(), names.len());
+        // Hashing 105 MiB: on the blocking pool, never on the runtime.
+        let verified = client.verify(&wanted).await.unwrap();
+        assert!(
+            verified.iter().all(|v| *v == Verification::Intact),
+            "{verified:?}"
+        );
         heartbeat.stop().await
     });
     assert!(beats > 3, "the heartbeat barely ran ({beats} beats)");

@@ -533,14 +533,12 @@ async fn a_cache_written_by_python_is_read_without_requests() {
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::create_dir_all(repo.join("snapshots").join(&commit)).unwrap();
-    std::fs::write(
-        repo.join("blobs/0123456789012345678901234567890123456789"),
-        b"{\"d_model\": 4096}",
-    )
-    .unwrap();
+    // Named by its git blob sha1, as the Hub names a small file.
+    let sha1 = "61eae87f3f149d6c328441d6b4f4887d599fe7b6";
+    std::fs::write(repo.join("blobs").join(sha1), b"{\"d_model\": 4096}").unwrap();
     std::fs::write(repo.join("refs/main"), &commit).unwrap();
     std::os::unix::fs::symlink(
-        "../../blobs/0123456789012345678901234567890123456789",
+        format!("../../blobs/{sha1}"),
         repo.join("snapshots").join(&commit).join("config.json"),
     )
     .unwrap();
@@ -594,4 +592,256 @@ async fn model_code_fetches_through_the_trait() {
         .unwrap();
     assert_eq!(both[0].file.path, "model.safetensors");
     assert!(both[1].from_cache());
+}
+
+/// The fetched file holds what the mirror serves (without printing megabytes when not).
+async fn assert_same(f: &schnell::hub::FetchedFile, dir: &Path) {
+    assert!(
+        f.bytes().await.unwrap() == original(dir, &f.file.path),
+        "{}: wrong content",
+        f.file
+    );
+}
+
+/// The Hub's answer to a HEAD: (commit, etag).
+async fn hub_metadata(hub: &TestHub, name: &str) -> (String, String) {
+    let head = reqwest::Client::new()
+        .head(file(name).resolve_url(&hub.endpoint))
+        .send()
+        .await
+        .unwrap();
+    let header = |h: &str| {
+        head.headers()
+            .get(h)
+            .map(|v| v.to_str().unwrap().trim_matches('"').to_string())
+    };
+    let etag = header("x-linked-etag").or_else(|| header("etag")).unwrap();
+    (header("x-repo-commit").unwrap(), etag)
+}
+
+#[tokio::test]
+async fn the_token_goes_to_the_hub_and_never_to_the_cdn() {
+    let dir = mirror_dir(&[("model.safetensors", 3 << 20), ("config.json", 300)]);
+    // Another port is another origin: the CDN that the Hub redirects LFS files to.
+    let cdn = TestHub::start(dir.path());
+    let hub = TestHub::start(dir.path());
+    hub.faults.redirect_lfs_to(&cdn.endpoint);
+    *hub.faults.require_token.lock().unwrap() = Some("hf_hub_only".into());
+    let cache = tempfile::tempdir().unwrap();
+    let client = builder(&hub, cache.path())
+        .token(Some("hf_hub_only".into()))
+        .build()
+        .unwrap();
+
+    let fetched = client
+        .files(&[file("model.safetensors"), file("config.json")])
+        .await
+        .unwrap();
+    for f in &fetched {
+        assert_same(f, dir.path()).await;
+    }
+    hub.stats.quiescent().await;
+    cdn.stats.quiescent().await;
+
+    let at_cdn = cdn.stats.seen.lock().unwrap().clone();
+    assert!(
+        at_cdn
+            .iter()
+            .any(|s| s.file == "model.safetensors" && s.is_body()),
+        "the LFS file did not come from the CDN: {at_cdn:?}"
+    );
+    let leaked: Vec<_> = at_cdn
+        .iter()
+        .filter(|s| s.authorization.is_some())
+        .collect();
+    assert!(leaked.is_empty(), "the CDN received the token: {leaked:?}");
+    let at_hub = hub.stats.seen.lock().unwrap().clone();
+    assert!(!at_hub.is_empty());
+    assert!(
+        at_hub
+            .iter()
+            .all(|s| s.authorization.as_deref() == Some("Bearer hf_hub_only")),
+        "the Hub did not get the token on every request: {at_hub:?}"
+    );
+    assert_eq!(hub.stats.sent("model.safetensors"), 0, "served by the CDN");
+}
+
+#[tokio::test]
+async fn a_truncated_blob_in_the_cache_is_fetched_again() {
+    let dir = mirror_dir(&[("model.safetensors", 2 << 20), ("config.json", 300)]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let wanted = [file("model.safetensors"), file("config.json")];
+    let fetched = client(&hub, cache.path()).0.files(&wanted).await.unwrap();
+    // The blob is cut short behind the cache's back (a full disk, a killed copy).
+    let blob = std::fs::canonicalize(fetched[0].path()).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+
+    hub.stats.reset();
+    let (again, _) = client(&hub, cache.path());
+    assert!(
+        again
+            .cached(&file("model.safetensors"))
+            .await
+            .unwrap()
+            .is_none(),
+        "a truncated blob counts as cached"
+    );
+    let fetched = again.files(&wanted).await.unwrap();
+    assert!(!fetched[0].from_cache());
+    assert_same(&fetched[0], dir.path()).await;
+    assert!(fetched[1].from_cache());
+    let asked: Vec<String> = hub
+        .stats
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.file.clone())
+        .collect();
+    assert!(
+        asked.iter().all(|f| f == "model.safetensors"),
+        "an intact cached file made a request: {asked:?}"
+    );
+
+    // Repaired: the next run makes no request at all.
+    hub.stats.reset();
+    let (third, _) = client(&hub, cache.path());
+    assert!(third.files(&wanted).await.unwrap()[0].from_cache());
+    assert_eq!(hub.stats.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_cache_without_size_records_is_checked_once() {
+    let dir = mirror_dir(&[
+        ("model.safetensors", 1 << 20),
+        ("vae.safetensors", 200_000),
+        ("config.json", 300),
+    ]);
+    let hub = TestHub::start(dir.path());
+    // The layout Python writes, by hand: the model's blob is truncated, the
+    // other two are whole; nothing says how large any of them should be.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--acme--tiny");
+    let mut commit = String::new();
+    for name in ["model.safetensors", "vae.safetensors", "config.json"] {
+        let (c, etag) = hub_metadata(&hub, name).await;
+        commit = c;
+        let mut content = original(dir.path(), name);
+        if name == "model.safetensors" {
+            content.truncate(100_000);
+        }
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs").join(&etag), content).unwrap();
+        let snapshot = repo.join("snapshots").join(&commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snapshot.join(name)).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+
+    hub.stats.reset();
+    let wanted = [
+        file("model.safetensors"),
+        file("vae.safetensors"),
+        file("config.json"),
+    ];
+    let fetched = client(&hub, cache.path()).0.files(&wanted).await.unwrap();
+    for f in &fetched {
+        assert_same(f, dir.path()).await;
+    }
+    assert!(!fetched[0].from_cache(), "the truncated blob was used");
+    assert!(fetched[1].from_cache() && fetched[2].from_cache());
+    // The small file is checked against its git sha1 without a request; the
+    // whole LFS file costs one HEAD.
+    let seen = hub.stats.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.file != "config.json"), "{seen:?}");
+    let vae: Vec<_> = seen
+        .iter()
+        .filter(|s| s.file == "vae.safetensors")
+        .collect();
+    assert_eq!(vae.len(), 1, "{vae:?}");
+    assert_eq!(vae[0].method, reqwest::Method::HEAD);
+
+    // What was learnt is kept: the next run makes no request.
+    hub.stats.reset();
+    let again = client(&hub, cache.path()).0.files(&wanted).await.unwrap();
+    assert!(again.iter().all(|f| f.from_cache()));
+    assert_eq!(hub.stats.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_full_disk_removes_the_partial_and_says_so() {
+    let Some(disk) = support::SmallDisk::mount(4 << 20) else {
+        eprintln!("skipped: no user namespaces here to mount a small tmpfs in");
+        return;
+    };
+    let dir = mirror_dir(&[("big.safetensors", 8 << 20), ("config.json", 300)]);
+    let hub = TestHub::start(dir.path());
+    let (client, _) = client(&hub, disk.path());
+
+    let err = client.file(&file("big.safetensors")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("big.safetensors") && msg.contains("space"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(".schnell-partial"),
+        "the partial is not named: {msg}"
+    );
+    assert!(
+        leftovers(disk.path()).is_empty(),
+        "{:?}",
+        leftovers(disk.path())
+    );
+    hub.stats.quiescent().await;
+
+    // The space is free again: a small file fits.
+    let small = client.file(&file("config.json")).await.unwrap();
+    assert_same(&small, dir.path()).await;
+}
+
+#[tokio::test]
+async fn verify_repairs_damage_online_and_only_reports_it_offline() {
+    use schnell::hub::Verification;
+    let dir = mirror_dir(&[("model.safetensors", 100_000), ("config.json", 300)]);
+    let hub = TestHub::start(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let wanted = [file("model.safetensors"), file("config.json")];
+    let fetched = client(&hub, cache.path()).0.files(&wanted).await.unwrap();
+    // Damaged in place: the size is right, so only hashing can tell.
+    let blob = std::fs::canonicalize(fetched[0].path()).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[500] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    hub.stats.reset();
+    let offline = builder(&hub, cache.path()).offline(true).build().unwrap();
+    let found = offline.verify(&wanted).await.unwrap();
+    assert!(
+        matches!(&found[0], Verification::Damaged { reason } if reason.contains("sha256")),
+        "{found:?}"
+    );
+    assert_eq!(found[1], Verification::Intact);
+    assert!(blob.exists(), "offline, the damaged blob must stay");
+    assert_eq!(hub.stats.requests(), 0);
+
+    let (online, _) = client(&hub, cache.path());
+    let found = online.verify(&wanted).await.unwrap();
+    assert!(
+        matches!(&found[0], Verification::Repaired { .. }),
+        "{found:?}"
+    );
+    assert_eq!(found[1], Verification::Intact);
+    assert_same(&online.file(&wanted[0]).await.unwrap(), dir.path()).await;
+    assert_eq!(
+        online.verify(&wanted).await.unwrap(),
+        vec![Verification::Intact, Verification::Intact]
+    );
 }

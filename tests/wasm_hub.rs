@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use schnell::hub::{HubClient, HubClientBuilder, HubError, HubEvent, HubFile, NotFoundKind};
 use wasm_bindgen::JsCast;
@@ -30,6 +31,15 @@ async fn requests_for(path: &str) -> u64 {
     get_json(&format!("{MIRROR}/__stats")).await["by_file"][path]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// Makes the mirror answer 503 to the next `n` requests for `path`.
+async fn fail(path: &str, n: usize, retry_after: Option<&str>) {
+    let mut url = format!("{MIRROR}/__fail?file={path}&n={n}");
+    if let Some(seconds) = retry_after {
+        url.push_str(&format!("&retry_after={seconds}"));
+    }
+    get_json(&url).await;
 }
 
 async fn client(cache: &str) -> (HubClient, Rc<RefCell<Vec<HubEvent>>>) {
@@ -138,13 +148,17 @@ async fn an_unreachable_endpoint_is_a_network_error() {
     let client = HubClientBuilder::new()
         .endpoint("http://127.0.0.1:9")
         .cache_name("test-offline")
+        .retries(1, Duration::from_millis(1), Duration::from_millis(1))
         .build()
         .unwrap();
     let err = client
         .file(&HubFile::new("acme/tiny", "config.json"))
         .await
         .unwrap_err();
-    assert!(matches!(err, HubError::Transfer { .. }), "{err}");
+    assert!(
+        matches!(err, HubError::Transfer { attempts: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("network error"), "{err}");
 }
 
@@ -191,4 +205,68 @@ async fn token_counts_use_tokenizers_fetched_through_the_hub() {
         .await
         .unwrap();
     assert!(again.from_cache());
+}
+
+#[wasm_bindgen_test]
+async fn transient_503s_are_retried_honouring_retry_after() {
+    // The default policy, as the page uses it.
+    let (client, events) = client("test-retry").await;
+    let path = "retry/flaky.json";
+    fail(path, 2, Some("1")).await;
+    let before = requests_for(path).await;
+    let fetched = client.file(&HubFile::new("acme/tiny", path)).await.unwrap();
+    assert_eq!(&fetched.bytes().await.unwrap()[..], b"{\"flaky\": true}\n");
+    // The mirror answered 503 twice, then 200: three requests, no more.
+    assert_eq!(requests_for(path).await, before + 3);
+    let retries: Vec<(u64, String)> = events
+        .borrow()
+        .iter()
+        .filter_map(|e| match e {
+            HubEvent::Retrying {
+                delay_ms, reason, ..
+            } => Some((*delay_ms, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    for (delay_ms, reason) in &retries {
+        assert!(reason.contains("503"), "{reason}");
+        assert!(
+            *delay_ms >= 1000,
+            "Retry-After: 1 not honoured: {delay_ms} ms"
+        );
+    }
+}
+
+#[wasm_bindgen_test]
+async fn retries_are_bounded_and_a_404_is_final() {
+    let client = HubClientBuilder::new()
+        .endpoint(MIRROR)
+        .cache_name("test-retry-bounded")
+        .retries(2, Duration::from_millis(1), Duration::from_millis(5))
+        .build()
+        .unwrap();
+    client.clear_cache().await.unwrap();
+    let path = "retry/down.json";
+    fail(path, 100, None).await;
+    let before = requests_for(path).await;
+    let err = client
+        .file(&HubFile::new("acme/tiny", path))
+        .await
+        .unwrap_err();
+    fail(path, 0, None).await;
+    assert!(
+        matches!(err, HubError::Transfer { attempts: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("503") && err.to_string().contains(path));
+    assert_eq!(requests_for(path).await, before + 3);
+
+    let before = requests_for("missing.json").await;
+    assert_not_found(&client, "acme/tiny", "missing.json", NotFoundKind::Entry).await;
+    assert_eq!(
+        requests_for("missing.json").await,
+        before + 1,
+        "a 404 was retried"
+    );
 }

@@ -16,7 +16,7 @@ use schnell::flux::{
     parse_dtype, DeviceChoice, EngineOptions, FluxSchnell, ModelDescription, Quant, QuantChoice,
     T5Quant, TextEncoders,
 };
-use schnell::hub::{HubClient, HubClientBuilder, HubFile};
+use schnell::hub::{HubClient, HubClientBuilder, HubFile, Verification};
 use schnell::mirror::Mirror;
 
 #[derive(Parser)]
@@ -248,6 +248,11 @@ struct FetchArgs {
     /// Files of --repo to fetch.
     #[arg(long = "file", num_args = 1.., requires = "repo")]
     files: Vec<String>,
+    /// Hash the cached files against the names of their blobs (sha256, or
+    /// git blob sha1), as `hf cache verify` does, and download again any
+    /// that do not match.
+    #[arg(long)]
+    verify: bool,
     #[command(flatten)]
     hub: HubArgs,
 }
@@ -400,14 +405,45 @@ async fn fetch(args: FetchArgs) -> Result<()> {
         (None, None) => bail!("say what to fetch: --model flux-schnell, or --repo R --file F…"),
     };
     let client = args.hub.client(&bars)?;
+    let verified = if args.verify {
+        bars.println(format!("verifying {} file(s) in the cache…", files.len()));
+        let verified = client.verify(&files).await;
+        if verified.is_err() {
+            bars.finish();
+        }
+        let verified = verified.context("verify failed")?;
+        let damaged: Vec<String> = files
+            .iter()
+            .zip(&verified)
+            .filter_map(|(f, v)| match v {
+                Verification::Damaged { reason } => Some(format!("{f}: {reason}")),
+                _ => None,
+            })
+            .collect();
+        if !damaged.is_empty() {
+            bars.finish();
+            bail!(
+                "damaged in the cache, and not downloaded again while offline \
+                 (HF_HUB_OFFLINE is set): {}",
+                damaged.join("; ")
+            );
+        }
+        Some(verified)
+    } else {
+        None
+    };
     let fetched = client.files(&files).await;
     bars.finish();
     let fetched = fetched.context("fetch failed")?;
-    for f in &fetched {
-        let how = if f.from_cache() {
-            "cached"
-        } else {
-            "downloaded"
+    for (i, f) in fetched.iter().enumerate() {
+        let how = match verified.as_ref().map(|v| &v[i]) {
+            Some(Verification::Intact) => "verified".to_string(),
+            Some(Verification::Repaired { reason }) => format!("repaired ({reason})"),
+            Some(Verification::SizeOnly) => "cached, size checked (no hash to check)".into(),
+            Some(Verification::Unchecked) => "cached, not checked (no hash to check)".into(),
+            Some(Verification::Damaged { reason }) => format!("damaged ({reason})"),
+            Some(Verification::NotCached) | None if f.from_cache() => "cached".into(),
+            Some(Verification::NotCached) | None => "downloaded".into(),
         };
         println!(
             "{}\t{}\t{} bytes\t{how}",

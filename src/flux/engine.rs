@@ -23,7 +23,7 @@ use super::memory::{self, MemoryBudget, ModelSize, Sizing, VaeDecode, Workload};
 use super::pipeline;
 use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::request::{Component, GenerateEvent, GenerateRequest};
-use super::weights::Named;
+use super::weights::{load_failure, Named};
 use super::FluxError;
 use crate::hub::{FetchedFile, HubClient, HubError, HubEvent, HubFile, HubModel};
 
@@ -604,11 +604,12 @@ async fn fetch_local(model: &impl HubModel, files: &ModelFiles) -> Result<LocalF
             // The shards the index names: usually those already fetched.
             let index_file = by_file[index];
             let bytes = index_file.bytes().await?;
-            let parsed: ShardIndex =
-                serde_json::from_slice(&bytes).map_err(|e| FluxError::Load {
-                    file: Named::from(index_file).to_string(),
-                    reason: format!("not a safetensors index: {e}"),
-                })?;
+            let parsed: ShardIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                load_failure(
+                    &[Named::from(index_file)],
+                    format!("not a safetensors index: {e}"),
+                )
+            })?;
             let dir = index.path.rsplit_once('/').map_or("", |(d, _)| d);
             let shards: BTreeSet<HubFile> = parsed
                 .weight_map

@@ -11,17 +11,14 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use candle_transformers::quantized_var_builder::VarBuilder;
 
-use super::weights::Named;
+use super::weights::{load_failure, Named};
 use super::FluxError;
 
 /// GGUF's default data alignment.
 pub const ALIGNMENT: u64 = 32;
 
 fn load_error(file: &Named, reason: impl Into<String>) -> FluxError {
-    FluxError::Load {
-        file: file.to_string(),
-        reason: reason.into(),
-    }
+    load_failure(std::slice::from_ref(file), reason.into())
 }
 
 /// A GGUF file's header, read once.

@@ -8,7 +8,7 @@ use tokenizers::Tokenizer;
 
 use super::gguf::{is_t5_matrix, t5_hf_to_llama, t5_llama_to_hf, GgufFile};
 use super::quant::T5Quant;
-use super::weights::{mmap, Named};
+use super::weights::{load_failure, mmap, Named};
 use super::FluxError;
 
 /// T5 sees 256 tokens with schnell (FLUX.1-dev uses 512).
@@ -41,9 +41,11 @@ pub struct Tokenizers {
 }
 
 fn load_tokenizer(file: &Named) -> Result<Tokenizer, FluxError> {
-    Tokenizer::from_file(&file.path).map_err(|e| FluxError::Load {
-        file: file.to_string(),
-        reason: format!("not a tokenizer.json: {e}"),
+    Tokenizer::from_file(&file.path).map_err(|e| {
+        load_failure(
+            std::slice::from_ref(file),
+            format!("not a tokenizer.json: {e}"),
+        )
     })
 }
 
@@ -258,14 +260,13 @@ impl Clip {
 /// A candle error while building a model from these files: a missing tensor
 /// or a wrong shape, so the files are at fault.
 pub(crate) fn load_error(files: &[Named], e: candle_core::Error) -> FluxError {
-    let names: Vec<String> = files.iter().map(ToString::to_string).collect();
-    FluxError::Load {
-        file: names.join(", "),
-        reason: format!(
+    load_failure(
+        files,
+        format!(
             "the weights do not fit the config: {}",
             super::error::candle_message(&e)
         ),
-    }
+    )
 }
 
 #[cfg(test)]

@@ -35,11 +35,50 @@ impl fmt::Display for Named {
 impl Named {
     /// Blocking read of a small file (a config).
     pub fn read(&self) -> Result<Vec<u8>, FluxError> {
-        std::fs::read(&self.path).map_err(|e| FluxError::Load {
-            file: self.to_string(),
-            reason: e.to_string(),
-        })
+        std::fs::read(&self.path).map_err(|e| load_failure(std::slice::from_ref(self), e))
     }
+}
+
+/// A file that cannot be loaded, perhaps damaged in the cache: the error
+/// names it and says how to check and repair it.
+pub(crate) fn load_failure(files: &[Named], reason: impl fmt::Display) -> FluxError {
+    FluxError::Load {
+        file: files
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: format!(
+            "{reason}; if a cached file is damaged, {} checks it and downloads it again",
+            verify_command(files.iter().map(|f| &f.file))
+        ),
+    }
+}
+
+/// `schnell fetch --verify` for exactly these files, one command per
+/// repository and revision.
+pub(crate) fn verify_command<'a>(files: impl IntoIterator<Item = &'a HubFile>) -> String {
+    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for f in files {
+        match groups
+            .iter_mut()
+            .find(|(repo, rev, _)| *repo == f.repo && *rev == f.revision)
+        {
+            Some((_, _, paths)) if !paths.contains(&f.path.as_str()) => paths.push(&f.path),
+            Some(_) => {}
+            None => groups.push((&f.repo, &f.revision, vec![&f.path])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(repo, rev, paths)| {
+            format!(
+                "`schnell fetch --verify --repo {repo} --revision {rev} --file {}`",
+                paths.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Memory-maps safetensors files into one `VarBuilder`. Each file is opened
@@ -52,24 +91,18 @@ pub fn mmap(
 ) -> Result<VarBuilder<'static>, FluxError> {
     for f in files {
         // SAFETY: cache blobs are immutable once renamed into place.
-        unsafe { MmapedSafetensors::new(&f.path) }.map_err(|e| FluxError::Load {
-            file: f.to_string(),
-            reason: format!(
-                "not a valid safetensors file: {}",
-                super::error::candle_message(&e)
-            ),
+        unsafe { MmapedSafetensors::new(&f.path) }.map_err(|e| {
+            load_failure(
+                std::slice::from_ref(f),
+                format!(
+                    "not a valid safetensors file: {}",
+                    super::error::candle_message(&e)
+                ),
+            )
         })?;
     }
     let paths: Vec<&PathBuf> = files.iter().map(|f| &f.path).collect();
     // SAFETY: as above.
-    unsafe { VarBuilder::from_mmaped_safetensors(&paths, dtype, device) }.map_err(|e| {
-        FluxError::Load {
-            file: files
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            reason: e.to_string(),
-        }
-    })
+    unsafe { VarBuilder::from_mmaped_safetensors(&paths, dtype, device) }
+        .map_err(|e| load_failure(files, super::error::candle_message(&e)))
 }

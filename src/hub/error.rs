@@ -97,6 +97,20 @@ pub enum HubError {
         source: std::io::Error,
     },
 
+    #[error(
+        "{file}: no space left on the disk: writing {} failed, so that partial download was \
+         deleted to free its space; free at least {size} bytes there (or set HF_HUB_CACHE to \
+         another disk) and fetch again",
+        partial.display()
+    )]
+    DiskFull {
+        file: HubFile,
+        /// The partial download that filled the disk (deleted since).
+        partial: PathBuf,
+        /// The whole file's size.
+        size: u64,
+    },
+
     #[error("{file}: the browser's storage is full ({reason}); clear schnell's cached files or free space")]
     StorageFull { file: HubFile, reason: String },
 
@@ -166,6 +180,15 @@ impl Clone for HubError {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
+            HubError::DiskFull {
+                file,
+                partial,
+                size,
+            } => HubError::DiskFull {
+                file: file.clone(),
+                partial: partial.clone(),
+                size: *size,
+            },
             HubError::StorageFull { file, reason } => HubError::StorageFull {
                 file: file.clone(),
                 reason: reason.clone(),
@@ -190,6 +213,7 @@ impl HubError {
             | HubError::Protocol { file, .. }
             | HubError::Transfer { file, .. }
             | HubError::StorageFull { file, .. }
+            | HubError::DiskFull { file, .. }
             | HubError::Io { file, .. } => Some(file),
             HubError::Offline { .. } | HubError::Many(_) | HubError::Config(_) => None,
         }

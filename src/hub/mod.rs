@@ -16,6 +16,7 @@ pub(crate) mod digest;
 mod error;
 mod event;
 mod file;
+mod retry;
 
 pub use error::{HubError, NotFoundKind};
 pub use event::{EventSink, HubEvent};
@@ -27,7 +28,7 @@ cfg_if::cfg_if! {
         mod model;
         pub use native::{
             default_client, huggingface_file, huggingface_files, FetchedFile, HubClient,
-            HubClientBuilder,
+            HubClientBuilder, Verification,
         };
         pub use model::HubModel;
     } else {

@@ -5,11 +5,15 @@
 //! kept in the Cache API under `schnell-hub-v1`, keyed by that URL. A hit makes
 //! no request; a miss streams the body with progress events, checks it against
 //! its ETag, and is stored (the `put` awaited) before it is returned. Two
-//! concurrent calls for one file share one fetch.
+//! concurrent calls for one file share one fetch. Network errors, bodies that
+//! break off, 408, 429 and 5xx are retried with the native backend's policy
+//! (exponential backoff with jitter, `Retry-After` honoured, 5 retries in a
+//! row at most); 401, 403 and 404 are final.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{join_all, FutureExt, LocalBoxFuture, Shared};
@@ -19,6 +23,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, Headers, ReadableStreamDefaultReader, Response, ResponseInit};
 
 use super::digest::bytes_mismatch;
+use super::retry::{self, is_transient_status, parse_retry_after, Backoff, Failure};
 use super::{EventSink, HubError, HubEvent, HubFile};
 
 /// The Cache API cache that holds Hub files.
@@ -30,6 +35,7 @@ pub struct HubClientBuilder {
     endpoint: Option<String>,
     cache_name: Option<String>,
     events: Option<EventSink>,
+    backoff: Backoff,
 }
 
 impl HubClientBuilder {
@@ -54,6 +60,17 @@ impl HubClientBuilder {
         self
     }
 
+    /// Retries after transient failures, and the backoff between them
+    /// (default: 5 retries, from 0.5 s doubling up to 30 s).
+    pub fn retries(mut self, max_retries: u32, base: Duration, max: Duration) -> Self {
+        self.backoff = Backoff {
+            base,
+            max,
+            max_retries,
+        };
+        self
+    }
+
     pub fn build(self) -> Result<HubClient, HubError> {
         let endpoint = match self.endpoint {
             Some(e) => e,
@@ -63,6 +80,7 @@ impl HubClientBuilder {
             inner: Rc::new(Inner {
                 endpoint,
                 cache_name: self.cache_name.unwrap_or_else(|| CACHE_NAME.to_string()),
+                backoff: self.backoff,
                 in_flight: RefCell::default(),
             }),
             events: self.events,
@@ -82,6 +100,7 @@ pub struct HubClient {
 struct Inner {
     endpoint: String,
     cache_name: String,
+    backoff: Backoff,
     /// Downloads under way, by URL, so that a second caller joins the first.
     in_flight: RefCell<HashMap<String, Download>>,
 }
@@ -134,6 +153,7 @@ impl HubClient {
                 .or_insert_with(|| {
                     download(
                         self.inner.cache_name.clone(),
+                        self.inner.backoff,
                         url.clone(),
                         file.clone(),
                         self.events.clone(),
@@ -194,6 +214,7 @@ fn emit(events: &Option<EventSink>, event: HubEvent) {
 
 async fn download(
     cache_name: String,
+    backoff: Backoff,
     url: String,
     file: HubFile,
     events: Option<EventSink>,
@@ -203,7 +224,14 @@ async fn download(
         .await
         .map_err(|e| config(&e))?;
     if let Ok(response) = hit.dyn_into::<Response>() {
-        let bytes = read_body(&file, &response, None).await?;
+        let bytes =
+            read_body(&file, &response, None)
+                .await
+                .map_err(|reason| HubError::Transfer {
+                    file: file.clone(),
+                    attempts: 1,
+                    reason: format!("reading the browser's cache: {reason}"),
+                })?;
         emit(
             &events,
             HubEvent::Cached {
@@ -214,45 +242,14 @@ async fn download(
         return Ok((bytes, true));
     }
 
-    let response: Response = JsFuture::from(fetch(&url)?)
-        .await
-        .map_err(|e| HubError::Transfer {
-            file: file.clone(),
-            attempts: 1,
-            reason: format!(
-                "network error (offline, or the server cannot be reached): {}",
-                js_message(&e)
-            ),
-        })?
-        .unchecked_into();
-    let headers = response.headers();
+    let (bytes, headers) = retry::with_retries(&backoff, &file, events.as_ref(), || {
+        fetch_once(&url, &file, &events)
+    })
+    .await?;
     let header = |name: &str| headers.get(name).ok().flatten();
-    if !response.ok() {
-        let code = header("x-error-code");
-        return Err(HubError::from_status(
-            &file,
-            &url,
-            response.status(),
-            code.as_deref(),
-            false,
-        ));
-    }
     let etag = header("x-linked-etag")
         .or_else(|| header("etag"))
         .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string());
-    let size = header("x-linked-size")
-        .or_else(|| header("content-length"))
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
-    emit(
-        &events,
-        HubEvent::Started {
-            file: file.clone(),
-            size,
-            resumed_from: 0,
-        },
-    );
-    let bytes = read_body(&file, &response, Some(&events)).await?;
     if let Some(actual) = etag.as_deref().and_then(|e| bytes_mismatch(&bytes, e)) {
         return Err(HubError::Integrity {
             file,
@@ -271,12 +268,68 @@ async fn download(
     Ok((bytes, false))
 }
 
-/// Reads a body as it streams in, reporting each chunk when asked to.
+/// One attempt: the request and the whole body.
+async fn fetch_once(
+    url: &str,
+    file: &HubFile,
+    events: &Option<EventSink>,
+) -> Result<(Bytes, Headers), Failure<HubError>> {
+    let response: Response = JsFuture::from(fetch(url).map_err(Failure::Fatal)?)
+        .await
+        .map_err(|e| {
+            Failure::transient(format!(
+                "network error (offline, or the server cannot be reached): {}",
+                js_message(&e)
+            ))
+        })?
+        .unchecked_into();
+    let headers = response.headers();
+    let header = |name: &str| headers.get(name).ok().flatten();
+    if !response.ok() {
+        let status = response.status();
+        if is_transient_status(status) {
+            return Err(Failure::Transient {
+                reason: format!("HTTP {status}"),
+                retry_after: header("retry-after")
+                    .and_then(|v| parse_retry_after(&v, retry::now())),
+                made_progress: false,
+            });
+        }
+        let code = header("x-error-code");
+        return Err(Failure::Fatal(HubError::from_status(
+            file,
+            url,
+            status,
+            code.as_deref(),
+            false,
+        )));
+    }
+    let size = header("x-linked-size")
+        .or_else(|| header("content-length"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Each attempt starts from zero: this also resets progress after a retry.
+    emit(
+        events,
+        HubEvent::Started {
+            file: file.clone(),
+            size,
+            resumed_from: 0,
+        },
+    );
+    let bytes = read_body(file, &response, Some(events))
+        .await
+        .map_err(|reason| Failure::transient(format!("the body broke off: {reason}")))?;
+    Ok((bytes, headers))
+}
+
+/// Reads a body as it streams in, reporting each chunk when asked to. The
+/// error is the browser's message.
 async fn read_body(
     file: &HubFile,
     response: &Response,
     events: Option<&Option<EventSink>>,
-) -> Result<Bytes, HubError> {
+) -> Result<Bytes, String> {
     let mut bytes = Vec::new();
     read_stream(response, |chunk| {
         if let Some(events) = events {
@@ -292,11 +345,7 @@ async fn read_body(
         true
     })
     .await
-    .map_err(|e| HubError::Transfer {
-        file: file.clone(),
-        attempts: 1,
-        reason: format!("the body broke off: {}", js_message(&e)),
-    })?;
+    .map_err(|e| js_message(&e))?;
     Ok(Bytes::from(bytes))
 }
 

@@ -27,10 +27,13 @@ pub struct Seen {
     pub method: Method,
     pub file: String,
     pub range: Option<String>,
+    /// The `Authorization` header, as received.
+    pub authorization: Option<String>,
 }
 
 impl Seen {
-    /// A request for content, not hf-hub's one-byte metadata probe or a HEAD.
+    /// A request for content, not a HEAD (nor hf-hub's one-byte metadata probe,
+    /// which the benchmark's old way makes).
     pub fn is_body(&self) -> bool {
         self.method == Method::GET && self.range.as_deref() != Some("bytes=0-0")
     }
@@ -71,9 +74,9 @@ impl Drop for InFlight {
 }
 
 impl Stats {
-    /// Waits until every response the server started has ended: hf-hub's
-    /// range tasks outlive a failed download, and a test must not count them
-    /// in its next phase.
+    /// Waits until every response the server started has ended (one whose
+    /// client went away may still be winding down), so that a test does not
+    /// count it in its next phase.
     pub async fn quiescent(&self) {
         let mut rx = self.in_flight.subscribe();
         rx.wait_for(|n| *n == 0).await.unwrap();
@@ -125,6 +128,11 @@ pub struct Faults {
     /// The next N requests answer 503.
     pub fail_next: AtomicUsize,
     pub retry_after: Mutex<Option<String>>,
+    /// Per file: the next N requests answer 503, with this `Retry-After`.
+    pub fail_file: Mutex<HashMap<String, (usize, Option<String>)>>,
+    /// LFS files answer with a redirect to this other server (a CDN), as the
+    /// Hub does: the Hub's metadata headers, and `Location` on another origin.
+    pub redirect_lfs_to: Mutex<Option<String>>,
     /// Emulates a gated repo: 401 GatedRepo without a token, 403 with another.
     pub require_token: Mutex<Option<String>>,
     /// Per file: break connections mid-body.
@@ -140,6 +148,17 @@ impl Faults {
     pub fn fail_next(&self, n: usize, retry_after: Option<&str>) {
         *self.retry_after.lock().unwrap() = retry_after.map(str::to_string);
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` requests for `file` answer 503 (0 clears it).
+    pub fn fail_file(&self, file: &str, n: usize, retry_after: Option<&str>) {
+        self.fail_file
+            .lock()
+            .unwrap()
+            .insert(file.to_string(), (n, retry_after.map(str::to_string)));
+    }
+    /// Redirects LFS files to `cdn`, another origin serving the same files.
+    pub fn redirect_lfs_to(&self, cdn: &str) {
+        *self.redirect_lfs_to.lock().unwrap() = Some(cdn.trim_end_matches('/').to_string());
     }
     /// Breaks the next `times` content responses for `file` after `bytes` bytes.
     pub fn drop_after(&self, file: &str, bytes: u64, times: usize) {
@@ -280,14 +299,38 @@ async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Respon
             s.stats.reset();
             return stats_response(&s.stats);
         }
+        // `?file=PATH&n=N[&retry_after=S]`: the next N requests for PATH answer 503.
+        "/__fail" => {
+            let query: HashMap<String, String> = request
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.replace("%2F", "/")))
+                .collect();
+            let n = query.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+            s.faults.fail_file(
+                query.get("file").map_or("", String::as_str),
+                n,
+                query.get("retry_after").map(String::as_str),
+            );
+            return stats_response(&s.stats);
+        }
         _ => {}
     }
+    let uri = request.uri().clone();
     let seen = Seen {
         method: request.method().clone(),
         file: file_of(request.uri().path()),
         range: request
             .headers()
             .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        authorization: request
+            .headers()
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     };
@@ -299,15 +342,39 @@ async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Respon
     if let Some((_, latency)) = throttle {
         tokio::time::sleep(latency).await;
     }
-    if f.fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        let mut r = StatusCode::SERVICE_UNAVAILABLE.into_response();
-        if let Some(ra) = f.retry_after.lock().unwrap().clone() {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_str(&ra).unwrap());
+    let file_fault = {
+        let mut fails = f.fail_file.lock().unwrap();
+        match fails.get_mut(&seen.file) {
+            Some((n, retry_after)) if *n > 0 => {
+                *n -= 1;
+                Some(retry_after.clone())
+            }
+            _ => None,
         }
+    };
+    let retry_after = match file_fault {
+        Some(retry_after) => Some(retry_after),
+        None => f
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+            .then(|| f.retry_after.lock().unwrap().clone()),
+    };
+    if let Some(retry_after) = retry_after {
+        let mut r = StatusCode::SERVICE_UNAVAILABLE.into_response();
+        let headers = r.headers_mut();
+        if let Some(ra) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&ra).unwrap());
+        }
+        // A browser reads the status and Retry-After only with CORS headers.
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
         return r;
     }
     let required = f.require_token.lock().unwrap().clone();
@@ -345,6 +412,20 @@ async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Respon
     }
 
     let response = next.run(request).await;
+    let cdn = f.redirect_lfs_to.lock().unwrap().clone();
+    if let Some(cdn) = cdn.filter(|_| response.headers().contains_key("x-linked-etag")) {
+        // The Hub's answer for an LFS file: its metadata, and the CDN's address.
+        let mut r = StatusCode::FOUND.into_response();
+        for name in ["x-repo-commit", "x-linked-etag", "x-linked-size", "etag"] {
+            if let Some(v) = response.headers().get(name) {
+                r.headers_mut().insert(name, v.clone());
+            }
+        }
+        let location = format!("{cdn}{}", uri.path_and_query().map_or("/", |p| p.as_str()));
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
+        return r;
+    }
     if !seen.is_body() || !response.status().is_success() {
         return response;
     }
@@ -547,4 +628,56 @@ fn stats_response(stats: &Stats) -> Response {
         HeaderValue::from_static("*"),
     );
     r
+}
+
+/// A small filesystem for disk-full tests: a tmpfs of a given size, mounted
+/// in a child process's own user and mount namespaces (`unshare`, so nothing
+/// changes for the rest of the machine) and reached from this process through
+/// `/proc/<child>/root`. `None` where the system allows no user namespaces.
+pub struct SmallDisk {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(bytes: u64) -> Option<Self> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$0" && echo mounted && exec sleep 3600"#)
+            .arg(dir.path())
+            .arg(bytes.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        if line.trim() != "mounted" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        let path = std::path::Path::new(&format!("/proc/{}/root", child.id()))
+            .join(dir.path().strip_prefix("/").unwrap());
+        Some(Self {
+            child,
+            path,
+            _dir: dir,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -8,6 +8,16 @@
 //! <cache>/.locks/models--<org>--<name>/<etag>.lock           cross-process lock (flock, as Python's filelock)
 //! ```
 //!
+//! and two folders of our own, which Python's cache scan ignores:
+//!
+//! ```text
+//! <cache>/models--<org>--<name>/.schnell-partial/            partial downloads
+//! <cache>/models--<org>--<name>/.schnell-meta/<etag>.json    {"size": N}: what a blob must hold
+//! ```
+//!
+//! A blob is named by its content's hash, so its size record never goes
+//! stale; it lets a cache hit catch a truncated blob without a request.
+//!
 //! All I/O here is async (tokio::fs) or runs on the blocking pool.
 
 use std::io;
@@ -19,6 +29,27 @@ use crate::hub::HubFile;
 /// Where partial downloads live, inside the repo folder so that the final
 /// rename stays on one filesystem. Python's cache scan ignores unknown folders.
 const PARTIAL_DIR: &str = ".schnell-partial";
+
+/// Where the size of each blob is recorded when it is downloaded.
+const META_DIR: &str = ".schnell-meta";
+
+/// A file found in the cache.
+#[derive(Clone, Debug)]
+pub(crate) struct Cached {
+    /// The snapshot path.
+    pub path: PathBuf,
+    /// The blob's size on disk.
+    pub size: u64,
+    /// The commit its snapshot belongs to.
+    pub commit: String,
+    /// The blob's name (its ETag), where the snapshot entry is a link to it.
+    pub etag: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlobMeta {
+    size: u64,
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct HubCache {
@@ -65,9 +96,47 @@ impl HubCache {
             .join(format!("{etag}.lock"))
     }
 
-    /// The cache root handed to hf-hub for the transfer itself; see [`PARTIAL_DIR`].
-    pub(crate) fn partial_root(&self, repo: &str) -> PathBuf {
-        self.repo_dir(repo).join(PARTIAL_DIR)
+    /// The partial download of a blob: its bytes, then the length of the
+    /// complete prefix as 8 little-endian bytes (hf-hub 0.5's `.sync.part`
+    /// format and place, so that partials of earlier versions resume).
+    pub(crate) fn partial_path(&self, repo: &str, etag: &str) -> PathBuf {
+        self.repo_dir(repo)
+            .join(PARTIAL_DIR)
+            .join(Self::repo_folder(repo))
+            .join("blobs")
+            .join(format!("{etag}.sync.part"))
+    }
+
+    fn meta_path(&self, repo: &str, etag: &str) -> PathBuf {
+        self.repo_dir(repo)
+            .join(META_DIR)
+            .join(format!("{etag}.json"))
+    }
+
+    /// The size recorded for a blob when it was downloaded, if any.
+    pub(crate) async fn recorded_size(&self, repo: &str, etag: &str) -> Option<u64> {
+        let text = tokio::fs::read(self.meta_path(repo, etag)).await.ok()?;
+        serde_json::from_slice::<BlobMeta>(&text)
+            .ok()
+            .map(|m| m.size)
+    }
+
+    /// Records the size a blob must have. Best effort: a read-only cache
+    /// still works, it is only checked less cheaply.
+    pub(crate) async fn record_size(&self, repo: &str, etag: &str, size: u64) {
+        let json = serde_json::to_vec(&BlobMeta { size }).expect("serialisable");
+        let path = self.meta_path(repo, etag);
+        if let Err(e) = write_atomic(&path, &json).await {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record a blob's size");
+        }
+    }
+
+    /// Deletes a damaged blob, so that it is downloaded again.
+    pub(crate) async fn remove_blob(&self, repo: &str, etag: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.blob_path(repo, etag)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The commit a revision resolves to in the cache, as Python resolves it:
@@ -88,13 +157,27 @@ impl HubCache {
             .then(|| file.revision.clone())
     }
 
-    /// The cached file and its size, without any network request.
-    pub(crate) async fn lookup(&self, file: &HubFile) -> Option<(PathBuf, u64)> {
+    /// The cached file, its size and the blob it links to, without any
+    /// network request. Nothing is checked here but that the blob exists.
+    pub(crate) async fn lookup(&self, file: &HubFile) -> Option<Cached> {
         let commit = self.cached_commit(file).await?;
         let path = self.snapshot_path(file, &commit);
         // `metadata` follows the symlink: a dangling link is a miss.
         let meta = tokio::fs::metadata(&path).await.ok()?;
-        meta.is_file().then_some((path, meta.len()))
+        if !meta.is_file() {
+            return None;
+        }
+        let etag = tokio::fs::read_link(&path)
+            .await
+            .ok()
+            .filter(|target| target.parent().and_then(Path::file_name) == Some("blobs".as_ref()))
+            .and_then(|target| Some(target.file_name()?.to_str()?.to_string()));
+        Some(Cached {
+            path,
+            size: meta.len(),
+            commit,
+            etag,
+        })
     }
 
     /// Size of the blob for `etag`, if it is present.
@@ -212,6 +295,10 @@ mod tests {
             c.lock_path("o/n", "e"),
             PathBuf::from("/c/.locks/models--o--n/e.lock")
         );
+        assert_eq!(
+            c.partial_path("o/n", "e"),
+            PathBuf::from("/c/models--o--n/.schnell-partial/models--o--n/blobs/e.sync.part")
+        );
     }
 
     #[tokio::test]
@@ -230,7 +317,8 @@ mod tests {
             tokio::fs::read_link(&p).await.unwrap(),
             PathBuf::from("../../../../blobs/e1")
         );
-        assert_eq!(c.lookup(&f).await.unwrap().1, 2);
+        let hit = c.lookup(&f).await.unwrap();
+        assert_eq!((hit.size, hit.etag.as_deref()), (2, Some("e1")));
         assert_eq!(
             tokio::fs::read_to_string(c.ref_path(&f)).await.unwrap(),
             commit
@@ -238,5 +326,9 @@ mod tests {
         // A commit revision resolves without a ref file.
         let by_commit = HubFile::new("o/n", "sub/dir/x.json").at_revision(commit.clone());
         assert!(c.lookup(&by_commit).await.is_some());
+
+        assert_eq!(c.recorded_size("o/n", "e1").await, None);
+        c.record_size("o/n", "e1", 2).await;
+        assert_eq!(c.recorded_size("o/n", "e1").await, Some(2));
     }
 }

@@ -1,15 +1,14 @@
-//! The native backend: tokio, hf-hub 0.5 and the standard Hugging Face cache.
+//! The native backend: tokio, reqwest and the standard Hugging Face cache.
 //!
 //! A batch of files goes in two steps. First every file is looked up in the
-//! cache (zero requests on a hit) and the rest are asked about with one `HEAD`
-//! each. Then the missing ones download at once, largest first, sharing one
-//! budget of connections; each file is downloaded by at most one task of
-//! this process and one process at a time, verified against its ETag, and
-//! only then renamed into the cache.
+//! cache (zero requests on a hit whose size is known to be right) and the
+//! rest are asked about with one `HEAD` each. Then the missing ones download
+//! at once, largest first, sharing one budget of connections; each file is
+//! downloaded by at most one task of this process and one process at a time,
+//! verified against its ETag, and only then renamed into the cache.
 
 mod cache;
 mod remote;
-mod retry;
 mod transfer;
 
 use std::collections::HashMap;
@@ -24,9 +23,9 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use self::cache::HubCache;
 use self::remote::RemoteFile;
-use self::retry::{Backoff, Failure};
 use self::transfer::{Plan, Transfer};
-use super::digest;
+use super::digest::{self, EtagKind};
+use super::retry::{self, Backoff, Failure};
 use crate::hub::{EventSink, HubError, HubEvent, HubFile};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -116,15 +115,11 @@ impl HubClientBuilder {
             token: TokenSource::Given(None),
             offline: false,
             max_connections: 8,
-            // hf-hub writes each finished range from the runtime thread, and a
-            // file's ranges finish together: 8 MiB keeps that burst well under
-            // 50 ms on a current-thread runtime (BENCHMARKS.md has the trade-off).
+            // Each range costs one request and its latency; 8 MiB ranges keep
+            // that small while a file still spreads over all connections
+            // (BENCHMARKS.md has the trade-off).
             chunk_size: 8 << 20,
-            backoff: Backoff {
-                base: Duration::from_millis(500),
-                max: Duration::from_secs(30),
-                max_retries: 5,
-            },
+            backoff: Backoff::default(),
             stall_timeout: Duration::from_secs(60),
             events: None,
         }
@@ -307,6 +302,47 @@ enum Lookup {
     Remote(RemoteFile),
 }
 
+/// What the cache holds for a file, as far as it can tell without a request.
+enum CacheCheck {
+    /// Present, and its size is what its blob's record (or its git sha1) says.
+    Intact(FetchedFile),
+    /// Present, but nothing here says how large it must be: a blob named by
+    /// sha256 that Python, or an older schnell, wrote.
+    Unchecked {
+        hit: FetchedFile,
+        commit: String,
+        etag: Option<String>,
+    },
+    /// Present but damaged; fetched again at the same commit.
+    Damaged {
+        commit: String,
+        etag: String,
+        reason: String,
+    },
+    Absent,
+}
+
+/// The largest blob named by its git sha1 that a cache lookup hashes when no
+/// size is recorded for it. Such blobs are the Hub's small, non-LFS files.
+const HASH_ON_LOOKUP_MAX: u64 = 16 << 20;
+
+/// What [`HubClient::verify`] found for one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Not in the cache: nothing to check (a download is always checked).
+    NotCached,
+    /// Its content hashes to the name of its blob.
+    Intact,
+    /// Its blob's name is no content hash, but its size is as recorded.
+    SizeOnly,
+    /// Nothing to check it against: neither a hash nor a recorded size.
+    Unchecked,
+    /// It was damaged (`reason`) and has been downloaded again.
+    Repaired { reason: String },
+    /// It is damaged (`reason`), and offline it could not be downloaded again.
+    Damaged { reason: String },
+}
+
 impl HubClient {
     /// A client configured from the environment, as [`HubClientBuilder::from_env`].
     pub fn from_env() -> Result<Self, HubError> {
@@ -339,20 +375,160 @@ impl HubClient {
         Ok(files.remove(0))
     }
 
-    /// The cached copy of a file, if any, without a network request.
+    /// The cached copy of a file, if any, without a network request. A copy
+    /// whose size is not what was recorded when it was downloaded (or whose
+    /// git sha1 is wrong, for a small file) is damaged, and not returned.
     pub async fn cached(&self, file: &HubFile) -> Result<Option<FetchedFile>, HubError> {
         file.validate()?;
-        Ok(self
-            .inner
-            .cache
-            .lookup(file)
+        Ok(match self.check_cached(file).await? {
+            CacheCheck::Intact(hit) | CacheCheck::Unchecked { hit, .. } => Some(hit),
+            CacheCheck::Damaged { .. } | CacheCheck::Absent => None,
+        })
+    }
+
+    /// Looks a file up in the cache and checks what can be checked there.
+    async fn check_cached(&self, file: &HubFile) -> Result<CacheCheck, HubError> {
+        let cache = &self.inner.cache;
+        let Some(found) = cache.lookup(file).await else {
+            return Ok(CacheCheck::Absent);
+        };
+        let hit = FetchedFile {
+            file: file.clone(),
+            path: found.path.clone(),
+            size: found.size,
+            from_cache: true,
+        };
+        let Some(etag) = found.etag else {
+            return Ok(CacheCheck::Unchecked {
+                hit,
+                commit: found.commit,
+                etag: None,
+            });
+        };
+        let damaged = |reason: String| CacheCheck::Damaged {
+            commit: found.commit.clone(),
+            etag: etag.clone(),
+            reason,
+        };
+        let blob = cache.blob_path(&file.repo, &etag);
+        match cache.recorded_size(&file.repo, &etag).await {
+            Some(expected) if expected == found.size => Ok(CacheCheck::Intact(hit)),
+            Some(expected) => Ok(damaged(format!(
+                "its blob {} holds {} bytes, {expected} were downloaded",
+                blob.display(),
+                found.size
+            ))),
+            None if EtagKind::of(&etag) == EtagKind::GitSha1
+                && found.size <= HASH_ON_LOOKUP_MAX =>
+            {
+                match hash_check(file, &blob, &etag).await? {
+                    None => {
+                        cache.record_size(&file.repo, &etag, found.size).await;
+                        Ok(CacheCheck::Intact(hit))
+                    }
+                    Some(reason) => Ok(damaged(reason)),
+                }
+            }
+            None => Ok(CacheCheck::Unchecked {
+                hit,
+                commit: found.commit,
+                etag: Some(etag),
+            }),
+        }
+    }
+
+    /// Hashes each cached file against the name of its blob (sha256 for LFS
+    /// files, git blob sha1 for the others), as `hf cache verify` does, and
+    /// downloads again, at the same commit, every file that does not match
+    /// (offline, it only reports them). Hashing runs on the blocking pool, a
+    /// few files at a time. Every file
+    /// is checked even when another fails; the error then names each failure.
+    pub async fn verify(&self, files: &[HubFile]) -> Result<Vec<Verification>, HubError> {
+        let errors: Vec<HubError> = files.iter().filter_map(|f| f.validate().err()).collect();
+        if let Some(e) = HubError::from_many(errors) {
+            return Err(e);
+        }
+        let hashers = Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        );
+        let results = join_all(files.iter().map(|f| self.verify_one(f, &hashers))).await;
+        let mut verified = Vec::with_capacity(results.len());
+        let mut errors = Vec::new();
+        for result in results {
+            match result {
+                Ok(v) => verified.push(v),
+                Err(e) => errors.push(e),
+            }
+        }
+        match HubError::from_many(errors) {
+            Some(e) => Err(e),
+            None => Ok(verified),
+        }
+    }
+
+    async fn verify_one(
+        &self,
+        file: &HubFile,
+        hashers: &Semaphore,
+    ) -> Result<Verification, HubError> {
+        let cache = &self.inner.cache;
+        let Some(found) = cache.lookup(file).await else {
+            return Ok(Verification::NotCached);
+        };
+        let Some(etag) = found.etag else {
+            return Ok(Verification::Unchecked);
+        };
+        let recorded = cache.recorded_size(&file.repo, &etag).await;
+        let blob = cache.blob_path(&file.repo, &etag);
+        let reason = match recorded {
+            Some(expected) if expected != found.size => Some(format!(
+                "its blob {} holds {} bytes, {expected} were downloaded",
+                blob.display(),
+                found.size
+            )),
+            _ if EtagKind::of(&etag) == EtagKind::Opaque => {
+                return Ok(if recorded.is_some() {
+                    Verification::SizeOnly
+                } else {
+                    Verification::Unchecked
+                });
+            }
+            _ => {
+                let _permit = hashers.acquire().await.expect("never closed");
+                hash_check(file, &blob, &etag).await?
+            }
+        };
+        let Some(reason) = reason else {
+            if recorded.is_none() {
+                cache.record_size(&file.repo, &etag, found.size).await;
+            }
+            return Ok(Verification::Intact);
+        };
+        if self.is_offline() {
+            return Ok(Verification::Damaged { reason });
+        }
+        tracing::warn!(%file, %reason, "damaged in the cache; downloading it again");
+        self.discard_blob(file, &etag).await?;
+        self.files(&[file.clone().at_revision(&found.commit)])
+            .await?;
+        Ok(Verification::Repaired { reason })
+    }
+
+    /// Deletes a damaged blob, holding its lock, so that it is fetched again.
+    async fn discard_blob(&self, file: &HubFile, etag: &str) -> Result<(), HubError> {
+        let cache = &self.inner.cache;
+        let lock_path = cache.lock_path(&file.repo, etag);
+        let _lock = cache
+            .lock(&file.repo, etag)
             .await
-            .map(|(path, size)| FetchedFile {
-                file: file.clone(),
-                path,
-                size,
-                from_cache: true,
-            }))
+            .map_err(io_err(file, &lock_path))?;
+        let blob = cache.blob_path(&file.repo, etag);
+        cache
+            .remove_blob(&file.repo, etag)
+            .await
+            .map_err(io_err(file, &blob))
     }
 
     /// Many files at once, returned in the order asked. Every file is attempted
@@ -439,12 +615,28 @@ impl HubClient {
 
     /// Step one: the cache, or one `HEAD` (with retries).
     async fn lookup(&self, file: &HubFile) -> Result<Lookup, HubError> {
-        if let Some(hit) = self.cached(file).await? {
-            self.emit(HubEvent::Cached {
-                file: file.clone(),
-                size: hit.size,
-            });
-            return Ok(Lookup::Cached(hit));
+        let mut at = file.clone();
+        match self.check_cached(file).await? {
+            CacheCheck::Intact(hit) => return Ok(self.cache_hit(hit)),
+            CacheCheck::Unchecked { hit, commit, etag } => {
+                if self.is_offline() {
+                    return Ok(self.cache_hit(hit));
+                }
+                return self.check_size_online(file, hit, &commit, etag).await;
+            }
+            CacheCheck::Damaged {
+                commit,
+                etag,
+                reason,
+            } => {
+                tracing::warn!(%file, %reason, "damaged in the cache; fetching it again");
+                if !self.is_offline() {
+                    self.discard_blob(file, &etag).await?;
+                }
+                // The same content again, whatever the revision points to now.
+                at = file.clone().at_revision(commit);
+            }
+            CacheCheck::Absent => {}
         }
         if self.is_offline() {
             // Reported for the whole batch by the caller.
@@ -462,9 +654,10 @@ impl HubClient {
                     .acquire()
                     .await
                     .expect("never closed");
-                remote::head(&self.inner.http, self.endpoint(), token, file).await
+                remote::head(&self.inner.http, self.endpoint(), token, &at).await
             })
-            .await?;
+            .await?
+            .remote;
         self.emit(HubEvent::Queued {
             file: file.clone(),
             size: remote.size,
@@ -472,12 +665,77 @@ impl HubClient {
         Ok(Lookup::Remote(remote))
     }
 
+    fn cache_hit(&self, hit: FetchedFile) -> Lookup {
+        self.emit(HubEvent::Cached {
+            file: hit.file.clone(),
+            size: hit.size,
+        });
+        Lookup::Cached(hit)
+    }
+
+    /// A cached file of unknown size: one `HEAD` at its commit says what it
+    /// must hold, and is recorded so that the next lookup needs none. If the
+    /// Hub cannot be asked, the cached file is used as it is, as Python does.
+    async fn check_size_online(
+        &self,
+        file: &HubFile,
+        hit: FetchedFile,
+        commit: &str,
+        etag: Option<String>,
+    ) -> Result<Lookup, HubError> {
+        let token = self.token().await;
+        let at = file.clone().at_revision(commit);
+        let head = {
+            let _permit = self
+                .inner
+                .connections
+                .acquire()
+                .await
+                .expect("never closed");
+            remote::head(&self.inner.http, self.endpoint(), token, &at).await
+        };
+        match head {
+            Ok(head)
+                if head.remote.size == hit.size
+                    && etag.as_ref().is_none_or(|e| *e == head.remote.etag) =>
+            {
+                let cache = &self.inner.cache;
+                cache
+                    .record_size(&file.repo, &head.remote.etag, hit.size)
+                    .await;
+                Ok(self.cache_hit(hit))
+            }
+            Ok(head) => {
+                tracing::warn!(
+                    %file,
+                    path = %hit.path.display(),
+                    cached = hit.size,
+                    expected = head.remote.size,
+                    "the cached file has the wrong size; fetching it again"
+                );
+                self.emit(HubEvent::Queued {
+                    file: file.clone(),
+                    size: head.remote.size,
+                });
+                Ok(Lookup::Remote(head.remote))
+            }
+            Err(failure) => {
+                let reason = match failure {
+                    Failure::Fatal(e) => e.to_string(),
+                    Failure::Transient { reason, .. } => reason,
+                };
+                tracing::info!(%file, %reason, "cannot ask the Hub what the cached file must hold; using it as it is");
+                Ok(self.cache_hit(hit))
+            }
+        }
+    }
+
     /// Step two: download, verify and link one file, unless another task or
     /// process does it first.
     async fn download(&self, file: &HubFile, remote: RemoteFile) -> Result<FetchedFile, HubError> {
         let _busy = self.claim(file).await;
         // Another task of this process may have finished it while we waited.
-        if let Some(hit) = self.cached(file).await? {
+        if let CacheCheck::Intact(hit) = self.check_cached(file).await? {
             self.emit(HubEvent::Cached {
                 file: file.clone(),
                 size: hit.size,
@@ -497,6 +755,9 @@ impl HubClient {
         if cache.blob_len(&file.repo, &remote.etag).await != Some(remote.size) {
             self.fetch_blob(file, &remote, &blob).await?;
         }
+        cache
+            .record_size(&file.repo, &remote.etag, remote.size)
+            .await;
         let path = cache
             .link(file, &remote.commit, &remote.etag)
             .await
@@ -576,6 +837,7 @@ impl HubClient {
         let plan = Plan::for_size(remote.size, s.max_connections, s.chunk_size);
         let token = self.token().await;
         let transfer = Transfer {
+            http: &self.inner.http,
             cache: &self.inner.cache,
             endpoint: &s.endpoint,
             token,
@@ -594,46 +856,19 @@ impl HubClient {
         .await
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or has failed
-    /// transiently `max_retries + 1` times in a row without progress.
-    async fn with_retries<T, F, Fut>(&self, file: &HubFile, mut attempt: F) -> Result<T, HubError>
+    /// [`retry::with_retries`] with this client's backoff and events.
+    async fn with_retries<T, F, Fut>(&self, file: &HubFile, attempt: F) -> Result<T, HubError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure<HubError>>>,
     {
-        let backoff = self.inner.settings.backoff;
-        let mut failures = 0u32;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient {
-                    reason,
-                    retry_after,
-                    made_progress,
-                }) => {
-                    failures = if made_progress { 1 } else { failures + 1 };
-                    if failures > backoff.max_retries {
-                        return Err(HubError::Transfer {
-                            file: file.clone(),
-                            attempts,
-                            reason,
-                        });
-                    }
-                    let delay = backoff.delay(failures, retry_after);
-                    tracing::info!(%file, %reason, ?delay, "retrying");
-                    self.emit(HubEvent::Retrying {
-                        file: file.clone(),
-                        attempt: attempts,
-                        delay_ms: delay.as_millis() as u64,
-                        reason,
-                    });
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        retry::with_retries(
+            &self.inner.settings.backoff,
+            file,
+            self.events.as_ref(),
+            attempt,
+        )
+        .await
     }
 
     /// Waits until no other task of this client fetches `file`.
@@ -648,6 +883,26 @@ impl HubClient {
             file: file.clone(),
         }
     }
+}
+
+/// Hashes a blob on the blocking pool against the ETag it is named by:
+/// `Some(reason)` when it does not match.
+async fn hash_check(file: &HubFile, blob: &Path, etag: &str) -> Result<Option<String>, HubError> {
+    let (path, name) = (blob.to_path_buf(), etag.to_string());
+    let actual = tokio::task::spawn_blocking(move || digest::mismatch(&path, &name))
+        .await
+        .map_err(|e| io_err(file, blob)(std::io::Error::other(e)))?
+        .map_err(io_err(file, blob))?;
+    Ok(actual.map(|actual| {
+        let kind = match EtagKind::of(etag) {
+            EtagKind::Sha256 => "sha256",
+            _ => "git blob sha1",
+        };
+        format!(
+            "the {kind} of its blob {} is {actual}, not the {etag} it is named by",
+            blob.display()
+        )
+    }))
 }
 
 /// Names the file and the cache path in an I/O error.

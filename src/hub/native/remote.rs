@@ -1,10 +1,13 @@
-//! What the Hub says about a file before any byte moves: commit, ETag, size.
+//! What the Hub says about a file before any byte moves: commit, ETag, size,
+//! and where the bytes are. The token goes only to the endpoint's own origin
+//! (scheme, host and port), as Python `huggingface_hub` sends it: never to
+//! the CDN that the Hub redirects large files to.
 
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LOCATION};
-use reqwest::{StatusCode, Url};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LOCATION, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode, Url};
 
-use super::retry::{is_transient_status, retry_after, Failure};
 use super::Secret;
+use crate::hub::retry::{is_transient_status, parse_retry_after, Failure};
 use crate::hub::{HubError, HubFile};
 
 /// The metadata of one file at one commit.
@@ -16,45 +19,88 @@ pub(crate) struct RemoteFile {
     pub size: u64,
 }
 
+/// What one `HEAD` learnt: the metadata, and the URL that serves the bytes
+/// (the CDN's, when the Hub redirects there).
+#[derive(Clone, Debug)]
+pub(crate) struct Head {
+    pub remote: RemoteFile,
+    pub location: Url,
+}
+
 /// Renamed repositories answer with relative redirects; a few are plenty.
 const MAX_RELATIVE_REDIRECTS: usize = 5;
 
-/// One `HEAD` on the resolve URL (following only relative redirects, as Python
-/// does: an absolute one goes to the CDN, and the Hub's own headers are on it).
+/// True when both URLs have the same scheme, host and port.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// The endpoint as a URL, to compare origins with.
+pub(crate) fn endpoint_url(endpoint: &str) -> Result<Url, HubError> {
+    Url::parse(endpoint).map_err(|e| HubError::Config(format!("bad endpoint {endpoint}: {e}")))
+}
+
+/// Adds the token when `url` is on the endpoint's origin; says whether it did.
+pub(crate) fn authorize(
+    request: RequestBuilder,
+    url: &Url,
+    endpoint: &Url,
+    token: Option<&Secret>,
+) -> (RequestBuilder, bool) {
+    match token {
+        Some(token) if same_origin(url, endpoint) => (
+            request.header(AUTHORIZATION, format!("Bearer {}", token.expose())),
+            true,
+        ),
+        _ => (request, false),
+    }
+}
+
+/// One `HEAD` on the resolve URL, following only relative redirects, as
+/// Python does: an absolute one goes to the CDN, and the Hub's own headers
+/// are on it.
 pub(crate) async fn head(
     http: &reqwest::Client,
     endpoint: &str,
     token: Option<&Secret>,
     file: &HubFile,
-) -> Result<RemoteFile, Failure<HubError>> {
+) -> Result<Head, Failure<HubError>> {
+    let base = endpoint_url(endpoint).map_err(Failure::Fatal)?;
     let mut url = Url::parse(&file.resolve_url(endpoint))
         .map_err(|e| Failure::Fatal(HubError::Config(format!("bad endpoint {endpoint}: {e}"))))?;
     for _ in 0..=MAX_RELATIVE_REDIRECTS {
-        let mut request = http.head(url.clone());
-        if let Some(token) = token {
-            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
-        }
+        let (request, token_sent) = authorize(http.head(url.clone()), &url, &base, token);
         let response = request.send().await.map_err(|e| {
             Failure::transient(format!("HEAD {}: {}", strip_query(&url), describe(e)))
         })?;
         let status = response.status();
         let headers = response.headers();
         if status.is_redirection() {
-            if let Some(next) = relative_location(&url, headers) {
-                url = next;
-                continue;
+            match redirect(&url, headers) {
+                Some(Redirect::Relative(next)) => {
+                    url = next;
+                    continue;
+                }
+                Some(Redirect::Absolute(cdn)) => {
+                    let remote = parse_metadata(file, headers).map_err(Failure::Fatal)?;
+                    return Ok(Head {
+                        remote,
+                        location: cdn,
+                    });
+                }
+                None => {}
             }
         }
         if status.is_success() || status.is_redirection() {
-            return parse_metadata(file, headers).map_err(Failure::Fatal);
+            let remote = parse_metadata(file, headers).map_err(Failure::Fatal)?;
+            return Ok(Head {
+                remote,
+                location: url,
+            });
         }
-        return Err(classify_status(
-            file,
-            endpoint,
-            status,
-            headers,
-            token.is_some(),
-        ));
+        return Err(classify_status(file, endpoint, status, headers, token_sent));
     }
     Err(Failure::Fatal(HubError::Protocol {
         file: file.clone(),
@@ -75,7 +121,7 @@ pub(crate) fn classify_status(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let file = file.clone();
-    if is_transient_status(status) {
+    if is_transient_status(status.as_u16()) {
         return Failure::Transient {
             reason: format!("HTTP {status}"),
             retry_after: retry_after(headers),
@@ -126,16 +172,33 @@ fn parse_metadata(file: &HubFile, headers: &HeaderMap) -> Result<RemoteFile, Hub
     Ok(RemoteFile { commit, etag, size })
 }
 
-fn relative_location(base: &Url, headers: &HeaderMap) -> Option<Url> {
+/// `Retry-After`, as delta-seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, crate::hub::retry::now())
+}
+
+/// Where a redirect points.
+pub(crate) enum Redirect {
+    /// On the same origin: followed, with the token.
+    Relative(Url),
+    /// Elsewhere (the CDN); a protocol-relative `//host/...` counts as elsewhere.
+    Absolute(Url),
+}
+
+pub(crate) fn redirect(base: &Url, headers: &HeaderMap) -> Option<Redirect> {
     let location = headers.get(LOCATION)?.to_str().ok()?;
-    if Url::parse(location).is_ok() {
-        return None; // absolute: the CDN
-    }
-    base.join(location).ok()
+    let next = base.join(location).ok()?;
+    let relative = Url::parse(location).is_err() && !location.starts_with("//");
+    Some(if relative && same_origin(base, &next) {
+        Redirect::Relative(next)
+    } else {
+        Redirect::Absolute(next)
+    })
 }
 
 /// Signed CDN URLs carry credentials in their query; never print those.
-fn strip_query(url: &Url) -> String {
+pub(crate) fn strip_query(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.to_string()
@@ -166,6 +229,52 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_endpoints_origin() {
+        let endpoint = Url::parse("https://huggingface.co").unwrap();
+        let resolve = Url::parse("https://huggingface.co/o/n/resolve/main/f").unwrap();
+        let follow = |location: &'static str| match redirect(
+            &resolve,
+            &headers(&[("location", location)]),
+        ) {
+            Some(Redirect::Relative(u)) => ("relative", u.to_string()),
+            Some(Redirect::Absolute(u)) => ("absolute", u.to_string()),
+            None => ("none", String::new()),
+        };
+        assert_eq!(
+            follow("/o/renamed/resolve/main/f"),
+            (
+                "relative",
+                "https://huggingface.co/o/renamed/resolve/main/f".into()
+            )
+        );
+        assert_eq!(follow("//cdn.example/x").0, "absolute");
+        assert_eq!(follow("https://cdn-lfs.hf.co/x?sig=1").0, "absolute");
+
+        let sent = |url: &str| {
+            let url = Url::parse(url).unwrap();
+            let secret = Secret("hf_x".into());
+            let (request, sent) = authorize(
+                reqwest::Client::new().get(url.clone()),
+                &url,
+                &endpoint,
+                Some(&secret),
+            );
+            let has_header = request
+                .build()
+                .unwrap()
+                .headers()
+                .contains_key(AUTHORIZATION);
+            assert_eq!(sent, has_header);
+            sent
+        };
+        assert!(sent("https://huggingface.co/o/n/resolve/main/f"));
+        assert!(sent("https://huggingface.co:443/x"), "the default port");
+        assert!(!sent("https://cdn-lfs.huggingface.co/x"), "another host");
+        assert!(!sent("http://huggingface.co/x"), "another scheme");
+        assert!(!sent("https://huggingface.co:8443/x"), "another port");
     }
 
     #[test]
