@@ -19,8 +19,8 @@
 #
 # Settings (environment), with the GPU run's defaults:
 #   SIZE=real  DEVICE=cuda  SIDE=1024  BIG_SIDE=2048  STEPS=4  QUANTS=q8_0,q4_0
-#   WORK=/dev/shm/schnell-gpu-bench (one set of weights at a time: at most
-#   about 34 GB at real size)
+#   WORK=/dev/shm/schnell-gpu-bench, or /tmp/... if /dev/shm has under 40 GB
+#   free (one set of weights at a time: at most about 34 GB at real size)
 #   SCHNELL_BIN (default: .gpu/schnell.xz, unpacked)  PYTHON=python3
 #   OUT=$OUT or ./gpu-bench-out
 #   SKIP_F32=1, SKIP_DIFFUSERS=1 leave those runs out.
@@ -54,7 +54,18 @@ run() {
     # bf16 convolution.
     local dtype="${DTYPE:-$([ "${DEVICE:-cuda}" = cuda ] && echo bf16 || echo f32)}"
     local bin="${SCHNELL_BIN:-/tmp/schnell-gpu-bench/schnell}" python="${PYTHON:-python3}"
-    local work="${WORK:-/dev/shm/schnell-gpu-bench}"
+    # The weights go to memory if /dev/shm has room for the largest set
+    # (about 34 GB at real size), else to disk.
+    local work="${WORK:-}"
+    if [ -z "$work" ]; then
+        local shm_free
+        shm_free="$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ' || echo 0)"
+        if [ "${shm_free:-0}" -ge 40 ]; then
+            work=/dev/shm/schnell-gpu-bench
+        else
+            work=/tmp/schnell-gpu-bench
+        fi
+    fi
     local out="${OUT:-$PWD/gpu-bench-out}"
     mkdir -p "$out" "$work"
     if [ -z "${SCHNELL_BIN:-}" ]; then
