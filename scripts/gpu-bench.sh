@@ -12,9 +12,9 @@
 #          bf16 safetensors, Q8_0 and Q4_0 GGUF, with T5 to match;
 #       2. points an offline Hugging Face cache at them (no copies);
 #       3. runs scripts/gpu_bench.py: `schnell serve` in bf16 (1024², 2048²),
-#          Q8_0 and Q4_0 (1024²) and f32 (1024², 2048²), then FluxPipeline in
-#          bf16 at 1024² from the same files and initial noise; per-step and
-#          total times, peak GPU memory, PSNR between the images;
+#          FluxPipeline in bf16 at 1024² from the same files and initial
+#          noise, schnell in f32 (1024², 2048²), then Q8_0 and Q4_0 (1024²);
+#          per-step and total times, peak GPU memory, PSNR between the images;
 #       4. leaves results.md, results.json, the logs and the images in $OUT.
 #
 # Settings (environment), with the GPU run's defaults:

@@ -30,7 +30,8 @@ if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL, selenium' 2>/de
     "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow selenium
 fi
 
-if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null || ! [ -x /usr/sbin/nginx ]; then
     step "installing chromium, chromium-driver and nginx"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver nginx-light

@@ -49,6 +49,13 @@ async fn an_image_beyond_the_memory_limit_is_refused_with_the_largest_that_fits(
         "{message}"
     );
     assert_eq!(s.steps_run(), steps_before, "nothing ran");
+    // Streamed, the same 400 comes before any event.
+    let mut streamed = request(&format!("{too_large}x{too_large}"), 1);
+    streamed["stream"] = serde_json::json!(true);
+    let r = s.post(streamed).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "image_too_large", "{body}");
 
     // Just beyond the planned size the whole decode would not fit: it runs,
     // decoded in tiles.

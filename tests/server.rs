@@ -426,6 +426,56 @@ fn trickle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_response_is_cut_off() {
+    let s = start_with(
+        tiny_models(),
+        ServerConfig::default(),
+        ServeOptions {
+            idle_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        true,
+        |_| {},
+    )
+    .await;
+    // A 7.6 MB file, more than the kernel buffers while nobody reads.
+    let path = "/hub/black-forest-labs/FLUX.1-schnell/resolve/main/flux1-schnell.safetensors";
+    let size = std::fs::metadata(
+        tiny_models().join("black-forest-labs/FLUX.1-schnell/flux1-schnell.safetensors"),
+    )
+    .unwrap()
+    .len() as usize;
+    let mut stalled = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        stalled
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    // Not reading, for several times the timeout (the timeout is what is tested).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let health = s.get("/healthz").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    // Now reading: what the kernel had buffered, then the end, well short
+    // of the whole file.
+    let mut got = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection stayed open");
+    assert!(got < size, "the whole file arrived ({got} of {size} bytes)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let s = start_with(
         tiny_models(),

@@ -227,6 +227,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         (&["h"], 3600.0),
     ];
     let seconds = parse_quantity(s, UNITS, "duration", "30s, 2m or 500ms")?;
+    // A zero timeout would close every connection before its first request.
+    if seconds == 0.0 {
+        return Err(format!("{s:?}: a duration must be more than zero"));
+    }
     std::time::Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is too long"))
 }
 
@@ -525,6 +529,7 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("soon").is_err());
     }

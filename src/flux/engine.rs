@@ -123,24 +123,27 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a failed start may mend itself: the network, the Hub's servers
-/// and the disk may; a missing licence, a wrong name, a bad config or a
-/// model too large for the device will not.
-fn worth_retrying(e: &FluxError) -> bool {
-    fn hub(e: &HubError) -> bool {
+/// Whether a failed start may mend itself, and how many attempts it gets:
+/// the network, the Hub's servers and a full disk may mend, so they get as
+/// many as it takes; an answer that is wrong in itself (a checksum
+/// mismatch, no byte ranges) only a few, since each attempt may fetch
+/// gigabytes again; a missing licence, a wrong name, a bad config or a
+/// model too large for the device none.
+fn attempts_allowed(e: &FluxError) -> Option<u32> {
+    fn hub(e: &HubError) -> Option<u32> {
         match e {
             HubError::Transfer { .. }
             | HubError::Http { .. }
-            | HubError::Protocol { .. }
-            | HubError::Integrity { .. }
-            | HubError::Io { .. } => true,
-            HubError::Many(errors) => errors.iter().any(hub),
-            _ => false,
+            | HubError::Io { .. }
+            | HubError::DiskFull { .. } => Some(u32::MAX),
+            HubError::Protocol { .. } | HubError::Integrity { .. } => Some(3),
+            HubError::Many(errors) => errors.iter().filter_map(hub).max(),
+            _ => None,
         }
     }
     match e {
         FluxError::Hub(e) => hub(e),
-        _ => false,
+        _ => None,
     }
 }
 
@@ -355,6 +358,13 @@ impl FluxSchnell {
         Ok(plan.clone())
     }
 
+    /// Refuses an image that would not fit in memory, as `generate` would,
+    /// so that a server can answer before it starts a stream. Before the
+    /// model is planned every size passes.
+    pub fn check_size(&self, width: u32, height: u32) -> Result<(), FluxError> {
+        self.check_fits(width, height).map(drop)
+    }
+
     /// How a request's image will be decoded, or its refusal if it would
     /// not fit in memory either way.
     fn check_fits(&self, width: u32, height: u32) -> Result<VaeDecode, FluxError> {
@@ -438,7 +448,7 @@ impl FluxSchnell {
     }
 
     /// [`FluxSchnell::prepare`], tried again after failures that may mend
-    /// themselves (see `worth_retrying`), with backoff, until it succeeds;
+    /// themselves (see `attempts_allowed`), with backoff, until it succeeds;
     /// `status().retry` says when the next attempt is. Other failures end it.
     pub async fn prepare_until_ready(&self, policy: RetryPolicy) -> Result<(), Arc<FluxError>> {
         let mut delay = policy.first;
@@ -446,7 +456,7 @@ impl FluxSchnell {
         loop {
             let result = self.prepare().await;
             let retry = match &result {
-                Err(e) if worth_retrying(e) => {
+                Err(e) if attempts_allowed(e).is_some_and(|n| failed + 1 < n) => {
                     failed += 1;
                     Some(NextAttempt {
                         failed,

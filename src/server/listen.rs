@@ -203,6 +203,8 @@ enum Closed {
     Idle,
     HeaderTimeout,
     Evicted,
+    /// The client stopped reading its response.
+    WriteStalled,
 }
 
 async fn serve_connection(
@@ -267,14 +269,20 @@ async fn serve_connection(
 }
 
 /// Resolves when the connection should be closed: idle too long, a request
-/// head too slow, or evicted to make room. Never while a request is in flight.
+/// head too slow, evicted to make room, or, with a request in flight, its
+/// client no longer reading the response.
 async fn watchdog(conn: &Conn, options: &ServeOptions) -> Closed {
     loop {
         let notified = conn.changed.notified();
         let deadline = {
             let state = conn.state.lock().expect("not poisoned");
             if state.active > 0 {
-                None
+                // In flight: only a client that stopped reading is cut off,
+                // after as long as an idle one would be; a slow generation
+                // writes nothing and is never at fault.
+                state
+                    .write_blocked_since
+                    .map(|since| (since + options.idle_timeout, Closed::WriteStalled))
             } else if state.evicted {
                 return Closed::Evicted;
             } else if let Some(since) = state.head_since {
@@ -315,6 +323,7 @@ impl Registry {
                 idle_since: Instant::now(),
                 head_since: None,
                 evicted: false,
+                write_blocked_since: None,
             }),
             changed: Notify::new(),
         });
@@ -378,6 +387,9 @@ struct ConnState {
     head_since: Option<Instant>,
     /// Asked to close to make room for another connection.
     evicted: bool,
+    /// Since when the socket has refused more of a response (the client is
+    /// not reading); `None` while writes go through.
+    write_blocked_since: Option<Instant>,
 }
 
 impl Conn {
@@ -464,13 +476,31 @@ impl AsyncRead for Tracked {
     }
 }
 
+impl Tracked {
+    /// Notes when writes start to block, and that they flow again.
+    fn note_write(&self, blocked: bool) {
+        let mut state = self.conn.state.lock().expect("not poisoned");
+        match (blocked, state.write_blocked_since) {
+            (true, None) => {
+                state.write_blocked_since = Some(Instant::now());
+                drop(state);
+                self.conn.changed.notify_one();
+            }
+            (false, Some(_)) => state.write_blocked_since = None,
+            _ => {}
+        }
+    }
+}
+
 impl AsyncWrite for Tracked {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note_write(result.is_pending());
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -486,7 +516,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note_write(result.is_pending());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -124,9 +124,9 @@ def main(schnell: str) -> int:
                                       "--max-queue", "8", "--image-dir", str(work / "images"),
                                       "--public-url", lb, env=env)
             replicas.append((proc, url))
+        # Each becomes ready from the shared cache alone (wait_ready fails otherwise).
         for _, url in replicas:
             wait_ready(url)
-        check("both replicas load from the shared cache offline", True)
 
         proxy = subprocess.Popen([nginx, "-p", str(work), "-c", str(nginx_config(work, port, [u for _, u in replicas]))],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -44,9 +44,11 @@ impl Plan {
         let max_chunk = max_chunk.max(1);
         let min_chunk = MIN_CHUNK.min(max_chunk);
         let connections = (size.div_ceil(min_chunk) as usize).clamp(1, max_connections.max(1));
-        let per_wave = connections as u64 * max_chunk;
+        let per_wave = (connections as u64).saturating_mul(max_chunk);
         let waves = size.div_ceil(per_wave).max(1);
-        let chunk_size = size.div_ceil(connections as u64 * waves).max(1);
+        let chunk_size = size
+            .div_ceil((connections as u64).saturating_mul(waves))
+            .max(1);
         Plan {
             connections,
             chunk_size,
