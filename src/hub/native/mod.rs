@@ -510,14 +510,21 @@ impl HubClient {
             return Ok(Verification::Damaged { reason });
         }
         tracing::warn!(%file, %reason, "damaged in the cache; downloading it again");
-        self.discard_blob(file, &etag).await?;
+        self.discard_blob(file, &etag, Damage::Content).await?;
         self.files(&[file.clone().at_revision(&found.commit)])
             .await?;
         Ok(Verification::Repaired { reason })
     }
 
-    /// Deletes a damaged blob, holding its lock, so that it is fetched again.
-    async fn discard_blob(&self, file: &HubFile, etag: &str) -> Result<(), HubError> {
+    /// Deletes a damaged blob, holding its lock, so that it is fetched again;
+    /// unless, checked again under the lock as `damage` found it, another
+    /// task or process has repaired it meanwhile.
+    async fn discard_blob(
+        &self,
+        file: &HubFile,
+        etag: &str,
+        damage: Damage,
+    ) -> Result<(), HubError> {
         let cache = &self.inner.cache;
         let lock_path = cache.lock_path(&file.repo, etag);
         let _lock = cache
@@ -525,6 +532,19 @@ impl HubClient {
             .await
             .map_err(io_err(file, &lock_path))?;
         let blob = cache.blob_path(&file.repo, etag);
+        let repaired = match damage {
+            Damage::Size => {
+                let size = tokio::fs::metadata(&blob).await.ok().map(|m| m.len());
+                size.is_some() && size == cache.recorded_size(&file.repo, etag).await
+            }
+            Damage::Content => {
+                tokio::fs::metadata(&blob).await.is_ok()
+                    && hash_check(file, &blob, etag).await?.is_none()
+            }
+        };
+        if repaired {
+            return Ok(());
+        }
         cache
             .remove_blob(&file.repo, etag)
             .await
@@ -631,7 +651,7 @@ impl HubClient {
             } => {
                 tracing::warn!(%file, %reason, "damaged in the cache; fetching it again");
                 if !self.is_offline() {
-                    self.discard_blob(file, &etag).await?;
+                    self.discard_blob(file, &etag, Damage::Size).await?;
                 }
                 // The same content again, whatever the revision points to now.
                 at = file.clone().at_revision(commit);
@@ -887,6 +907,16 @@ impl HubClient {
 
 /// Hashes a blob on the blocking pool against the ETag it is named by:
 /// `Some(reason)` when it does not match.
+/// How a blob was found damaged, so that it can be checked again the same way.
+#[derive(Clone, Copy)]
+enum Damage {
+    /// Its size is not the recorded one (or, unrecorded, its hash failed:
+    /// a repair records the size).
+    Size,
+    /// Its content does not hash to its name (`verify`).
+    Content,
+}
+
 async fn hash_check(file: &HubFile, blob: &Path, etag: &str) -> Result<Option<String>, HubError> {
     let (path, name) = (blob.to_path_buf(), etag.to_string());
     let actual = tokio::task::spawn_blocking(move || digest::mismatch(&path, &name))
