@@ -5,24 +5,38 @@
 //!
 //! `cargo run --example test_mirror -- DIR`
 
+// Native tooling: built for wasm32 too (by `wasm-pack test`, which builds
+// the examples), where it does nothing.
+fn main() {
+    #[cfg(not(target_arch = "wasm32"))]
+    native::main();
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-fn main() {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: test_mirror DIR"));
-    let repo = dir.join("acme/tiny");
-    std::fs::create_dir_all(repo.join("tokenizer")).unwrap();
-    std::fs::write(repo.join("config.json"), b"{\"hidden_size\": 8}\n").unwrap();
-    support::write_random(&repo.join("tokenizer/tokenizer.json"), 40_000, 1);
-    support::write_random(&repo.join("model.safetensors"), 300_000, 2);
-    // For the retry tests, which make the mirror answer 503 for it (`/__fail`).
-    std::fs::create_dir_all(repo.join("retry")).unwrap();
-    std::fs::write(repo.join("retry/flaky.json"), b"{\"flaky\": true}\n").unwrap();
-    // The tiny models' tokenizers, for token counting in the browser.
-    schnell::dev::write_tiny_models(&dir).unwrap();
-    let hub = support::TestHub::start(&dir);
-    println!("{}", hub.endpoint);
-    loop {
-        std::thread::park();
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use super::support;
+
+    pub fn main() {
+        let dir =
+            std::path::PathBuf::from(std::env::args().nth(1).expect("usage: test_mirror DIR"));
+        let repo = dir.join("acme/tiny");
+        std::fs::create_dir_all(repo.join("tokenizer")).unwrap();
+        std::fs::write(repo.join("config.json"), b"{\"hidden_size\": 8}\n").unwrap();
+        support::write_random(&repo.join("tokenizer/tokenizer.json"), 40_000, 1);
+        support::write_random(&repo.join("model.safetensors"), 300_000, 2);
+        // For the retry tests, which make the mirror answer 503 for it (`/__fail`).
+        std::fs::create_dir_all(repo.join("retry")).unwrap();
+        std::fs::write(repo.join("retry/flaky.json"), b"{\"flaky\": true}\n").unwrap();
+        // The tiny models' tokenizers, for token counting in the browser.
+        schnell::dev::write_tiny_models(&dir).unwrap();
+        let hub = support::TestHub::start(&dir);
+        println!("{}", hub.endpoint);
+        loop {
+            std::thread::park();
+        }
     }
 }

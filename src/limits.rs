@@ -29,9 +29,42 @@ pub fn check_steps(value: u32) -> Result<(), String> {
     }
 }
 
+/// The largest seed: 2^53 - 1, the largest integer every JSON reader keeps
+/// exactly (JavaScript's numbers are f64). A larger one would come back to a
+/// browser as another number, and its image could not be made again.
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+/// A seed a client chose.
+pub fn check_seed(value: u64) -> Result<(), String> {
+    if value <= MAX_SEED {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value} is above {MAX_SEED} (2^53 - 1), the largest integer JavaScript reads exactly"
+        ))
+    }
+}
+
+/// The seed after `seed` for the next of `n` images: counts up, and wraps
+/// within the range.
+pub fn next_seed(seed: u64) -> u64 {
+    (seed + 1) & MAX_SEED
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_stay_where_javascript_reads_them_exactly() {
+        assert!(check_seed(MAX_SEED).is_ok());
+        let e = check_seed(10921885008857042145).unwrap_err();
+        assert!(e.contains("2^53 - 1"), "{e}");
+        assert_eq!(next_seed(MAX_SEED), 0);
+        assert_eq!(next_seed(7), 8);
+        // What a JavaScript client sees of the largest seed is that seed.
+        assert_eq!(MAX_SEED as f64 as u64, MAX_SEED);
+    }
 
     #[test]
     fn sides_and_steps() {

@@ -298,6 +298,33 @@ async fn disconnecting_cancels_the_job_and_frees_the_queue() {
     assert!(ran < 50, "the abandoned request ran all {ran} steps");
 }
 
+#[tokio::test]
+async fn seeds_stay_within_what_javascript_reads_exactly() {
+    let s = ready(ServerConfig::default()).await;
+    let max = schnell::limits::MAX_SEED;
+    // Drawn: a random u64 would be above 2^53 - 1 but once in 2048.
+    let body: Value = s
+        .post(json!({ "prompt": "x", "size": "256x256", "steps": 1, "n": 3 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for item in body["data"].as_array().unwrap() {
+        assert!(item["seed"].as_u64().unwrap() <= max, "{item}");
+    }
+    // Asked for: refused beyond, naming the field.
+    let r = s
+        .post(json!({ "prompt": "x", "size": "256x256", "seed": 10921885008857042145u64 }))
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "seed", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("2^53"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_during_the_vae_decode_stops_it() {
     let s = ready(ServerConfig::default()).await;

@@ -12,7 +12,7 @@
 mod gguf;
 mod random;
 mod safetensors;
-mod tokenizers;
+pub(crate) mod tokenizers;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

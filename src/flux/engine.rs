@@ -519,7 +519,7 @@ impl FluxSchnell {
                     return;
                 }
             };
-            let seed = request.seed.unwrap_or_else(rand::random);
+            let seed = request.seed.unwrap_or_else(super::request::random_seed);
             let job = Job::Generate {
                 local,
                 request,

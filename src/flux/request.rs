@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::FluxError;
 use crate::hub::HubEvent;
 
-use crate::limits::{check_side, check_steps};
+use crate::limits::{check_seed, check_side, check_steps, MAX_SEED};
 pub use crate::limits::{DEFAULT_STEPS, MAX_SIDE, MAX_STEPS, MIN_SIDE};
 
 /// One text-to-image request.
@@ -73,6 +73,12 @@ impl GenerateRequest {
             field: "steps",
             reason,
         })?;
+        if let Some(seed) = self.seed {
+            check_seed(seed).map_err(|reason| FluxError::InvalidRequest {
+                field: "seed",
+                reason,
+            })?;
+        }
         if self.prompt.trim().is_empty() {
             return Err(FluxError::InvalidRequest {
                 field: "prompt",
@@ -81,6 +87,12 @@ impl GenerateRequest {
         }
         Ok(())
     }
+}
+
+/// A random seed, at most [`MAX_SEED`], so that a JavaScript client reads
+/// back exactly the seed that made its image.
+pub fn random_seed() -> u64 {
+    rand::random::<u64>() & MAX_SEED
 }
 
 /// Which model part is being loaded.

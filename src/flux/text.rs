@@ -91,10 +91,15 @@ impl Tokenizers {
             "CLIP",
             &mut warnings,
         );
-        // The end token must be where pooling looks, even if the tokenizer
-        // added none.
-        let clip_end = clip_len.saturating_sub(1);
-        clip[clip_end] = self.clip_end;
+        // The sequence ends with the end token, even if the tokenizer added
+        // none; CLIP pools at the first end token, as transformers does, so
+        // a prompt that spells out `<|endoftext|>` pools there.
+        let last = clip_len.saturating_sub(1);
+        clip[last] = self.clip_end;
+        let clip_end = clip[..=last]
+            .iter()
+            .position(|&id| id == self.clip_end)
+            .unwrap_or(last);
         Ok(PromptTokens {
             t5,
             clip,
@@ -279,6 +284,38 @@ mod tests {
     fn named(dir: &std::path::Path, file: HubFile) -> Named {
         let path = dir.join(&file.repo).join(&file.path);
         Named { file, path }
+    }
+
+    #[test]
+    fn clip_pools_at_the_first_end_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: Vec<u8>| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Named {
+                file: HubFile::new("acme/tokenizers", name),
+                path,
+            }
+        };
+        let t5 = write("t5.json", crate::dev::tokenizers::t5_tokenizer().unwrap().0);
+        let clip = write(
+            "clip.json",
+            crate::dev::tokenizers::clip_tokenizer().unwrap().0,
+        );
+        let tokenizers = Tokenizers::load(&t5, &clip).unwrap();
+
+        let plain = tokenizers.tokenize("a red fox").unwrap();
+        assert_eq!(plain.clip[plain.clip_end], tokenizers.clip_end);
+        assert!(plain.clip_end > 1, "pools after the words");
+
+        let spelled = tokenizers.tokenize("a <|endoftext|> red fox").unwrap();
+        assert_eq!(spelled.clip[spelled.clip_end], tokenizers.clip_end);
+        assert!(
+            spelled.clip_end < plain.clip_end,
+            "pools at the spelled-out end token ({}), not the last ({})",
+            spelled.clip_end,
+            plain.clip_end
+        );
     }
 
     /// city96's T5 files use llama.cpp's names. Loaded through the name map,

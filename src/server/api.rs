@@ -246,7 +246,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
     let _permit = permit;
     let mut data = Vec::new();
     let mut request = checked.request.clone();
-    let mut seed = request.seed.unwrap_or_else(rand::random);
+    let mut seed = request.seed.unwrap_or_else(crate::flux::random_seed);
     let mut timings = Vec::new();
     for _ in 0..checked.n {
         request.seed = Some(seed);
@@ -277,7 +277,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
         }
         data.push(item);
         timings.push(timings_json(&t));
-        seed = seed.wrapping_add(1);
+        seed = crate::limits::next_seed(seed);
     }
     Json(json!({
         "created": unix_now(),

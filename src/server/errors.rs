@@ -121,6 +121,7 @@ impl ApiError {
                 let param = match *field {
                     "width" | "height" => "size",
                     "steps" => "steps",
+                    "seed" => "seed",
                     "prompt" => "prompt",
                     _ => "request",
                 };
