@@ -667,15 +667,7 @@ impl HubClient {
         }
         let token = self.token().await;
         let remote = self
-            .with_retries(file, || async {
-                let _permit = self
-                    .inner
-                    .connections
-                    .acquire()
-                    .await
-                    .expect("never closed");
-                remote::head(&self.inner.http, self.endpoint(), token, &at).await
-            })
+            .with_retries(file, || self.head(token, &at))
             .await?
             .remote;
         self.emit(HubEvent::Queued {
@@ -683,6 +675,21 @@ impl HubClient {
             size: remote.size,
         });
         Ok(Lookup::Remote(remote))
+    }
+
+    /// One `HEAD` for `at`, within the connection budget.
+    async fn head(
+        &self,
+        token: Option<&Secret>,
+        at: &HubFile,
+    ) -> Result<remote::Head, Failure<HubError>> {
+        let _permit = self
+            .inner
+            .connections
+            .acquire()
+            .await
+            .expect("never closed");
+        remote::head(&self.inner.http, self.endpoint(), token, at).await
     }
 
     fn cache_hit(&self, hit: FetchedFile) -> Lookup {
@@ -705,15 +712,7 @@ impl HubClient {
     ) -> Result<Lookup, HubError> {
         let token = self.token().await;
         let at = file.clone().at_revision(commit);
-        let head = {
-            let _permit = self
-                .inner
-                .connections
-                .acquire()
-                .await
-                .expect("never closed");
-            remote::head(&self.inner.http, self.endpoint(), token, &at).await
-        };
+        let head = self.head(token, &at).await;
         match head {
             Ok(head)
                 if head.remote.size == hit.size
