@@ -141,6 +141,8 @@ pub struct Faults {
     pub corrupt: Mutex<HashMap<String, usize>>,
     /// Per-response bandwidth cap in bytes/s, and latency before each answer.
     pub throttle: Mutex<Option<(f64, Duration)>>,
+    /// A bandwidth cap shared by every response: the link.
+    pub link: Mutex<Option<Arc<Link>>>,
     pub gate: Mutex<Option<Arc<Gate>>>,
 }
 
@@ -178,6 +180,13 @@ impl Faults {
     pub fn throttle(&self, bytes_per_sec: f64, latency: Duration) {
         *self.throttle.lock().unwrap() = Some((bytes_per_sec, latency));
     }
+    /// Caps all responses together at `bytes_per_sec`, as one link would.
+    pub fn link(&self, bytes_per_sec: f64) {
+        *self.link.lock().unwrap() = Some(Arc::new(Link {
+            rate: bytes_per_sec,
+            free_at: Mutex::new(tokio::time::Instant::now()),
+        }));
+    }
     pub fn gate(&self, want: usize, timeout: Duration) -> Arc<Gate> {
         let gate = Arc::new(Gate {
             want,
@@ -198,6 +207,22 @@ impl Faults {
             }
             _ => false,
         }
+    }
+}
+
+/// A bandwidth cap shared by all responses: each piece reserves its time on
+/// the link, first come first served, and is sent when that time has passed.
+pub struct Link {
+    rate: f64,
+    free_at: Mutex<tokio::time::Instant>,
+}
+
+impl Link {
+    fn reserve(&self, bytes: usize) -> tokio::time::Instant {
+        let mut free_at = self.free_at.lock().unwrap();
+        let start = (*free_at).max(tokio::time::Instant::now());
+        *free_at = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+        *free_at
     }
 }
 
@@ -444,6 +469,7 @@ async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Respon
         }
     };
     let corrupt = Faults::take(&f.corrupt, &seen.file);
+    let link = f.link.lock().unwrap().clone();
     let (parts, body) = response.into_parts();
     let body = shape(
         body,
@@ -452,6 +478,7 @@ async fn inject(State(s): State<Shared>, request: Request, next: Next) -> Respon
         drop_after,
         corrupt,
         throttle.map(|t| t.0),
+        link,
     );
     Response::from_parts(parts, body)
 }
@@ -474,6 +501,7 @@ fn shape(
     drop_after: Option<u64>,
     mut corrupt: bool,
     rate: Option<f64>,
+    link: Option<Arc<Link>>,
 ) -> Body {
     let state = Shaping {
         inner: body.into_data_stream(),
@@ -485,6 +513,7 @@ fn shape(
     };
     let stream = futures::stream::unfold(state, move |mut st| {
         let file = file.clone();
+        let link = link.clone();
         let corrupt_now = std::mem::take(&mut corrupt);
         async move {
             if st.done {
@@ -514,10 +543,14 @@ fn shape(
                 m[0] ^= 0xff;
                 piece = m.freeze();
             }
+            let mut due = st.start;
             if let Some(rate) = rate {
-                let due = Duration::from_secs_f64((st.sent + n as u64) as f64 / rate);
-                tokio::time::sleep_until(st.start + due).await;
+                due += Duration::from_secs_f64((st.sent + n as u64) as f64 / rate);
             }
+            if let Some(link) = link {
+                due = due.max(link.reserve(n));
+            }
+            tokio::time::sleep_until(due).await;
             st.sent += n as u64;
             *st.in_flight.0.sent.lock().unwrap().entry(file).or_default() += n as u64;
             Some((Ok(piece), st))

@@ -8,6 +8,9 @@
 //! verified against its ETag, and only then renamed into the cache.
 
 mod cache;
+mod connections;
+mod partial;
+mod prefix_hash;
 mod remote;
 mod transfer;
 
@@ -22,13 +25,17 @@ use futures::future::join_all;
 use tokio::sync::{OnceCell, Semaphore};
 
 use self::cache::HubCache;
-use self::remote::RemoteFile;
-use self::transfer::{Plan, Transfer};
+use self::connections::Connections;
+use self::transfer::{Transfer, Transferred};
 use super::digest::{self, EtagKind};
 use super::retry::{self, Backoff, Failure};
 use crate::hub::{EventSink, HubError, HubEvent, HubFile};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Connections a client starts with, and the most it grows to by default.
+const INITIAL_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 64;
 
 /// A token that never shows itself in `Debug` output or logs.
 #[derive(Clone)]
@@ -114,10 +121,10 @@ impl HubClientBuilder {
             cache_dir: cache_dir.into(),
             token: TokenSource::Given(None),
             offline: false,
-            max_connections: 8,
-            // Each range costs one request and its latency; 8 MiB ranges keep
-            // that small while a file still spreads over all connections
-            // (BENCHMARKS.md has the trade-off).
+            max_connections: MAX_CONNECTIONS,
+            // Each range costs one request and its latency, and a file's
+            // ranges in flight are what its sha256 waits for at the end:
+            // 8 MiB (4 to 8, varied) balances the two (BENCHMARKS.md).
             chunk_size: 8 << 20,
             backoff: Backoff::default(),
             stall_timeout: Duration::from_secs(60),
@@ -171,14 +178,18 @@ impl HubClientBuilder {
         self
     }
 
-    /// Connections shared by all downloads of this client (default 8).
+    /// The most connections all downloads of this client share (default 64).
+    /// They start at 16 (or `n`, if fewer) and grow while throughput still
+    /// rises with them.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
     }
 
-    /// The largest byte range one connection asks for (default 8 MiB). A large
-    /// file is split into ranges of at most this size, fetched in parallel.
+    /// The largest byte range one request asks for (default 8 MiB). A large
+    /// file is split into ranges of half to all of this size, fetched in
+    /// parallel; at its end, idle connections take over the end of ranges
+    /// still in flight.
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = bytes.max(1);
         self
@@ -221,7 +232,10 @@ impl HubClientBuilder {
         Ok(HubClient {
             inner: Arc::new(Inner {
                 cache: HubCache::new(self.cache_dir.clone()),
-                connections: Arc::new(Semaphore::new(self.max_connections)),
+                connections: Connections::new(
+                    INITIAL_CONNECTIONS.min(self.max_connections),
+                    self.max_connections,
+                ),
                 busy: Mutex::default(),
                 token,
                 http,
@@ -244,7 +258,7 @@ struct Inner {
     settings: HubClientBuilder,
     http: reqwest::Client,
     cache: HubCache,
-    connections: Arc<Semaphore>,
+    connections: Connections,
     /// One async lock per file being fetched, so concurrent callers wait for
     /// the first instead of downloading again.
     busy: Mutex<HashMap<HubFile, Arc<tokio::sync::Mutex<()>>>>,
@@ -299,7 +313,8 @@ impl FetchedFile {
 /// What step one found out about a file.
 enum Lookup {
     Cached(FetchedFile),
-    Remote(RemoteFile),
+    /// To download, from where the `HEAD` that found it said.
+    Remote(remote::Head),
 }
 
 /// What the cache holds for a file, as far as it can tell without a request.
@@ -584,14 +599,14 @@ impl HubClient {
         // long transfers start at once and the small ones fill in at the end.
         pending.sort_by_key(|(_, lookup)| {
             std::cmp::Reverse(match lookup {
-                Ok(Lookup::Remote(remote)) => remote.size,
+                Ok(Lookup::Remote(head)) => head.remote.size,
                 _ => 0,
             })
         });
         let results = join_all(pending.into_iter().map(|(file, lookup)| async move {
             match lookup? {
                 Lookup::Cached(hit) => Ok(hit),
-                Lookup::Remote(remote) => self.download(&file, remote).await,
+                Lookup::Remote(head) => self.download(&file, head).await,
             }
         }))
         .await;
@@ -666,15 +681,12 @@ impl HubClient {
             });
         }
         let token = self.token().await;
-        let remote = self
-            .with_retries(file, || self.head(token, &at))
-            .await?
-            .remote;
+        let head = self.with_retries(file, || self.head(token, &at)).await?;
         self.emit(HubEvent::Queued {
             file: file.clone(),
-            size: remote.size,
+            size: head.remote.size,
         });
-        Ok(Lookup::Remote(remote))
+        Ok(Lookup::Remote(head))
     }
 
     /// One `HEAD` for `at`, within the connection budget.
@@ -683,12 +695,7 @@ impl HubClient {
         token: Option<&Secret>,
         at: &HubFile,
     ) -> Result<remote::Head, Failure<HubError>> {
-        let _permit = self
-            .inner
-            .connections
-            .acquire()
-            .await
-            .expect("never closed");
+        let _turn = self.inner.connections.acquire(0).await;
         remote::head(&self.inner.http, self.endpoint(), token, at).await
     }
 
@@ -736,7 +743,7 @@ impl HubClient {
                     file: file.clone(),
                     size: head.remote.size,
                 });
-                Ok(Lookup::Remote(head.remote))
+                Ok(Lookup::Remote(head))
             }
             Err(failure) => {
                 let reason = match failure {
@@ -751,7 +758,8 @@ impl HubClient {
 
     /// Step two: download, verify and link one file, unless another task or
     /// process does it first.
-    async fn download(&self, file: &HubFile, remote: RemoteFile) -> Result<FetchedFile, HubError> {
+    async fn download(&self, file: &HubFile, found: remote::Head) -> Result<FetchedFile, HubError> {
+        let remote = &found.remote;
         let _busy = self.claim(file).await;
         // Another task of this process may have finished it while we waited.
         if let CacheCheck::Intact(hit) = self.check_cached(file).await? {
@@ -772,7 +780,7 @@ impl HubClient {
         // The blob may be here already: another revision, another process, or
         // a run that stopped before linking it.
         if cache.blob_len(&file.repo, &remote.etag).await != Some(remote.size) {
-            self.fetch_blob(file, &remote, &blob).await?;
+            self.fetch_blob(file, &found, &blob).await?;
         }
         cache
             .record_size(&file.repo, &remote.etag, remote.size)
@@ -798,29 +806,37 @@ impl HubClient {
     async fn fetch_blob(
         &self,
         file: &HubFile,
-        remote: &RemoteFile,
+        found: &remote::Head,
         blob: &Path,
     ) -> Result<(), HubError> {
+        let remote = &found.remote;
         let parent = blob.parent().expect("blob paths have a parent");
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(io_err(file, parent))?;
         let mut integrity_retries = 1;
         loop {
-            let staged = if remote.size == 0 {
+            let (staged, hashed) = if remote.size == 0 {
                 let empty = blob.with_extension("empty.part");
                 tokio::fs::write(&empty, b"")
                     .await
                     .map_err(io_err(file, &empty))?;
-                empty
+                (empty, None)
             } else {
-                self.transfer(file, remote).await?
+                let Transferred { path, sha256 } = self.transfer(file, found).await?;
+                (path, sha256)
             };
-            let (check_path, etag) = (staged.clone(), remote.etag.clone());
-            let verdict = tokio::task::spawn_blocking(move || digest::mismatch(&check_path, &etag))
-                .await
-                .map_err(|e| io_err(file, &staged)(std::io::Error::other(e)))?
-                .map_err(io_err(file, &staged))?;
+            let verdict = match hashed {
+                // Hashed while it downloaded.
+                Some(actual) => (!actual.eq_ignore_ascii_case(&remote.etag)).then_some(actual),
+                None => {
+                    let (check_path, etag) = (staged.clone(), remote.etag.clone());
+                    tokio::task::spawn_blocking(move || digest::mismatch(&check_path, &etag))
+                        .await
+                        .map_err(|e| io_err(file, &staged)(std::io::Error::other(e)))?
+                        .map_err(io_err(file, &staged))?
+                }
+            };
             match verdict {
                 None => {
                     return tokio::fs::rename(&staged, blob)
@@ -849,28 +865,27 @@ impl HubClient {
         }
     }
 
-    /// The hf-hub transfer with our retries, holding this file's share of the
-    /// connection budget while it runs.
-    async fn transfer(&self, file: &HubFile, remote: &RemoteFile) -> Result<PathBuf, HubError> {
+    /// The transfer with our retries; its ranges share the client's
+    /// connections with every other download.
+    async fn transfer(&self, file: &HubFile, found: &remote::Head) -> Result<Transferred, HubError> {
         let s = &self.inner.settings;
-        let plan = Plan::for_size(remote.size, s.max_connections, s.chunk_size);
         let token = self.token().await;
         let transfer = Transfer {
             http: &self.inner.http,
             cache: &self.inner.cache,
+            connections: &self.inner.connections,
             endpoint: &s.endpoint,
             token,
             events: self.events.as_ref(),
             stall_timeout: s.stall_timeout,
+            max_chunk: s.chunk_size,
         };
-        self.with_retries(file, || async {
-            let _permits = self
-                .inner
-                .connections
-                .acquire_many(plan.connections as u32)
-                .await
-                .expect("never closed");
-            transfer.run(file, remote, plan).await
+        // The first attempt goes where the lookup was sent; a retry asks
+        // again, since a signed link may have expired.
+        let location = Mutex::new(Some(found.location.clone()));
+        self.with_retries(file, || {
+            let location = location.lock().expect("not poisoned").take();
+            transfer.run(file, &found.remote, location)
         })
         .await
     }

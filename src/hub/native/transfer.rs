@@ -1,60 +1,43 @@
-//! Moving the bytes of one file: equal byte ranges fetched in parallel into
-//! a resumable partial file, watched for stalls and reported as events.
+//! Moving the bytes of one file: its missing byte ranges fetched in parallel
+//! over the client's shared connections, each written where it belongs in a
+//! resumable partial file, watched for stalls and reported as events.
 //!
 //! Each attempt first asks the Hub (one `HEAD`, with the token) where the
 //! bytes are; the ranges then go there, with the token only when that is the
-//! endpoint's own origin. The partial file keeps hf-hub 0.5's `.sync.part`
-//! format: the content, then the length of its complete prefix, so a retry or
-//! a new process continues where the last one stopped. All ranges of an
-//! attempt run inside its future: when one fails, the others are dropped
-//! with it, so no connection outlives the attempt.
+//! endpoint's own origin. A range is cut when a connection is free to fetch
+//! it, from what is still missing: large while much is left, smaller towards
+//! the end, so that a file's last connections finish together. Every write
+//! is recorded ([`Partial`]), so a retry or a new process asks only for what
+//! is missing. All ranges of an attempt run inside its future: when one
+//! fails, the others are dropped with it, so no connection outlives the
+//! attempt.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{StatusCode, Url};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::cache::HubCache;
+use super::connections::Connections;
+use super::partial::{Intervals, Partial};
+use super::prefix_hash::PrefixHasher;
 use super::remote::{self, Redirect, RemoteFile};
 use super::Secret;
+use crate::hub::digest::EtagKind;
 use crate::hub::retry::Failure;
 use crate::hub::{EventSink, HubError, HubEvent, HubFile};
 
-/// Ranges smaller than this are not worth a connection of their own.
+/// Ranges smaller than this are not worth a request of their own, and an
+/// attempt that recorded less than this made no progress.
 const MIN_CHUNK: u64 = 1 << 20;
-
-/// How one file is split: `connections` ranges in flight, of `chunk_size` bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub connections: usize,
-    pub chunk_size: u64,
-}
-
-impl Plan {
-    /// Equal-sized chunks in whole waves, so all of a file's connections finish
-    /// together instead of leaving a tail on one of them.
-    pub(crate) fn for_size(size: u64, max_connections: usize, max_chunk: u64) -> Self {
-        let max_chunk = max_chunk.max(1);
-        let min_chunk = MIN_CHUNK.min(max_chunk);
-        let connections = (size.div_ceil(min_chunk) as usize).clamp(1, max_connections.max(1));
-        let per_wave = (connections as u64).saturating_mul(max_chunk);
-        let waves = size.div_ceil(per_wave).max(1);
-        let chunk_size = size
-            .div_ceil((connections as u64).saturating_mul(waves))
-            .max(1);
-        Plan {
-            connections,
-            chunk_size,
-        }
-    }
-}
 
 /// Body bytes gathered before each write: few writes, and each burst of
 /// work on the runtime's thread stays small.
@@ -63,36 +46,52 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Redirects a range request follows (the CDN's own, if any).
 const MAX_REDIRECTS: usize = 5;
 
-/// The partial file's trailer: the complete prefix's length, little-endian.
-const TRAILER: u64 = 8;
+/// How often the written ranges are saved, and the hasher told of them.
+const SAVE_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) struct Transfer<'a> {
     pub http: &'a reqwest::Client,
     pub cache: &'a HubCache,
+    pub connections: &'a Connections,
     pub endpoint: &'a str,
     pub token: Option<&'a Secret>,
     pub events: Option<&'a EventSink>,
     pub stall_timeout: Duration,
+    /// The largest range one request asks for.
+    pub max_chunk: u64,
+}
+
+/// A partial file that holds every byte (not yet renamed into place).
+pub(crate) struct Transferred {
+    pub path: PathBuf,
+    /// Its sha256, hashed while it downloaded, when its ETag is one.
+    pub sha256: Option<String>,
 }
 
 impl Transfer<'_> {
-    /// Downloads `file` (pinned to `remote.commit`) into its partial file and
-    /// returns that file's path once it holds every byte (not yet verified).
+    /// Downloads `file` (pinned to `remote.commit`) into its partial file.
     /// On a full disk the partial file is deleted, so that its space is free
     /// again, and the error names it.
+    /// `location` is where the bytes are, if a `HEAD` just said so.
     pub(crate) async fn run(
         &self,
         file: &HubFile,
         remote: &RemoteFile,
-        plan: Plan,
-    ) -> Result<PathBuf, Failure<HubError>> {
-        let partial = self.cache.partial_path(&file.repo, &remote.etag);
+        location: Option<Url>,
+    ) -> Result<Transferred, Failure<HubError>> {
+        let partial = Partial::new(
+            self.cache.partial_path(&file.repo, &remote.etag),
+            remote.size,
+        );
         let progress = Progress::new(file.clone(), self.events.cloned());
-        match self.fill(file, remote, plan, &partial, &progress).await {
-            Ok(()) => Ok(partial),
+        match self.fill(file, remote, location, &partial, &progress).await {
+            Ok(sha256) => Ok(Transferred {
+                path: partial.path().to_path_buf(),
+                sha256,
+            }),
             Err(Failure::Fatal(e @ HubError::DiskFull { .. })) => {
-                if let Err(rm) = tokio::fs::remove_file(&partial).await {
-                    tracing::warn!(path = %partial.display(), error = %rm, "cannot delete the partial download");
+                if let Err(rm) = partial.remove().await {
+                    tracing::warn!(path = %partial.path().display(), error = %rm, "cannot delete the partial download");
                 }
                 Err(Failure::Fatal(e))
             }
@@ -103,153 +102,185 @@ impl Transfer<'_> {
             }) => Err(Failure::Transient {
                 reason,
                 retry_after,
-                // Only bytes that reached the complete prefix count: a server
-                // that always breaks off mid-range still runs out of retries.
-                made_progress: progress.committed_more(),
+                // A server that always breaks off after a few bytes still
+                // runs out of retries.
+                made_progress: progress.recorded_gain() >= MIN_CHUNK,
             }),
             Err(fatal) => Err(fatal),
         }
     }
 
+    /// Fetches what the partial file lacks; returns the sha256 if hashed.
     async fn fill(
         &self,
         file: &HubFile,
         remote: &RemoteFile,
-        plan: Plan,
-        partial: &Path,
+        location: Option<Url>,
+        partial: &Partial,
         progress: &Progress,
-    ) -> Result<(), Failure<HubError>> {
+    ) -> Result<Option<String>, Failure<HubError>> {
         let size = remote.size;
-        let committed = open_partial(partial, size)
-            .await
-            .map_err(write_failure(file, partial, size))?;
-        progress.started(size, committed);
-        if committed < size {
-            let work = self.fetch_ranges(file, remote, plan, partial, committed, progress);
-            tokio::pin!(work);
-            let mut watchdog =
-                tokio::time::interval((self.stall_timeout / 4).max(Duration::from_millis(50)));
-            loop {
-                tokio::select! {
-                    result = &mut work => break result?,
-                    _ = watchdog.tick() => {
-                        if progress.idle_for() > self.stall_timeout {
-                            return Err(Failure::transient(format!(
-                                "no data for {:?}",
-                                self.stall_timeout
-                            )));
+        let fail = write_failure(file, partial.path(), size);
+        let have = partial.open().await.map_err(&fail)?;
+        progress.started(size, have.total());
+        let mut hasher = (EtagKind::of(&remote.etag) == EtagKind::Sha256)
+            .then(|| PrefixHasher::start(partial.path().to_path_buf(), size));
+        if let Some(hasher) = &mut hasher {
+            hasher.advance(have.prefix());
+        }
+        let ledger = Ledger::new(have);
+        if ledger.missing(size) {
+            let result = {
+                let work =
+                    self.fetch_missing(file, remote, location, partial.path(), &ledger, progress);
+                tokio::pin!(work);
+                let mut tick = tokio::time::interval(
+                    SAVE_EVERY
+                        .min(self.stall_timeout / 4)
+                        .max(Duration::from_millis(10)),
+                );
+                loop {
+                    tokio::select! {
+                        result = &mut work => break result,
+                        _ = tick.tick() => {
+                            if progress.idle_for() > self.stall_timeout {
+                                break Err(Failure::transient(format!(
+                                    "no data for {:?}",
+                                    self.stall_timeout
+                                )));
+                            }
+                            save(partial, &ledger, hasher.as_mut(), progress)
+                                .await
+                                .map_err(&fail)?;
                         }
                     }
                 }
-            }
+            };
+            // The ranges' connections are closed; keep what they wrote, for
+            // the next attempt or process.
+            save(partial, &ledger, hasher.as_mut(), progress)
+                .await
+                .map_err(&fail)?;
+            result?;
         }
-        // Drop the trailer: the file is now exactly the content.
-        let out = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(partial)
-            .await
-            .map_err(write_failure(file, partial, size))?;
-        out.set_len(size)
-            .await
-            .map_err(write_failure(file, partial, size))?;
-        Ok(())
+        partial.complete().await.map_err(&fail)?;
+        match hasher {
+            Some(mut hasher) => {
+                hasher.advance(size);
+                hasher.finish().await.map_err(&fail)
+            }
+            None => Ok(None),
+        }
     }
 
-    /// Fetches `[committed, size)` in ranges, `plan.connections` at a time,
-    /// advancing the partial file's trailer as the complete prefix grows.
-    async fn fetch_ranges(
+    /// Fetches every gap in `ledger`, over as many connections as the
+    /// client grants, recording each write.
+    async fn fetch_missing(
         &self,
         file: &HubFile,
         remote: &RemoteFile,
-        plan: Plan,
-        partial: &Path,
-        mut committed: u64,
+        location: Option<Url>,
+        path: &Path,
+        ledger: &Ledger,
         progress: &Progress,
     ) -> Result<(), Failure<HubError>> {
         let size = remote.size;
         let endpoint = remote::endpoint_url(self.endpoint).map_err(Failure::Fatal)?;
-        let pinned = file.clone().at_revision(&remote.commit);
-        let head = remote::head(self.http, self.endpoint, self.token, &pinned).await?;
-        if (head.remote.etag.as_str(), head.remote.size) != (remote.etag.as_str(), size) {
-            return Err(Failure::Fatal(HubError::Protocol {
-                file: file.clone(),
-                reason: format!(
-                    "commit {} answered ETag {} ({} bytes), then ETag {} ({} bytes)",
-                    remote.commit, remote.etag, size, head.remote.etag, head.remote.size
-                ),
-            }));
-        }
+        let location = match location {
+            Some(location) => location,
+            None => self.locate(file, remote).await?,
+        };
         progress.touch();
 
-        let chunk = plan.chunk_size.max(1);
-        let ranges: Vec<(u64, u64)> = (committed..size)
-            .step_by(chunk as usize)
-            .map(|start| (start, (start + chunk).min(size) - 1))
-            .collect();
-        let fail = write_failure(file, partial, size);
-        let mut trailer = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(partial)
-            .await
-            .map_err(&fail)?;
-        let mut finished = BinaryHeap::new();
-        let mut fetches = futures::stream::iter(ranges)
-            .map(|(start, end)| {
-                self.fetch_range(
-                    file,
-                    &head.location,
-                    &endpoint,
-                    partial,
-                    (start, end),
-                    size,
-                    progress,
-                )
-            })
-            .buffer_unordered(plan.connections.max(1));
-        while let Some(range) = fetches.next().await {
-            finished.push(Reverse(range?));
-            let before = committed;
-            while let Some(&Reverse((start, end))) = finished.peek() {
-                if start != committed {
-                    break;
-                }
-                committed = end + 1;
-                finished.pop();
+        let work = Mutex::new(Work::new(ledger.gaps(size), self.max_chunk));
+        let latency = Latency::default();
+        let worker = || async {
+            loop {
+                // The file with the least left goes first: files complete one
+                // after another (each is hashed as it arrives), and small
+                // ones do not wait behind the ranges of large ones.
+                let left = work.lock().expect("not poisoned").left(&latency);
+                let left = match left {
+                    Left::Nothing => return Ok(()),
+                    Left::InFlight => {
+                        // Only ranges in flight, none worth splitting yet:
+                        // look again when one may be.
+                        tokio::time::sleep((latency.get() / 2).max(RECHECK)).await;
+                        continue;
+                    }
+                    Left::Bytes(left) => left,
+                };
+                let _turn = self.connections.acquire(left).await;
+                let next = work.lock().expect("not poisoned").next(&latency);
+                let Some(range) = next else {
+                    continue;
+                };
+                let fetched = self
+                    .fetch_range(file, &location, &endpoint, path, &range, size, ledger, progress, &latency)
+                    .await;
+                work.lock().expect("not poisoned").finished(&range);
+                fetched?;
             }
-            if committed != before {
-                trailer.seek(SeekFrom::Start(size)).await.map_err(&fail)?;
-                trailer
-                    .write_all(&committed.to_le_bytes())
-                    .await
-                    .map_err(&fail)?;
-                trailer.flush().await.map_err(&fail)?;
-                progress.commit(committed - before);
-            }
+        };
+        let mut workers: FuturesUnordered<_> =
+            (0..self.connections.cap()).map(|_| worker()).collect();
+        while let Some(done) = workers.next().await {
+            done?;
         }
         Ok(())
     }
 
-    /// One range, `start..=end`, streamed into the partial file.
+    /// Asks the Hub again where the bytes of `remote.commit` are, and checks
+    /// that they are still the same bytes.
+    async fn locate(&self, file: &HubFile, remote: &RemoteFile) -> Result<Url, Failure<HubError>> {
+        let pinned = file.clone().at_revision(&remote.commit);
+        let head = {
+            // Asking costs no bandwidth: it goes before any range.
+            let _turn = self.connections.acquire(0).await;
+            remote::head(self.http, self.endpoint, self.token, &pinned).await?
+        };
+        if (head.remote.etag.as_str(), head.remote.size) != (remote.etag.as_str(), remote.size) {
+            return Err(Failure::Fatal(HubError::Protocol {
+                file: file.clone(),
+                reason: format!(
+                    "commit {} answered ETag {} ({} bytes), then ETag {} ({} bytes)",
+                    remote.commit, remote.etag, remote.size, head.remote.etag, head.remote.size
+                ),
+            }));
+        }
+        Ok(head.location)
+    }
+
+    /// One range, streamed into the partial file until it ends where it
+    /// stops now: an idle connection may have taken its second half. What
+    /// arrived is written and recorded even when the connection breaks off.
     #[allow(clippy::too_many_arguments)]
     async fn fetch_range(
         &self,
         file: &HubFile,
         source: &Url,
         endpoint: &Url,
-        partial: &Path,
-        (start, end): (u64, u64),
+        path: &Path,
+        range: &Active,
         size: u64,
+        ledger: &Ledger,
         progress: &Progress,
-    ) -> Result<(u64, u64), Failure<HubError>> {
+        latency: &Latency,
+    ) -> Result<(), Failure<HubError>> {
         let protocol = |reason: String| {
             Failure::Fatal(HubError::Protocol {
                 file: file.clone(),
                 reason,
             })
         };
-        let response = self.get_range(file, source, endpoint, start, end).await?;
+        let (start, end) = range.bounds();
+        let last = end - 1;
+        let asked = Instant::now();
+        let response = self.get_range(file, source, endpoint, start, last).await?;
+        latency.observe(asked.elapsed());
+        range.started();
         let status = response.status();
-        let whole = status == StatusCode::OK && start == 0 && end + 1 == size;
+        let whole = status == StatusCode::OK && start == 0 && end == size;
         let answered = response
             .headers()
             .get(CONTENT_RANGE)
@@ -259,47 +290,74 @@ impl Transfer<'_> {
             .and_then(|v| v.parse::<u64>().ok());
         if !whole && (status != StatusCode::PARTIAL_CONTENT || answered != Some(start)) {
             return Err(protocol(format!(
-                "asked for bytes {start}-{end}, got HTTP {status} without them: \
+                "asked for bytes {start}-{last}, got HTTP {status} without them: \
                  the server does not serve byte ranges"
             )));
         }
 
-        let fail = write_failure(file, partial, size);
+        let fail = write_failure(file, path, size);
         let mut out = tokio::fs::OpenOptions::new()
             .write(true)
-            .open(partial)
+            .open(path)
             .await
             .map_err(&fail)?;
         out.seek(SeekFrom::Start(start)).await.map_err(&fail)?;
-        let want = end - start + 1;
-        let mut got = 0u64;
-        let mut buffer = Vec::with_capacity(WRITE_BUFFER.min(want as usize));
+        let mut written = start;
+        let mut buffer = Vec::with_capacity(WRITE_BUFFER.min((end - start) as usize));
+        // Flushed before it is recorded: the record never claims bytes that
+        // are not in the file.
+        let mut write = async |buffer: &mut Vec<u8>, written: &mut u64| {
+            out.write_all(buffer).await?;
+            out.flush().await?;
+            ledger.add(*written, *written + buffer.len() as u64);
+            *written += buffer.len() as u64;
+            buffer.clear();
+            io::Result::Ok(())
+        };
+        let mut received = start;
         let mut body = response.bytes_stream();
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| {
-                Failure::transient(format!("the body broke off: {}", remote::describe(e)))
-            })?;
-            got += piece.len() as u64;
-            if got > want {
+        let broke = loop {
+            let piece = match body.next().await {
+                None => break None,
+                Some(Err(e)) => {
+                    break Some(format!("the body broke off: {}", remote::describe(e)));
+                }
+                Some(Ok(piece)) => piece,
+            };
+            if received + piece.len() as u64 > end {
                 return Err(protocol(format!(
-                    "asked for {want} bytes at {start}, got more"
+                    "asked for {} bytes at {start}, got more",
+                    end - start
                 )));
             }
-            progress.advance(piece.len() as u64);
-            buffer.extend_from_slice(&piece);
-            if buffer.len() >= WRITE_BUFFER {
-                out.write_all(&buffer).await.map_err(&fail)?;
-                buffer.clear();
+            let (keep, stop) = range.receive(piece.len() as u64);
+            received += piece.len() as u64;
+            // Split, and this connection's part is in: the rest of its
+            // response is another connection's.
+            let cut = stop < end && received >= stop;
+            progress.advance(keep);
+            self.connections.received(keep);
+            buffer.extend_from_slice(&piece[..keep as usize]);
+            if buffer.len() >= WRITE_BUFFER || cut {
+                write(&mut buffer, &mut written).await.map_err(&fail)?;
             }
+            if cut {
+                break None;
+            }
+        };
+        if !buffer.is_empty() {
+            write(&mut buffer, &mut written).await.map_err(&fail)?;
         }
-        if got < want {
-            return Err(Failure::transient(format!(
-                "the connection closed after {got} of {want} bytes"
-            )));
+        let (_, stop) = range.bounds();
+        match broke {
+            Some(reason) => Err(Failure::transient(reason)),
+            None if written < stop => Err(Failure::transient(format!(
+                "the connection closed after {} of {} bytes",
+                written - start,
+                stop - start
+            ))),
+            None => Ok(()),
         }
-        out.write_all(&buffer).await.map_err(&fail)?;
-        out.flush().await.map_err(&fail)?;
-        Ok((start, end))
     }
 
     /// `GET` with a `Range`, following redirects; the token goes only to the
@@ -363,21 +421,240 @@ impl Transfer<'_> {
     }
 }
 
-/// Opens the partial file and returns how much of it is complete; makes a
-/// new one (sparse, `size` + trailer) when there is none or it does not fit.
-async fn open_partial(path: &Path, size: u64) -> io::Result<u64> {
-    tokio::fs::create_dir_all(path.parent().expect("partial paths have a parent")).await?;
-    if let Ok(mut f) = tokio::fs::File::open(path).await {
-        if f.metadata().await?.len() == size + TRAILER {
-            f.seek(SeekFrom::Start(size)).await?;
-            let mut trailer = [0u8; TRAILER as usize];
-            f.read_exact(&mut trailer).await?;
-            return Ok(u64::from_le_bytes(trailer).min(size));
+/// Saves the ledger if it changed, and tells the hasher how far the
+/// complete prefix reaches.
+async fn save(
+    partial: &Partial,
+    ledger: &Ledger,
+    hasher: Option<&mut PrefixHasher>,
+    progress: &Progress,
+) -> io::Result<()> {
+    let Some(have) = ledger.take_changes() else {
+        return Ok(());
+    };
+    partial.save(&have).await?;
+    progress.recorded(have.total());
+    if let Some(hasher) = hasher {
+        hasher.advance(have.prefix());
+    }
+    Ok(())
+}
+
+/// What this attempt found and wrote.
+struct Ledger {
+    have: Mutex<Intervals>,
+    changed: AtomicBool,
+}
+
+impl Ledger {
+    fn new(have: Intervals) -> Self {
+        Self {
+            have: Mutex::new(have),
+            changed: AtomicBool::new(false),
         }
     }
-    let f = tokio::fs::File::create(path).await?;
-    f.set_len(size + TRAILER).await?;
-    Ok(0)
+
+    fn add(&self, start: u64, end: u64) {
+        self.have.lock().expect("not poisoned").insert(start, end);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    fn missing(&self, size: u64) -> bool {
+        self.have.lock().expect("not poisoned").total() < size
+    }
+
+    fn gaps(&self, size: u64) -> Vec<(u64, u64)> {
+        self.have.lock().expect("not poisoned").gaps(size)
+    }
+
+    /// A copy of what is written, if anything was added since the last one.
+    fn take_changes(&self) -> Option<Intervals> {
+        self.changed
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.have.lock().expect("not poisoned").clone())
+    }
+}
+
+/// The missing bytes of one file: gaps not yet asked for, handed out as
+/// ranges of at most `max_chunk`, and the ranges in flight. When nothing is
+/// left to hand out, an idle connection takes the second half of the range
+/// with the most left, if that pays: so a file's last connections finish
+/// together, without cutting its end into small ranges that each pay the
+/// latency.
+struct Work {
+    gaps: VecDeque<(u64, u64)>,
+    max_chunk: u64,
+    active: Vec<Arc<Active>>,
+}
+
+impl Work {
+    fn new(gaps: Vec<(u64, u64)>, max_chunk: u64) -> Self {
+        Self {
+            gaps: gaps.into(),
+            max_chunk: max_chunk.max(1),
+            active: Vec::new(),
+        }
+    }
+
+    /// What a connection could still take.
+    fn left(&self, latency: &Latency) -> Left {
+        let in_flight: u64 = self.active.iter().map(|a| a.remaining()).sum();
+        let unassigned: u64 = self.gaps.iter().map(|(s, e)| e - s).sum();
+        if unassigned > 0 || self.splittable(latency).is_some() {
+            Left::Bytes(unassigned + in_flight)
+        } else if in_flight > 0 {
+            Left::InFlight
+        } else {
+            Left::Nothing
+        }
+    }
+
+    /// The next range: the next piece of the first gap (a gap's last piece
+    /// is never cut into a sliver), else the end of a range in flight.
+    fn next(&mut self, latency: &Latency) -> Option<Arc<Active>> {
+        let range = match self.gaps.pop_front() {
+            Some((start, end)) => {
+                let want = jittered(self.max_chunk, start);
+                let take = if end - start <= want + want / 2 {
+                    end - start
+                } else {
+                    want
+                };
+                if start + take < end {
+                    self.gaps.push_front((start + take, end));
+                }
+                Active::new(start, start + take)
+            }
+            None => {
+                let (victim, share) = self.splittable(latency)?;
+                let (from, end) = victim.split(share)?;
+                Active::new(from, end)
+            }
+        };
+        let range = Arc::new(range);
+        self.active.push(range.clone());
+        Some(range)
+    }
+
+    fn finished(&mut self, range: &Arc<Active>) {
+        self.active.retain(|a| !Arc::ptr_eq(a, range));
+    }
+
+    /// The range in flight with the most left, and the share of its end to
+    /// take so that both connections finish together: the new one first
+    /// waits a request's latency `l`, so at rate `r` it takes
+    /// `(remaining - r·l) / 2`. `None` when that share is too small.
+    fn splittable(&self, latency: &Latency) -> Option<(&Arc<Active>, u64)> {
+        let victim = self.active.iter().max_by_key(|a| a.remaining())?;
+        let rate = victim.rate()?;
+        let waited = rate * latency.get().as_secs_f64();
+        let share = ((victim.remaining() as f64 - waited) / 2.0).max(0.0) as u64;
+        (share >= MIN_SPLIT).then_some((victim, share))
+    }
+}
+
+/// Between half and all of `max_chunk`, varied by `start`. Connections that
+/// share a link receive at the same rate: with ranges of one size they would
+/// all finish at once, and all wait out the next request's latency together,
+/// leaving the link idle. Sizes that differ spread those waits out.
+fn jittered(max_chunk: u64, start: u64) -> u64 {
+    // splitmix64: a fixed, well-spread function of the offset.
+    let mut z = start.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let half = (max_chunk / 2).max(1);
+    half + z % (max_chunk - half + 1)
+}
+
+/// What is left of a file for another connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Left {
+    /// Bytes to take (all that is left of the file, in flight or not).
+    Bytes(u64),
+    /// Only ranges in flight, none worth splitting now.
+    InFlight,
+    Nothing,
+}
+
+/// How often an idle connection looks again for a range worth splitting.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// Shares of a range smaller than this are not split off.
+const MIN_SPLIT: u64 = 256 << 10;
+
+/// A range in flight: the next byte to arrive and where it stops, which a
+/// split moves; and how fast it arrives.
+struct Active {
+    bounds: Mutex<(u64, u64)>,
+    arriving: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Active {
+    fn new(start: u64, end: u64) -> Self {
+        Self {
+            bounds: Mutex::new((start, end)),
+            arriving: Mutex::new(None),
+        }
+    }
+
+    fn bounds(&self) -> (u64, u64) {
+        *self.bounds.lock().expect("not poisoned")
+    }
+
+    fn remaining(&self) -> u64 {
+        let (next, end) = self.bounds();
+        end - next
+    }
+
+    /// The response's first byte is on its way.
+    fn started(&self) {
+        *self.arriving.lock().expect("not poisoned") = Some((Instant::now(), 0));
+    }
+
+    /// Bytes per second since the response began, once it has for a while.
+    fn rate(&self) -> Option<f64> {
+        let (since, bytes) = (*self.arriving.lock().expect("not poisoned"))?;
+        let elapsed = since.elapsed().as_secs_f64();
+        (elapsed > 0.01 && bytes > 0).then(|| bytes as f64 / elapsed)
+    }
+
+    /// `n` bytes arrived: how many of them are still this range's, and
+    /// where it stops now.
+    fn receive(&self, n: u64) -> (u64, u64) {
+        let mut bounds = self.bounds.lock().expect("not poisoned");
+        let keep = n.min(bounds.1 - bounds.0);
+        bounds.0 += keep;
+        if let Some((_, bytes)) = self.arriving.lock().expect("not poisoned").as_mut() {
+            *bytes += keep;
+        }
+        (keep, bounds.1)
+    }
+
+    /// Gives away the last `share` bytes of what is left: `[end - share, end)`.
+    fn split(&self, share: u64) -> Option<(u64, u64)> {
+        let mut bounds = self.bounds.lock().expect("not poisoned");
+        let (next, end) = *bounds;
+        // Bytes may have arrived since the share was worked out.
+        (share > 0 && end - next > share).then(|| {
+            bounds.1 = end - share;
+            (end - share, end)
+        })
+    }
+}
+
+/// The time from asking for a range to its response, as last measured.
+#[derive(Default)]
+struct Latency(AtomicU64);
+
+impl Latency {
+    fn observe(&self, took: Duration) {
+        self.0.store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// A failed write to the partial file: final, and a full disk says so.
@@ -416,7 +693,9 @@ struct Progress {
     sink: Option<EventSink>,
     origin: Instant,
     last_activity_ms: AtomicU64,
-    committed: AtomicU64,
+    /// Bytes on disk when the attempt started, and recorded since.
+    at_start: AtomicU64,
+    recorded: AtomicU64,
 }
 
 impl Progress {
@@ -426,7 +705,8 @@ impl Progress {
             sink,
             origin: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
-            committed: AtomicU64::new(0),
+            at_start: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
         }
     }
 
@@ -448,6 +728,8 @@ impl Progress {
 
     fn started(&self, size: u64, resumed_from: u64) {
         self.touch();
+        self.at_start.store(resumed_from, Ordering::Relaxed);
+        self.recorded.store(resumed_from, Ordering::Relaxed);
         self.emit(HubEvent::Started {
             file: self.file.clone(),
             size,
@@ -463,13 +745,16 @@ impl Progress {
         });
     }
 
-    /// `bytes` more joined the complete prefix.
-    fn commit(&self, bytes: u64) {
-        self.committed.fetch_add(bytes, Ordering::Relaxed);
+    /// `total` bytes are now recorded on disk.
+    fn recorded(&self, total: u64) {
+        self.recorded.store(total, Ordering::Relaxed);
     }
 
-    fn committed_more(&self) -> bool {
-        self.committed.load(Ordering::Relaxed) > 0
+    /// Bytes recorded during this attempt.
+    fn recorded_gain(&self) -> u64 {
+        self.recorded
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.at_start.load(Ordering::Relaxed))
     }
 }
 
@@ -477,28 +762,81 @@ impl Progress {
 mod tests {
     use super::*;
 
+    const MIB: u64 = 1 << 20;
+
+    /// Every range `Work` hands out while none is in flight.
+    fn cut(gaps: Vec<(u64, u64)>, max_chunk: u64) -> Vec<(u64, u64)> {
+        let mut w = Work::new(gaps, max_chunk);
+        let latency = Latency::default();
+        std::iter::from_fn(|| {
+            let r = w.next(&latency)?;
+            w.finished(&r);
+            Some(r.bounds())
+        })
+        .collect()
+    }
+
     #[test]
-    fn plans_equal_chunks_in_whole_waves() {
-        let mib = 1u64 << 20;
-        // Small files take one connection.
-        assert_eq!(Plan::for_size(5_000, 8, 16 * mib).connections, 1);
-        // A mid-size file spreads over all connections in one wave.
-        let p = Plan::for_size(12 * mib, 8, 16 * mib);
-        assert_eq!((p.connections, p.chunk_size), (8, 12 * mib / 8));
-        // A large file: chunk count is a multiple of the connections.
-        let size = 316 * mib + 12345;
-        let p = Plan::for_size(size, 8, 16 * mib);
-        let chunks = size.div_ceil(p.chunk_size);
-        assert_eq!(p.connections, 8);
-        assert!(p.chunk_size <= 16 * mib);
-        assert_eq!(chunks % 8, 0, "{chunks} chunks");
-        // One connection, serial chunks of the requested size.
+    fn ranges_vary_in_size_cover_every_byte_once_and_leave_no_slivers() {
+        // Small files are one range.
+        assert_eq!(cut(vec![(0, 5_000)], 16 * MIB), vec![(0, 5_000)]);
+        // A large file: ranges of half to all of the largest size (the last
+        // may take what would have been a sliver), in order, every byte once.
+        let size = 500 * MIB + 12345;
+        let ranges = cut(vec![(0, size)], 16 * MIB);
+        assert_eq!(ranges[0].0, 0);
+        assert_eq!(ranges.last().unwrap().1, size);
+        assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0));
+        let lens: Vec<u64> = ranges.iter().map(|(s, e)| e - s).collect();
+        let (last, most) = lens.split_last().unwrap();
+        assert!(most.iter().all(|l| (8 * MIB..=16 * MIB).contains(l)), "{lens:?}");
+        assert!((4 * MIB..=24 * MIB).contains(last), "{lens:?}");
+        // Not all of one size, so that connections do not finish in step.
+        let mut distinct = most.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > most.len() / 2, "{lens:?}");
+        // Only the gaps are asked for.
         assert_eq!(
-            Plan::for_size(4 * mib, 1, mib),
-            Plan {
-                connections: 1,
-                chunk_size: mib
-            }
+            cut(vec![(0, MIB), (5 * MIB, 6 * MIB + 10)], 16 * MIB),
+            vec![(0, MIB), (5 * MIB, 6 * MIB + 10)]
         );
+    }
+
+    #[test]
+    fn an_idle_connection_takes_half_of_a_slow_range_only_when_it_pays() {
+        let mut w = Work::new(vec![(0, 8 * MIB)], 16 * MIB);
+        let latency = Latency::default();
+        let first = w.next(&latency).unwrap();
+        // Nothing is known of its speed yet: no split.
+        assert_eq!(w.left(&latency), Left::InFlight);
+        first.started();
+        first.receive(MIB);
+        std::thread::sleep(Duration::from_millis(20));
+        // A request that waits no time: the new connection takes half.
+        assert_eq!(w.left(&latency), Left::Bytes(7 * MIB));
+        let second = w.next(&latency).unwrap();
+        assert_eq!(second.bounds(), (MIB + 7 * MIB / 2, 8 * MIB));
+        assert_eq!(first.bounds(), (MIB, MIB + 7 * MIB / 2));
+        // Bytes past the new end are not the first range's any more.
+        assert_eq!(first.receive(4 * MIB), (7 * MIB / 2, MIB + 7 * MIB / 2));
+        w.finished(&first);
+        // With a wait, the new connection takes less than half: what the
+        // old one receives meanwhile is its head start.
+        second.started();
+        second.receive(MIB / 2);
+        std::thread::sleep(Duration::from_millis(20));
+        let rate = second.rate().unwrap();
+        latency.observe(Duration::from_secs_f64(MIB as f64 / rate));
+        let (_, share) = w.splittable(&latency).unwrap();
+        let left = 3 * MIB;
+        let expected = (left as f64 - rate * latency.get().as_secs_f64()) / 2.0;
+        assert!((share as f64 - expected).abs() < 1e4 && share < left / 2 - MIB / 4, "{share}");
+        // A wait as long as the rest takes: not worth a request.
+        latency.observe(Duration::from_secs(3600));
+        assert_eq!(w.left(&latency), Left::InFlight);
+        assert!(w.next(&latency).is_none());
+        w.finished(&second);
+        assert_eq!(w.left(&latency), Left::Nothing);
     }
 }
