@@ -226,10 +226,16 @@ fn main() {
             median
         };
         let ours = row("schnell `HubClient::files`", &ours);
-        let theirs = row("hf-hub 0.5 tokio API, every file at once, 8 ranges each", &theirs);
+        let theirs = row(
+            "hf-hub 0.5 tokio API, every file at once, 8 ranges each",
+            &theirs,
+        );
         if (n == 0 && old != "none") || old == "all" {
             let old = measure(|| async { old_way(&hub.endpoint, &files) });
-            row("hf-hub 0.5 sync API, one file after another (the seed)", &[old]);
+            row(
+                "hf-hub 0.5 sync API, one file after another (the seed)",
+                &[old],
+            );
         }
         if let Some(python) = &python {
             if let Some(wall) = python_hub(python, &hub.endpoint, &files) {
@@ -258,7 +264,8 @@ fn serve_hub(dir: &Path) {
             rate,
             Duration::from_millis(env_or("SCHNELL_BENCH_HUB_LATENCY_MS", 0)),
         );
-        hub.faults.link(env_or("SCHNELL_BENCH_HUB_LINK", f64::INFINITY));
+        hub.faults
+            .link(env_or("SCHNELL_BENCH_HUB_LINK", f64::INFINITY));
     }
     println!("{}", hub.endpoint);
     let _ = std::io::stdin().read_to_end(&mut Vec::new());

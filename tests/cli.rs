@@ -834,7 +834,10 @@ fn a_fetch_killed_midway_fetches_only_the_missing_ranges_when_run_again() {
             break;
         }
         assert!(first.try_wait().unwrap().is_none(), "the fetch ended early");
-        assert!(std::time::Instant::now() < deadline, "never got far: {held:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never got far: {held:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     first.kill().unwrap(); // SIGKILL: nothing is cleaned up or saved.
@@ -877,7 +880,11 @@ fn a_fetch_killed_midway_fetches_only_the_missing_ranges_when_run_again() {
         .iter()
         .filter(|s| s.is_body())
         .map(|s| {
-            let r = s.range.as_deref().and_then(|r| r.strip_prefix("bytes=")).unwrap();
+            let r = s
+                .range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .unwrap();
             let (a, b) = r.split_once('-').unwrap();
             (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap() + 1)
         })

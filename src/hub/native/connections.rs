@@ -224,7 +224,11 @@ impl Connections {
                     probe.granted -= step;
                     self.retire(step);
                 }
-                tracing::debug!(connections = probe.granted, rate, "connection count settled");
+                tracing::debug!(
+                    connections = probe.granted,
+                    rate,
+                    "connection count settled"
+                );
                 return;
             }
         }

@@ -3,248 +3,42 @@
 //! A batch of files goes in two steps. First every file is looked up in the
 //! cache (zero requests on a hit whose size is known to be right) and the
 //! rest are asked about with one `HEAD` each. Then the missing ones download
-//! at once, largest first, sharing one budget of connections; each file is
-//! downloaded by at most one task of this process and one process at a time,
-//! verified against its ETag, and only then renamed into the cache.
+//! at once ([`download`]), their byte ranges sharing one budget of
+//! connections sized to the link ([`connections`], [`transfer`]); each file
+//! is downloaded by at most one task of this process ([`claim`]) and one
+//! process at a time, verified against its ETag, and only then renamed into
+//! the cache. [`verify`] re-checks what the cache holds.
 
+mod builder;
 mod cache;
+mod claim;
 mod connections;
+mod download;
 mod partial;
 mod prefix_hash;
 mod remote;
 mod transfer;
+mod verify;
+
+pub use self::builder::HubClientBuilder;
+pub use self::verify::Verification;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 
+use self::builder::{Secret, TokenSource};
 use self::cache::HubCache;
 use self::connections::Connections;
-use self::transfer::{Transfer, Transferred};
-use super::digest::{self, EtagKind};
-use super::retry::{self, Backoff, Failure};
+use self::verify::{hash_check, Damage};
+use super::digest::EtagKind;
+use super::retry::{self, Failure};
 use crate::hub::{EventSink, HubError, HubEvent, HubFile};
-
-const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-
-/// Connections a client starts with, and the most it grows to by default.
-const INITIAL_CONNECTIONS: usize = 16;
-const MAX_CONNECTIONS: usize = 64;
-
-/// A token that never shows itself in `Debug` output or logs.
-#[derive(Clone)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Where the token comes from; a token file is read lazily, asynchronously.
-#[derive(Clone, Debug)]
-enum TokenSource {
-    Given(Option<Secret>),
-    File(PathBuf),
-}
-
-/// Configures a [`HubClient`]. [`HubClientBuilder::from_env`] honours the same
-/// variables as Python `huggingface_hub`.
-#[derive(Clone)]
-pub struct HubClientBuilder {
-    endpoint: String,
-    cache_dir: PathBuf,
-    token: TokenSource,
-    offline: bool,
-    max_connections: usize,
-    chunk_size: u64,
-    backoff: Backoff,
-    stall_timeout: Duration,
-    events: Option<EventSink>,
-}
-
-impl fmt::Debug for HubClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubClientBuilder")
-            .field("endpoint", &self.endpoint)
-            .field("cache_dir", &self.cache_dir)
-            .field("token", &self.token)
-            .field("offline", &self.offline)
-            .field("max_connections", &self.max_connections)
-            .field("chunk_size", &self.chunk_size)
-            .finish_non_exhaustive()
-    }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn env_flag(name: &str) -> bool {
-    env(name).is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
-}
-
-/// `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
-fn hf_home() -> PathBuf {
-    if let Some(home) = env("HF_HOME") {
-        return PathBuf::from(home);
-    }
-    let cache = env("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("huggingface")
-}
-
-impl HubClientBuilder {
-    /// Defaults with the given cache folder; reads no environment.
-    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            endpoint: DEFAULT_ENDPOINT.to_string(),
-            cache_dir: cache_dir.into(),
-            token: TokenSource::Given(None),
-            offline: false,
-            max_connections: MAX_CONNECTIONS,
-            // Each range costs one request and its latency, and a file's
-            // ranges in flight are what its sha256 waits for at the end:
-            // 8 MiB (4 to 8, varied) balances the two (BENCHMARKS.md).
-            chunk_size: 8 << 20,
-            backoff: Backoff::default(),
-            stall_timeout: Duration::from_secs(60),
-            events: None,
-        }
-    }
-
-    /// `HF_ENDPOINT`, `HF_HOME`, `HF_HUB_CACHE` (or the older
-    /// `HUGGINGFACE_HUB_CACHE`), `HF_TOKEN` (else `HF_TOKEN_PATH`, else
-    /// `$HF_HOME/token`) and `HF_HUB_OFFLINE`.
-    pub fn from_env() -> Self {
-        let home = hf_home();
-        let cache_dir = env("HF_HUB_CACHE")
-            .or_else(|| env("HUGGINGFACE_HUB_CACHE"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join("hub"));
-        let mut builder = Self::new(cache_dir).offline(env_flag("HF_HUB_OFFLINE"));
-        if let Some(endpoint) = env("HF_ENDPOINT") {
-            builder = builder.endpoint(endpoint);
-        }
-        builder.token = match env("HF_TOKEN") {
-            Some(token) => TokenSource::Given(Some(Secret(token.trim().to_string()))),
-            None => TokenSource::File(
-                env("HF_TOKEN_PATH")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| home.join("token")),
-            ),
-        };
-        builder
-    }
-
-    /// The Hub (or mirror) to ask, e.g. `http://127.0.0.1:8090`.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = endpoint.into().trim_end_matches('/').to_string();
-        self
-    }
-
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self
-    }
-
-    pub fn token(mut self, token: Option<String>) -> Self {
-        self.token = TokenSource::Given(token.map(Secret));
-        self
-    }
-
-    /// Cache only: no request at all, and an error listing every missing file.
-    pub fn offline(mut self, offline: bool) -> Self {
-        self.offline = offline;
-        self
-    }
-
-    /// The most connections all downloads of this client share (default 64).
-    /// They start at 16 (or `n`, if fewer) and grow while throughput still
-    /// rises with them.
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
-        self
-    }
-
-    /// The largest byte range one request asks for (default 8 MiB). A large
-    /// file is split into ranges of half to all of this size, fetched in
-    /// parallel; at its end, idle connections take over the end of ranges
-    /// still in flight.
-    pub fn chunk_size(mut self, bytes: u64) -> Self {
-        self.chunk_size = bytes.max(1);
-        self
-    }
-
-    /// Retries after transient failures, and the backoff between them.
-    pub fn retries(mut self, max_retries: u32, base: Duration, max: Duration) -> Self {
-        self.backoff = Backoff {
-            base,
-            max,
-            max_retries,
-        };
-        self
-    }
-
-    /// A transfer that receives nothing for this long is abandoned and retried.
-    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
-        self.stall_timeout = timeout;
-        self
-    }
-
-    /// Where progress events go.
-    pub fn on_event(mut self, sink: EventSink) -> Self {
-        self.events = Some(sink);
-        self
-    }
-
-    pub fn build(self) -> Result<HubClient, HubError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(20))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("schnell/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| HubError::Config(format!("HTTP client: {e}")))?;
-        let token = match &self.token {
-            TokenSource::Given(token) => OnceCell::new_with(Some(token.clone())),
-            TokenSource::File(_) => OnceCell::new(),
-        };
-        Ok(HubClient {
-            inner: Arc::new(Inner {
-                cache: HubCache::new(self.cache_dir.clone()),
-                connections: Connections::new(
-                    INITIAL_CONNECTIONS.min(self.max_connections),
-                    self.max_connections,
-                ),
-                busy: Mutex::default(),
-                token,
-                http,
-                settings: self.clone(),
-            }),
-            events: self.events,
-        })
-    }
-}
 
 /// Fetches Hub files into the local cache. Cheap to clone; clones share the
 /// connection budget and the in-flight de-duplication.
@@ -341,23 +135,6 @@ enum CacheCheck {
 /// size is recorded for it. Such blobs are the Hub's small, non-LFS files.
 const HASH_ON_LOOKUP_MAX: u64 = 16 << 20;
 
-/// What [`HubClient::verify`] found for one file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verification {
-    /// Not in the cache: nothing to check (a download is always checked).
-    NotCached,
-    /// Its content hashes to the name of its blob.
-    Intact,
-    /// Its blob's name is no content hash, but its size is as recorded.
-    SizeOnly,
-    /// Nothing to check it against: neither a hash nor a recorded size.
-    Unchecked,
-    /// It was damaged (`reason`) and has been downloaded again.
-    Repaired { reason: String },
-    /// It is damaged (`reason`), and offline it could not be downloaded again.
-    Damaged { reason: String },
-}
-
 impl HubClient {
     /// A client configured from the environment, as [`HubClientBuilder::from_env`].
     pub fn from_env() -> Result<Self, HubError> {
@@ -452,120 +229,6 @@ impl HubClient {
         }
     }
 
-    /// Hashes each cached file against the name of its blob (sha256 for LFS
-    /// files, git blob sha1 for the others), as `hf cache verify` does, and
-    /// downloads again, at the same commit, every file that does not match
-    /// (offline, it only reports them). Hashing runs on the blocking pool, a
-    /// few files at a time. Every file
-    /// is checked even when another fails; the error then names each failure.
-    pub async fn verify(&self, files: &[HubFile]) -> Result<Vec<Verification>, HubError> {
-        let errors: Vec<HubError> = files.iter().filter_map(|f| f.validate().err()).collect();
-        if let Some(e) = HubError::from_many(errors) {
-            return Err(e);
-        }
-        let hashers = Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        );
-        let results = join_all(files.iter().map(|f| self.verify_one(f, &hashers))).await;
-        let mut verified = Vec::with_capacity(results.len());
-        let mut errors = Vec::new();
-        for result in results {
-            match result {
-                Ok(v) => verified.push(v),
-                Err(e) => errors.push(e),
-            }
-        }
-        match HubError::from_many(errors) {
-            Some(e) => Err(e),
-            None => Ok(verified),
-        }
-    }
-
-    async fn verify_one(
-        &self,
-        file: &HubFile,
-        hashers: &Semaphore,
-    ) -> Result<Verification, HubError> {
-        let cache = &self.inner.cache;
-        let Some(found) = cache.lookup(file).await else {
-            return Ok(Verification::NotCached);
-        };
-        let Some(etag) = found.etag else {
-            return Ok(Verification::Unchecked);
-        };
-        let recorded = cache.recorded_size(&file.repo, &etag).await;
-        let blob = cache.blob_path(&file.repo, &etag);
-        let reason = match recorded {
-            Some(expected) if expected != found.size => Some(format!(
-                "its blob {} holds {} bytes, {expected} were downloaded",
-                blob.display(),
-                found.size
-            )),
-            _ if EtagKind::of(&etag) == EtagKind::Opaque => {
-                return Ok(if recorded.is_some() {
-                    Verification::SizeOnly
-                } else {
-                    Verification::Unchecked
-                });
-            }
-            _ => {
-                let _permit = hashers.acquire().await.expect("never closed");
-                hash_check(file, &blob, &etag).await?
-            }
-        };
-        let Some(reason) = reason else {
-            if recorded.is_none() {
-                cache.record_size(&file.repo, &etag, found.size).await;
-            }
-            return Ok(Verification::Intact);
-        };
-        if self.is_offline() {
-            return Ok(Verification::Damaged { reason });
-        }
-        tracing::warn!(%file, %reason, "damaged in the cache; downloading it again");
-        self.discard_blob(file, &etag, Damage::Content).await?;
-        self.files(&[file.clone().at_revision(&found.commit)])
-            .await?;
-        Ok(Verification::Repaired { reason })
-    }
-
-    /// Deletes a damaged blob, holding its lock, so that it is fetched again;
-    /// unless, checked again under the lock as `damage` found it, another
-    /// task or process has repaired it meanwhile.
-    async fn discard_blob(
-        &self,
-        file: &HubFile,
-        etag: &str,
-        damage: Damage,
-    ) -> Result<(), HubError> {
-        let cache = &self.inner.cache;
-        let lock_path = cache.lock_path(&file.repo, etag);
-        let _lock = cache
-            .lock(&file.repo, etag)
-            .await
-            .map_err(io_err(file, &lock_path))?;
-        let blob = cache.blob_path(&file.repo, etag);
-        let repaired = match damage {
-            Damage::Size => {
-                let size = tokio::fs::metadata(&blob).await.ok().map(|m| m.len());
-                size.is_some() && size == cache.recorded_size(&file.repo, etag).await
-            }
-            Damage::Content => {
-                tokio::fs::metadata(&blob).await.is_ok()
-                    && hash_check(file, &blob, etag).await?.is_none()
-            }
-        };
-        if repaired {
-            return Ok(());
-        }
-        cache
-            .remove_blob(&file.repo, etag)
-            .await
-            .map_err(io_err(file, &blob))
-    }
-
     /// Many files at once, returned in the order asked. Every file is attempted
     /// even when another fails, so nothing fetched is lost; the error then names
     /// every file that failed.
@@ -579,7 +242,7 @@ impl HubClient {
         unique.dedup();
 
         let lookups = join_all(unique.iter().map(|f| self.lookup(f))).await;
-        let mut pending: Vec<(HubFile, Result<Lookup, HubError>)> =
+        let pending: Vec<(HubFile, Result<Lookup, HubError>)> =
             unique.into_iter().zip(lookups).collect();
         if self.is_offline() {
             let missing: Vec<HubFile> = pending
@@ -595,14 +258,8 @@ impl HubClient {
             }
         }
 
-        // Largest first: the connection budget is handed out in order, so the
-        // long transfers start at once and the small ones fill in at the end.
-        pending.sort_by_key(|(_, lookup)| {
-            std::cmp::Reverse(match lookup {
-                Ok(Lookup::Remote(head)) => head.remote.size,
-                _ => 0,
-            })
-        });
+        // All at once: the connections go to whichever file has the least
+        // left (see `transfer`).
         let results = join_all(pending.into_iter().map(|(file, lookup)| async move {
             match lookup? {
                 Lookup::Cached(hit) => Ok(hit),
@@ -756,140 +413,6 @@ impl HubClient {
         }
     }
 
-    /// Step two: download, verify and link one file, unless another task or
-    /// process does it first.
-    async fn download(&self, file: &HubFile, found: remote::Head) -> Result<FetchedFile, HubError> {
-        let remote = &found.remote;
-        let _busy = self.claim(file).await;
-        // Another task of this process may have finished it while we waited.
-        if let CacheCheck::Intact(hit) = self.check_cached(file).await? {
-            self.emit(HubEvent::Cached {
-                file: file.clone(),
-                size: hit.size,
-            });
-            return Ok(hit);
-        }
-        let cache = &self.inner.cache;
-        let blob = cache.blob_path(&file.repo, &remote.etag);
-        let lock_path = cache.lock_path(&file.repo, &remote.etag);
-        let _lock = cache
-            .lock(&file.repo, &remote.etag)
-            .await
-            .map_err(io_err(file, &lock_path))?;
-
-        // The blob may be here already: another revision, another process, or
-        // a run that stopped before linking it.
-        if cache.blob_len(&file.repo, &remote.etag).await != Some(remote.size) {
-            self.fetch_blob(file, &found, &blob).await?;
-        }
-        cache
-            .record_size(&file.repo, &remote.etag, remote.size)
-            .await;
-        let path = cache
-            .link(file, &remote.commit, &remote.etag)
-            .await
-            .map_err(io_err(file, &cache.snapshot_path(file, &remote.commit)))?;
-        self.emit(HubEvent::Finished {
-            file: file.clone(),
-            size: remote.size,
-        });
-        Ok(FetchedFile {
-            file: file.clone(),
-            path,
-            size: remote.size,
-            from_cache: false,
-        })
-    }
-
-    /// Transfers, verifies and renames the blob into place. A content mismatch
-    /// discards the download and tries once more from scratch.
-    async fn fetch_blob(
-        &self,
-        file: &HubFile,
-        found: &remote::Head,
-        blob: &Path,
-    ) -> Result<(), HubError> {
-        let remote = &found.remote;
-        let parent = blob.parent().expect("blob paths have a parent");
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(io_err(file, parent))?;
-        let mut integrity_retries = 1;
-        loop {
-            let (staged, hashed) = if remote.size == 0 {
-                let empty = blob.with_extension("empty.part");
-                tokio::fs::write(&empty, b"")
-                    .await
-                    .map_err(io_err(file, &empty))?;
-                (empty, None)
-            } else {
-                let Transferred { path, sha256 } = self.transfer(file, found).await?;
-                (path, sha256)
-            };
-            let verdict = match hashed {
-                // Hashed while it downloaded.
-                Some(actual) => (!actual.eq_ignore_ascii_case(&remote.etag)).then_some(actual),
-                None => {
-                    let (check_path, etag) = (staged.clone(), remote.etag.clone());
-                    tokio::task::spawn_blocking(move || digest::mismatch(&check_path, &etag))
-                        .await
-                        .map_err(|e| io_err(file, &staged)(std::io::Error::other(e)))?
-                        .map_err(io_err(file, &staged))?
-                }
-            };
-            match verdict {
-                None => {
-                    return tokio::fs::rename(&staged, blob)
-                        .await
-                        .map_err(io_err(file, blob));
-                }
-                Some(actual) => {
-                    let _ = tokio::fs::remove_file(&staged).await;
-                    tracing::warn!(%file, expected = %remote.etag, %actual, "checksum mismatch; download discarded");
-                    if integrity_retries == 0 {
-                        return Err(HubError::Integrity {
-                            file: file.clone(),
-                            expected: remote.etag.clone(),
-                            actual,
-                        });
-                    }
-                    integrity_retries -= 1;
-                    self.emit(HubEvent::Retrying {
-                        file: file.clone(),
-                        attempt: 1,
-                        delay_ms: 0,
-                        reason: "checksum mismatch".into(),
-                    });
-                }
-            }
-        }
-    }
-
-    /// The transfer with our retries; its ranges share the client's
-    /// connections with every other download.
-    async fn transfer(&self, file: &HubFile, found: &remote::Head) -> Result<Transferred, HubError> {
-        let s = &self.inner.settings;
-        let token = self.token().await;
-        let transfer = Transfer {
-            http: &self.inner.http,
-            cache: &self.inner.cache,
-            connections: &self.inner.connections,
-            endpoint: &s.endpoint,
-            token,
-            events: self.events.as_ref(),
-            stall_timeout: s.stall_timeout,
-            max_chunk: s.chunk_size,
-        };
-        // The first attempt goes where the lookup was sent; a retry asks
-        // again, since a signed link may have expired.
-        let location = Mutex::new(Some(found.location.clone()));
-        self.with_retries(file, || {
-            let location = location.lock().expect("not poisoned").take();
-            transfer.run(file, &found.remote, location)
-        })
-        .await
-    }
-
     /// [`retry::with_retries`] with this client's backoff and events.
     async fn with_retries<T, F, Fut>(&self, file: &HubFile, attempt: F) -> Result<T, HubError>
     where
@@ -904,75 +427,12 @@ impl HubClient {
         )
         .await
     }
-
-    /// Waits until no other task of this client fetches `file`.
-    async fn claim(&self, file: &HubFile) -> Claim {
-        let lock = {
-            let mut busy = self.inner.busy.lock().expect("not poisoned");
-            busy.entry(file.clone()).or_default().clone()
-        };
-        Claim {
-            guard: Some(lock.lock_owned().await),
-            inner: self.inner.clone(),
-            file: file.clone(),
-        }
-    }
-}
-
-/// Hashes a blob on the blocking pool against the ETag it is named by:
-/// `Some(reason)` when it does not match.
-/// How a blob was found damaged, so that it can be checked again the same way.
-#[derive(Clone, Copy)]
-enum Damage {
-    /// Its size is not the recorded one (or, unrecorded, its hash failed:
-    /// a repair records the size).
-    Size,
-    /// Its content does not hash to its name (`verify`).
-    Content,
-}
-
-async fn hash_check(file: &HubFile, blob: &Path, etag: &str) -> Result<Option<String>, HubError> {
-    let (path, name) = (blob.to_path_buf(), etag.to_string());
-    let actual = tokio::task::spawn_blocking(move || digest::mismatch(&path, &name))
-        .await
-        .map_err(|e| io_err(file, blob)(std::io::Error::other(e)))?
-        .map_err(io_err(file, blob))?;
-    Ok(actual.map(|actual| {
-        let kind = match EtagKind::of(etag) {
-            EtagKind::Sha256 => "sha256",
-            _ => "git blob sha1",
-        };
-        format!(
-            "the {kind} of its blob {} is {actual}, not the {etag} it is named by",
-            blob.display()
-        )
-    }))
 }
 
 /// Names the file and the cache path in an I/O error.
 fn io_err(file: &HubFile, path: &Path) -> impl FnOnce(std::io::Error) -> HubError {
     let (file, path) = (file.clone(), path.to_path_buf());
     move |source| HubError::Io { file, path, source }
-}
-
-/// Holds a file's in-process lock; the last holder removes the map entry.
-struct Claim {
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    inner: Arc<Inner>,
-    file: HubFile,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let mut busy = self.inner.busy.lock().expect("not poisoned");
-        drop(self.guard.take());
-        if busy
-            .get(&self.file)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            busy.remove(&self.file);
-        }
-    }
 }
 
 /// The process-wide client, configured from the environment on first use.

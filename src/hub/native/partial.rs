@@ -241,8 +241,14 @@ mod tests {
         let text = format!("{RECORD_HEADER} 30\n0 4\n10 20\n");
         assert_eq!(parse_record(&text, 30), Some(have));
         assert_eq!(parse_record(&text, 31), None, "another size");
-        assert_eq!(parse_record(&format!("{RECORD_HEADER} 30\n0 40\n"), 30), None);
-        assert_eq!(parse_record(&format!("{RECORD_HEADER} 30\n0 x\n"), 30), None);
+        assert_eq!(
+            parse_record(&format!("{RECORD_HEADER} 30\n0 40\n"), 30),
+            None
+        );
+        assert_eq!(
+            parse_record(&format!("{RECORD_HEADER} 30\n0 x\n"), 30),
+            None
+        );
         assert_eq!(parse_record("", 30), None);
         assert_eq!(
             record_path(Path::new("/c/blobs/abc.sync.part")),

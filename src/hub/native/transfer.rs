@@ -216,7 +216,9 @@ impl Transfer<'_> {
                     continue;
                 };
                 let fetched = self
-                    .fetch_range(file, &location, &endpoint, path, &range, size, ledger, progress, &latency)
+                    .fetch_range(
+                        file, &location, &endpoint, path, &range, size, ledger, progress, &latency,
+                    )
                     .await;
                 work.lock().expect("not poisoned").finished(&range);
                 fetched?;
@@ -789,7 +791,10 @@ mod tests {
         assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0));
         let lens: Vec<u64> = ranges.iter().map(|(s, e)| e - s).collect();
         let (last, most) = lens.split_last().unwrap();
-        assert!(most.iter().all(|l| (8 * MIB..=16 * MIB).contains(l)), "{lens:?}");
+        assert!(
+            most.iter().all(|l| (8 * MIB..=16 * MIB).contains(l)),
+            "{lens:?}"
+        );
         assert!((4 * MIB..=24 * MIB).contains(last), "{lens:?}");
         // Not all of one size, so that connections do not finish in step.
         let mut distinct = most.to_vec();
@@ -831,7 +836,10 @@ mod tests {
         let (_, share) = w.splittable(&latency).unwrap();
         let left = 3 * MIB;
         let expected = (left as f64 - rate * latency.get().as_secs_f64()) / 2.0;
-        assert!((share as f64 - expected).abs() < 1e4 && share < left / 2 - MIB / 4, "{share}");
+        assert!(
+            (share as f64 - expected).abs() < 1e4 && share < left / 2 - MIB / 4,
+            "{share}"
+        );
         // A wait as long as the rest takes: not worth a request.
         latency.observe(Duration::from_secs(3600));
         assert_eq!(w.left(&latency), Left::InFlight);
