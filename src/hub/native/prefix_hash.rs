@@ -7,14 +7,15 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 pub(crate) struct PrefixHasher {
-    marks: Option<mpsc::Sender<u64>>,
-    sent: u64,
+    marks: Mutex<Option<mpsc::Sender<u64>>>,
+    sent: AtomicU64,
     task: JoinHandle<io::Result<Option<String>>>,
 }
 
@@ -25,17 +26,16 @@ impl PrefixHasher {
         let (marks, rx) = mpsc::channel::<u64>();
         let task = tokio::task::spawn_blocking(move || follow(path, size, rx));
         Self {
-            marks: Some(marks),
-            sent: 0,
+            marks: Mutex::new(Some(marks)),
+            sent: AtomicU64::new(0),
             task,
         }
     }
 
     /// The first `prefix` bytes are written and will not change.
-    pub(crate) fn advance(&mut self, prefix: u64) {
-        if prefix > self.sent {
-            self.sent = prefix;
-            if let Some(marks) = &self.marks {
+    pub(crate) fn advance(&self, prefix: u64) {
+        if self.sent.fetch_max(prefix, Ordering::AcqRel) < prefix {
+            if let Some(marks) = &*self.marks.lock().expect("not poisoned") {
                 // The thread only stops early on an I/O error, which
                 // `finish` reports.
                 let _ = marks.send(prefix);
@@ -45,7 +45,7 @@ impl PrefixHasher {
 
     /// The hex sha256 once every byte was declared complete, else `None`.
     pub(crate) async fn finish(mut self) -> io::Result<Option<String>> {
-        drop(self.marks.take());
+        drop(self.marks.lock().expect("not poisoned").take());
         (&mut self.task).await.map_err(io::Error::other)?
     }
 }
@@ -82,14 +82,14 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let expected = hex::encode(Sha256::digest(&data));
 
-        let mut h = PrefixHasher::start(path.clone(), data.len() as u64);
+        let h = PrefixHasher::start(path.clone(), data.len() as u64);
         for mark in [10, 1_000_000, 999, 2_500_000, data.len() as u64] {
             h.advance(mark);
         }
         assert_eq!(h.finish().await.unwrap(), Some(expected));
 
         // Stopped short: no digest.
-        let mut h = PrefixHasher::start(path, data.len() as u64);
+        let h = PrefixHasher::start(path, data.len() as u64);
         h.advance(1_000);
         assert_eq!(h.finish().await.unwrap(), None);
     }

@@ -46,7 +46,7 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Redirects a range request follows (the CDN's own, if any).
 const MAX_REDIRECTS: usize = 5;
 
-/// How often the written ranges are saved, and the hasher told of them.
+/// How often the written ranges are saved.
 const SAVE_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) struct Transfer<'a> {
@@ -123,12 +123,9 @@ impl Transfer<'_> {
         let fail = write_failure(file, partial.path(), size);
         let have = partial.open().await.map_err(&fail)?;
         progress.started(size, have.total());
-        let mut hasher = (EtagKind::of(&remote.etag) == EtagKind::Sha256)
+        let hasher = (EtagKind::of(&remote.etag) == EtagKind::Sha256)
             .then(|| PrefixHasher::start(partial.path().to_path_buf(), size));
-        if let Some(hasher) = &mut hasher {
-            hasher.advance(have.prefix());
-        }
-        let ledger = Ledger::new(have);
+        let ledger = Ledger::new(have, hasher.as_ref());
         if ledger.missing(size) {
             let result = {
                 let work =
@@ -149,7 +146,7 @@ impl Transfer<'_> {
                                     self.stall_timeout
                                 )));
                             }
-                            save(partial, &ledger, hasher.as_mut(), progress)
+                            save(partial, &ledger, progress)
                                 .await
                                 .map_err(&fail)?;
                         }
@@ -158,14 +155,12 @@ impl Transfer<'_> {
             };
             // The ranges' connections are closed; keep what they wrote, for
             // the next attempt or process.
-            save(partial, &ledger, hasher.as_mut(), progress)
-                .await
-                .map_err(&fail)?;
+            save(partial, &ledger, progress).await.map_err(&fail)?;
             result?;
         }
         partial.complete().await.map_err(&fail)?;
         match hasher {
-            Some(mut hasher) => {
+            Some(hasher) => {
                 hasher.advance(size);
                 hasher.finish().await.map_err(&fail)
             }
@@ -181,7 +176,7 @@ impl Transfer<'_> {
         remote: &RemoteFile,
         location: Option<Url>,
         path: &Path,
-        ledger: &Ledger,
+        ledger: &Ledger<'_>,
         progress: &Progress,
     ) -> Result<(), Failure<HubError>> {
         let size = remote.size;
@@ -265,7 +260,7 @@ impl Transfer<'_> {
         path: &Path,
         range: &Active,
         size: u64,
-        ledger: &Ledger,
+        ledger: &Ledger<'_>,
         progress: &Progress,
         latency: &Latency,
     ) -> Result<(), Failure<HubError>> {
@@ -423,42 +418,47 @@ impl Transfer<'_> {
     }
 }
 
-/// Saves the ledger if it changed, and tells the hasher how far the
-/// complete prefix reaches.
-async fn save(
-    partial: &Partial,
-    ledger: &Ledger,
-    hasher: Option<&mut PrefixHasher>,
-    progress: &Progress,
-) -> io::Result<()> {
+/// Saves the ledger if it changed.
+async fn save(partial: &Partial, ledger: &Ledger<'_>, progress: &Progress) -> io::Result<()> {
     let Some(have) = ledger.take_changes() else {
         return Ok(());
     };
     partial.save(&have).await?;
     progress.recorded(have.total());
-    if let Some(hasher) = hasher {
-        hasher.advance(have.prefix());
-    }
     Ok(())
 }
 
 /// What this attempt found and wrote.
-struct Ledger {
+/// The hasher hears of each step of the complete prefix at once, so that
+/// it keeps up.
+struct Ledger<'a> {
     have: Mutex<Intervals>,
     changed: AtomicBool,
+    hasher: Option<&'a PrefixHasher>,
 }
 
-impl Ledger {
-    fn new(have: Intervals) -> Self {
+impl<'a> Ledger<'a> {
+    fn new(have: Intervals, hasher: Option<&'a PrefixHasher>) -> Self {
+        if let Some(hasher) = hasher {
+            hasher.advance(have.prefix());
+        }
         Self {
             have: Mutex::new(have),
             changed: AtomicBool::new(false),
+            hasher,
         }
     }
 
     fn add(&self, start: u64, end: u64) {
-        self.have.lock().expect("not poisoned").insert(start, end);
+        let prefix = {
+            let mut have = self.have.lock().expect("not poisoned");
+            have.insert(start, end);
+            have.prefix()
+        };
         self.changed.store(true, Ordering::Release);
+        if let Some(hasher) = self.hasher {
+            hasher.advance(prefix);
+        }
     }
 
     fn missing(&self, size: u64) -> bool {
