@@ -105,10 +105,11 @@ impl HubClientBuilder {
             token: TokenSource::Given(None),
             offline: false,
             max_connections: MAX_CONNECTIONS,
-            // Each range costs one request and its latency, and a file's
-            // ranges in flight are what its sha256 waits for at the end:
-            // 8 MiB (4 to 8, varied) balances the two (BENCHMARKS.md).
-            chunk_size: 8 << 20,
+            // A connection asks for its next range before the current one
+            // ends, so a range's latency costs little; a file's ranges in
+            // flight are what its sha256 waits for at its end. 4 MiB (2 to
+            // 4, varied) measured best (BENCHMARKS.md).
+            chunk_size: 4 << 20,
             backoff: Backoff::default(),
             stall_timeout: Duration::from_secs(60),
             events: None,
@@ -169,7 +170,7 @@ impl HubClientBuilder {
         self
     }
 
-    /// The largest byte range one request asks for (default 8 MiB). A large
+    /// The largest byte range one request asks for (default 4 MiB). A large
     /// file is split into ranges of half to all of this size, fetched in
     /// parallel; at its end, idle connections take over the end of ranges
     /// still in flight.

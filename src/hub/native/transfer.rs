@@ -189,6 +189,16 @@ impl Transfer<'_> {
 
         let work = Mutex::new(Work::new(ledger.gaps(size), self.max_chunk));
         let latency = Latency::default();
+        let ctx = RangeContext {
+            file,
+            source: &location,
+            endpoint: &endpoint,
+            path,
+            size,
+            ledger,
+            progress,
+            latency: &latency,
+        };
         let worker = || async {
             loop {
                 // The file with the least left goes first: files complete one
@@ -207,16 +217,33 @@ impl Transfer<'_> {
                 };
                 let _turn = self.connections.acquire(left).await;
                 let next = work.lock().expect("not poisoned").next(&latency);
-                let Some(range) = next else {
+                let Some(mut range) = next else {
                     continue;
                 };
-                let fetched = self
-                    .fetch_range(
-                        file, &location, &endpoint, path, &range, size, ledger, progress, &latency,
-                    )
-                    .await;
-                work.lock().expect("not poisoned").finished(&range);
-                fetched?;
+                let mut answer = self.ask(&ctx, range.bounds()).await;
+                // While this turn's connection has ranges to fetch, it asks
+                // for the next one before the current one ends, so that
+                // the next response's latency passes while bytes still flow.
+                loop {
+                    let mut ahead = Ahead::Idle;
+                    let take = || work.lock().expect("not poisoned").next(&latency);
+                    let streamed = match answer {
+                        Ok(response) => self.stream(&ctx, &range, response, take, &mut ahead).await,
+                        Err(e) => Err(e),
+                    };
+                    work.lock().expect("not poisoned").finished(&range);
+                    if let Err(e) = streamed {
+                        if let Ahead::Asking(next, _) | Ahead::Answered(next, _) = &ahead {
+                            work.lock().expect("not poisoned").finished(next);
+                        }
+                        return Err(e);
+                    }
+                    (range, answer) = match ahead {
+                        Ahead::Idle => break,
+                        Ahead::Asking(next, asking) => (next, asking.await),
+                        Ahead::Answered(next, answered) => (next, answered),
+                    };
+                }
             }
         };
         let mut workers: FuturesUnordered<_> =
@@ -248,36 +275,16 @@ impl Transfer<'_> {
         Ok(head.location)
     }
 
-    /// One range, streamed into the partial file until it ends where it
-    /// stops now: an idle connection may have taken its second half. What
-    /// arrived is written and recorded even when the connection breaks off.
-    #[allow(clippy::too_many_arguments)]
-    async fn fetch_range(
-        &self,
-        file: &HubFile,
-        source: &Url,
-        endpoint: &Url,
-        path: &Path,
-        range: &Active,
-        size: u64,
-        ledger: &Ledger<'_>,
-        progress: &Progress,
-        latency: &Latency,
-    ) -> Result<(), Failure<HubError>> {
-        let protocol = |reason: String| {
-            Failure::Fatal(HubError::Protocol {
-                file: file.clone(),
-                reason,
-            })
-        };
-        let (start, end) = range.bounds();
+    /// Asks for one range and checks that the answer is that range.
+    async fn ask(&self, ctx: &RangeContext<'_>, (start, end): (u64, u64)) -> Answer {
         let last = end - 1;
         let asked = Instant::now();
-        let response = self.get_range(file, source, endpoint, start, last).await?;
-        latency.observe(asked.elapsed());
-        range.started();
+        let response = self
+            .get_range(ctx.file, ctx.source, ctx.endpoint, start, last)
+            .await?;
+        ctx.latency.observe(asked.elapsed());
         let status = response.status();
-        let whole = status == StatusCode::OK && start == 0 && end == size;
+        let whole = status == StatusCode::OK && start == 0 && end == ctx.size;
         let answered = response
             .headers()
             .get(CONTENT_RANGE)
@@ -286,16 +293,32 @@ impl Transfer<'_> {
             .and_then(|v| v.split(['-', '/']).next())
             .and_then(|v| v.parse::<u64>().ok());
         if !whole && (status != StatusCode::PARTIAL_CONTENT || answered != Some(start)) {
-            return Err(protocol(format!(
+            return Err(ctx.protocol(format!(
                 "asked for bytes {start}-{last}, got HTTP {status} without them: \
                  the server does not serve byte ranges"
             )));
         }
+        Ok(response)
+    }
 
-        let fail = write_failure(file, path, size);
+    /// Streams one range's response into the partial file until the range
+    /// ends where it stops now (an idle connection may have taken over its
+    /// end). What arrived is written and recorded even when the connection
+    /// breaks off. Once what is left would arrive within a request's
+    /// latency, it asks for the range `take` gives, into `ahead`.
+    async fn stream<'s>(
+        &'s self,
+        ctx: &'s RangeContext<'s>,
+        range: &Active,
+        response: reqwest::Response,
+        mut take: impl FnMut() -> Option<Arc<Active>>,
+        ahead: &mut Ahead<'s>,
+    ) -> Result<(), Failure<HubError>> {
+        let (start, end) = range.bounds();
+        let fail = write_failure(ctx.file, ctx.path, ctx.size);
         let mut out = tokio::fs::OpenOptions::new()
             .write(true)
-            .open(path)
+            .open(ctx.path)
             .await
             .map_err(&fail)?;
         out.seek(SeekFrom::Start(start)).await.map_err(&fail)?;
@@ -306,15 +329,23 @@ impl Transfer<'_> {
         let mut write = async |buffer: &mut Vec<u8>, written: &mut u64| {
             out.write_all(buffer).await?;
             out.flush().await?;
-            ledger.add(*written, *written + buffer.len() as u64);
+            ctx.ledger.add(*written, *written + buffer.len() as u64);
             *written += buffer.len() as u64;
             buffer.clear();
             io::Result::Ok(())
         };
+        range.started();
         let mut received = start;
         let mut body = response.bytes_stream();
         let broke = loop {
-            let piece = match body.next().await {
+            let next = tokio::select! {
+                next = body.next() => next,
+                answered = ahead.asked(), if ahead.is_asking() => {
+                    ahead.answered(answered);
+                    continue;
+                }
+            };
+            let piece = match next {
                 None => break None,
                 Some(Err(e)) => {
                     break Some(format!("the body broke off: {}", remote::describe(e)));
@@ -322,7 +353,7 @@ impl Transfer<'_> {
                 Some(Ok(piece)) => piece,
             };
             if received + piece.len() as u64 > end {
-                return Err(protocol(format!(
+                return Err(ctx.protocol(format!(
                     "asked for {} bytes at {start}, got more",
                     end - start
                 )));
@@ -332,7 +363,7 @@ impl Transfer<'_> {
             // Split, and this connection's part is in: the rest of its
             // response is another connection's.
             let cut = stop < end && received >= stop;
-            progress.advance(keep);
+            ctx.progress.advance(keep);
             self.connections.received(keep);
             buffer.extend_from_slice(&piece[..keep as usize]);
             if buffer.len() >= WRITE_BUFFER || cut {
@@ -340,6 +371,12 @@ impl Transfer<'_> {
             }
             if cut {
                 break None;
+            }
+            if matches!(ahead, Ahead::Idle) && range.ends_within(ctx.latency.get()) {
+                if let Some(next) = take() {
+                    let asking = Box::pin(self.ask(ctx, next.bounds()));
+                    *ahead = Ahead::Asking(next, asking);
+                }
             }
         };
         if !buffer.is_empty() {
@@ -415,6 +452,59 @@ impl Transfer<'_> {
             file: file.clone(),
             reason: "too many redirects".into(),
         }))
+    }
+}
+
+/// What every range of one attempt shares.
+struct RangeContext<'a> {
+    file: &'a HubFile,
+    source: &'a Url,
+    endpoint: &'a Url,
+    path: &'a Path,
+    size: u64,
+    ledger: &'a Ledger<'a>,
+    progress: &'a Progress,
+    latency: &'a Latency,
+}
+
+impl RangeContext<'_> {
+    fn protocol(&self, reason: String) -> Failure<HubError> {
+        Failure::Fatal(HubError::Protocol {
+            file: self.file.clone(),
+            reason,
+        })
+    }
+}
+
+type Answer = Result<reqwest::Response, Failure<HubError>>;
+
+/// The range a connection asked for before its current one ended.
+enum Ahead<'a> {
+    Idle,
+    Asking(
+        Arc<Active>,
+        std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send + 'a>>,
+    ),
+    Answered(Arc<Active>, Answer),
+}
+
+impl Ahead<'_> {
+    fn is_asking(&self) -> bool {
+        matches!(self, Ahead::Asking(..))
+    }
+
+    /// The answer being waited for; only while asking.
+    async fn asked(&mut self) -> Answer {
+        match self {
+            Ahead::Asking(_, asking) => asking.await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn answered(&mut self, answer: Answer) {
+        if let Ahead::Asking(range, _) = std::mem::replace(self, Ahead::Idle) {
+            *self = Ahead::Answered(range, answer);
+        }
     }
 }
 
@@ -633,6 +723,15 @@ impl Active {
         (keep, bounds.1)
     }
 
+    /// Whether what is left would arrive within `wait` at the rate so far
+    /// (with a margin of a quarter, and at least 64 kB).
+    fn ends_within(&self, wait: Duration) -> bool {
+        let lead = self
+            .rate()
+            .map_or(0.0, |rate| rate * wait.as_secs_f64() * 1.25);
+        self.remaining() <= (lead as u64).max(64 << 10)
+    }
+
     /// Gives away the last `share` bytes of what is left: `[end - share, end)`.
     fn split(&self, share: u64) -> Option<(u64, u64)> {
         let mut bounds = self.bounds.lock().expect("not poisoned");
@@ -806,6 +905,22 @@ mod tests {
             cut(vec![(0, MIB), (5 * MIB, 6 * MIB + 10)], 16 * MIB),
             vec![(0, MIB), (5 * MIB, 6 * MIB + 10)]
         );
+    }
+
+    #[test]
+    fn the_next_range_is_asked_for_one_latency_before_the_current_ends() {
+        let range = Active::new(0, 8 * MIB);
+        // Nothing is known of its speed: only the last 64 kB count as the end.
+        assert!(!range.ends_within(Duration::from_secs(1)));
+        range.started();
+        range.receive(MIB);
+        std::thread::sleep(Duration::from_millis(20));
+        let rate = range.rate().unwrap();
+        // What is left (7 MiB) takes 7 MiB / rate: a wait longer than that
+        // (with its margin) starts the next request now, a shorter one not.
+        let rest = 7.0 * MIB as f64 / rate;
+        assert!(range.ends_within(Duration::from_secs_f64(rest)));
+        assert!(!range.ends_within(Duration::from_secs_f64(rest / 2.0)));
     }
 
     #[test]
