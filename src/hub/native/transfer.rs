@@ -723,12 +723,13 @@ impl Active {
         (keep, bounds.1)
     }
 
-    /// Whether what is left would arrive within `wait` at the rate so far
-    /// (with a margin of a quarter, and at least 64 kB).
+    /// Whether what is left would arrive within twice `wait` at the rate
+    /// so far (or is the last 64 kB). Twice: the rate is an average since
+    /// the range began, and a connection speeds up when others end.
     fn ends_within(&self, wait: Duration) -> bool {
         let lead = self
             .rate()
-            .map_or(0.0, |rate| rate * wait.as_secs_f64() * 1.25);
+            .map_or(0.0, |rate| rate * wait.as_secs_f64() * 2.0);
         self.remaining() <= (lead as u64).max(64 << 10)
     }
 
@@ -916,11 +917,11 @@ mod tests {
         range.receive(MIB);
         std::thread::sleep(Duration::from_millis(20));
         let rate = range.rate().unwrap();
-        // What is left (7 MiB) takes 7 MiB / rate: a wait longer than that
-        // (with its margin) starts the next request now, a shorter one not.
+        // What is left (7 MiB) takes 7 MiB / rate: a wait of over half that
+        // starts the next request now, a shorter one not.
         let rest = 7.0 * MIB as f64 / rate;
-        assert!(range.ends_within(Duration::from_secs_f64(rest)));
-        assert!(!range.ends_within(Duration::from_secs_f64(rest / 2.0)));
+        assert!(range.ends_within(Duration::from_secs_f64(rest * 0.6)));
+        assert!(!range.ends_within(Duration::from_secs_f64(rest * 0.4)));
     }
 
     #[test]
