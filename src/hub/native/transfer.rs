@@ -2,15 +2,16 @@
 //! over the client's shared connections, each written where it belongs in a
 //! resumable partial file, watched for stalls and reported as events.
 //!
-//! Each attempt first asks the Hub (one `HEAD`, with the token) where the
-//! bytes are; the ranges then go there, with the token only when that is the
-//! endpoint's own origin. A range is cut when a connection is free to fetch
-//! it, from what is still missing: large while much is left, smaller towards
-//! the end, so that a file's last connections finish together. Every write
-//! is recorded ([`Partial`]), so a retry or a new process asks only for what
-//! is missing. All ranges of an attempt run inside its future: when one
-//! fails, the others are dropped with it, so no connection outlives the
-//! attempt.
+//! Each attempt goes where the lookup's `HEAD` said the bytes are (a retry
+//! asks the Hub again), with the token only when that is the endpoint's own
+//! origin. A connection takes ranges of the missing bytes one after another
+//! ([`Work`]), and asks for the next one before the current one ends, so the
+//! link does not idle while a request waits out its latency; at a file's
+//! end, idle connections take over the end of ranges still in flight, so
+//! that its last connections finish together. Every write is recorded
+//! ([`Partial`]), so a retry or a new process asks only for what is missing.
+//! All ranges of an attempt run inside its future: when one fails, the
+//! others are dropped with it, so no connection outlives the attempt.
 
 use std::collections::VecDeque;
 use std::io::{self, SeekFrom};
