@@ -872,23 +872,7 @@ fn a_fetch_killed_midway_fetches_only_the_missing_ranges_when_run_again() {
         std::fs::read(dir.path().join("acme/tiny").join(name)).unwrap()
     );
     // Every byte asked for again lies in a gap of what was kept.
-    let asked: Vec<(u64, u64)> = hub
-        .stats
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.is_body())
-        .map(|s| {
-            let r = s
-                .range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes="))
-                .unwrap();
-            let (a, b) = r.split_once('-').unwrap();
-            (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap() + 1)
-        })
-        .collect();
+    let asked = hub.stats.body_ranges();
     assert!(!asked.is_empty());
     for (s, e) in &asked {
         assert!(

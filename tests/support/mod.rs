@@ -93,6 +93,21 @@ impl Stats {
             .filter(|s| s.file == file && s.is_body())
             .count()
     }
+    /// The byte ranges `[start, end)` that content requests asked for (one
+    /// without a `Range` asked for everything).
+    pub fn body_ranges(&self) -> Vec<(u64, u64)> {
+        let parse = |r: &str| {
+            let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse::<u64>().ok()? + 1))
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.is_body())
+            .map(|s| s.range.as_deref().and_then(parse).unwrap_or((0, u64::MAX)))
+            .collect()
+    }
     pub fn sent(&self, file: &str) -> u64 {
         self.sent.lock().unwrap().get(file).copied().unwrap_or(0)
     }
