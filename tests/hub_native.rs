@@ -370,6 +370,27 @@ async fn an_interrupted_download_resumes_in_a_new_process() {
 }
 
 #[tokio::test]
+async fn a_file_waiting_for_a_connection_is_not_stalled() {
+    let dir = mirror_dir(&[("a.safetensors", 1 << 20), ("b.safetensors", 2 << 20)]);
+    let hub = TestHub::start(dir.path());
+    // One connection at 2 MB/s: the smaller file holds it for half a
+    // second, four times the stall timeout, while the other waits.
+    hub.faults.throttle(2e6, Duration::ZERO);
+    let cache = tempfile::tempdir().unwrap();
+    let client = builder(&hub, cache.path())
+        .max_connections(1)
+        .stall_timeout(Duration::from_millis(120))
+        .retries(0, Duration::ZERO, Duration::ZERO)
+        .build()
+        .unwrap();
+    let wanted = [file("a.safetensors"), file("b.safetensors")];
+    let fetched = client.files(&wanted).await.unwrap();
+    for (f, name) in fetched.iter().zip(["a.safetensors", "b.safetensors"]) {
+        assert_eq!(f.bytes().await.unwrap(), original(dir.path(), name));
+    }
+}
+
+#[tokio::test]
 async fn a_failed_range_cancels_the_others() {
     let size = 8 << 20;
     let dir = mirror_dir(&[("model.safetensors", size)]);

@@ -164,7 +164,8 @@ impl HubClientBuilder {
 
     /// The most connections all downloads of this client share (default 64).
     /// They start at 16 (or `n`, if fewer) and grow while throughput still
-    /// rises with them.
+    /// rises with them. Near the end of its range, each may also have the
+    /// request for its next range open: up to twice as many sockets.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self

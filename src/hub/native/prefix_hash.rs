@@ -7,67 +7,86 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub(crate) struct PrefixHasher {
-    marks: Mutex<Option<mpsc::Sender<u64>>>,
-    sent: AtomicU64,
+    marks: watch::Sender<u64>,
     task: JoinHandle<io::Result<Option<String>>>,
 }
 
 impl PrefixHasher {
     /// Starts hashing the first `size` bytes of `path` as they are declared
-    /// complete with [`advance`](Self::advance).
+    /// complete with [`advance`](Self::advance). No thread waits meanwhile:
+    /// each step of the prefix is hashed by one call on the blocking pool,
+    /// so a batch of many files cannot fill the pool with waiting hashers.
     pub(crate) fn start(path: PathBuf, size: u64) -> Self {
-        let (marks, rx) = mpsc::channel::<u64>();
-        let task = tokio::task::spawn_blocking(move || follow(path, size, rx));
-        Self {
-            marks: Mutex::new(Some(marks)),
-            sent: AtomicU64::new(0),
-            task,
-        }
+        let (marks, rx) = watch::channel(0u64);
+        let task = tokio::spawn(follow(path, size, rx));
+        Self { marks, task }
     }
 
     /// The first `prefix` bytes are written and will not change.
     pub(crate) fn advance(&self, prefix: u64) {
-        if self.sent.fetch_max(prefix, Ordering::AcqRel) < prefix {
-            if let Some(marks) = &*self.marks.lock().expect("not poisoned") {
-                // The thread only stops early on an I/O error, which
-                // `finish` reports.
-                let _ = marks.send(prefix);
-            }
-        }
+        self.marks.send_if_modified(|mark| {
+            let grew = prefix > *mark;
+            *mark = (*mark).max(prefix);
+            grew
+        });
     }
 
     /// The hex sha256 once every byte was declared complete, else `None`.
-    pub(crate) async fn finish(mut self) -> io::Result<Option<String>> {
-        drop(self.marks.lock().expect("not poisoned").take());
-        (&mut self.task).await.map_err(io::Error::other)?
+    pub(crate) async fn finish(self) -> io::Result<Option<String>> {
+        drop(self.marks);
+        self.task.await.map_err(io::Error::other)?
     }
 }
 
-fn follow(path: PathBuf, size: u64, marks: mpsc::Receiver<u64>) -> io::Result<Option<String>> {
-    let mut file = std::fs::File::open(&path)?;
-    let mut hasher = Sha256::new();
-    let mut hashed = 0u64;
-    let mut buffer = vec![0u8; 1 << 20];
-    // `recv` ends when the transfer drops its sender: finished or failed.
-    while let Ok(mut mark) = marks.recv() {
-        while let Ok(later) = marks.try_recv() {
-            mark = later;
+/// Where the hashing got to: carried into each blocking step and back.
+struct State {
+    file: std::fs::File,
+    hasher: Sha256,
+    hashed: u64,
+    buffer: Vec<u8>,
+}
+
+async fn follow(
+    path: PathBuf,
+    size: u64,
+    mut marks: watch::Receiver<u64>,
+) -> io::Result<Option<String>> {
+    let mut state = tokio::task::spawn_blocking(move || {
+        io::Result::Ok(State {
+            file: std::fs::File::open(path)?,
+            hasher: Sha256::new(),
+            hashed: 0,
+            buffer: vec![0u8; 1 << 20],
+        })
+    })
+    .await
+    .map_err(io::Error::other)??;
+    // `changed` fails once the transfer drops its sender (finished or
+    // failed), after the last mark was seen.
+    while marks.changed().await.is_ok() {
+        let mark = (*marks.borrow_and_update()).min(size);
+        if mark <= state.hashed {
+            continue;
         }
-        while hashed < mark.min(size) {
-            let n = ((mark.min(size) - hashed) as usize).min(buffer.len());
-            file.read_exact(&mut buffer[..n])?;
-            hasher.update(&buffer[..n]);
-            hashed += n as u64;
-        }
+        state = tokio::task::spawn_blocking(move || {
+            while state.hashed < mark {
+                let n = ((mark - state.hashed) as usize).min(state.buffer.len());
+                state.file.read_exact(&mut state.buffer[..n])?;
+                state.hasher.update(&state.buffer[..n]);
+                state.hashed += n as u64;
+            }
+            io::Result::Ok(state)
+        })
+        .await
+        .map_err(io::Error::other)??;
     }
-    Ok((hashed == size).then(|| hex::encode(hasher.finalize())))
+    Ok((state.hashed == size).then(|| hex::encode(state.hasher.finalize())))
 }
 
 #[cfg(test)]

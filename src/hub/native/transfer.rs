@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use futures::StreamExt;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{StatusCode, Url};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use super::cache::HubCache;
 use super::connections::Connections;
@@ -141,7 +143,10 @@ impl Transfer<'_> {
                     tokio::select! {
                         result = &mut work => break result,
                         _ = tick.tick() => {
-                            if progress.idle_for() > self.stall_timeout {
+                            // Waiting for a connection is not a stall.
+                            if progress.turns_held() == 0 {
+                                progress.touch();
+                            } else if progress.idle_for() > self.stall_timeout {
                                 break Err(Failure::transient(format!(
                                     "no data for {:?}",
                                     self.stall_timeout
@@ -158,6 +163,9 @@ impl Transfer<'_> {
             // the next attempt or process.
             save(partial, &ledger, progress).await.map_err(&fail)?;
             result?;
+            if ledger.missing(size) {
+                return Err(Failure::transient("the ranges ended with bytes missing"));
+            }
         }
         partial.complete().await.map_err(&fail)?;
         match hasher {
@@ -189,6 +197,9 @@ impl Transfer<'_> {
         progress.touch();
 
         let work = Mutex::new(Work::new(ledger.gaps(size), self.max_chunk));
+        // Rings when a range ends: what is left may now be worth splitting,
+        // or nothing may be left.
+        let range_ended = Notify::new();
         let latency = Latency::default();
         let ctx = RangeContext {
             file,
@@ -205,19 +216,26 @@ impl Transfer<'_> {
                 // The file with the least left goes first: files complete one
                 // after another (each is hashed as it arrives), and small
                 // ones do not wait behind the ranges of large ones.
+                let ended = range_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
                 let left = work.lock().expect("not poisoned").left(&latency);
                 let left = match left {
                     Left::Nothing => return Ok(()),
                     Left::InFlight => {
                         // Only ranges in flight, none worth splitting yet:
-                        // look again when one may be.
-                        tokio::time::sleep((latency.get() / 2).max(RECHECK)).await;
+                        // look again when one ends, or may be worth it.
+                        tokio::select! {
+                            _ = ended => {}
+                            _ = tokio::time::sleep((latency.get() / 2).max(RECHECK)) => {}
+                        }
                         continue;
                     }
                     Left::Bytes(left) => left,
                 };
                 let _turn = self.connections.acquire(left).await;
-                let next = work.lock().expect("not poisoned").next(&latency);
+                let _held = progress.hold_turn();
+                let next = work.lock().expect("not poisoned").next(&latency, None);
                 let Some(mut range) = next else {
                     continue;
                 };
@@ -227,18 +245,19 @@ impl Transfer<'_> {
                 // the next response's latency passes while bytes still flow.
                 loop {
                     let mut ahead = Ahead::Idle;
-                    let take = || work.lock().expect("not poisoned").next(&latency);
+                    // Never its own range: splitting that gains nothing.
+                    let take = || {
+                        work.lock()
+                            .expect("not poisoned")
+                            .next(&latency, Some(&range))
+                    };
                     let streamed = match answer {
                         Ok(response) => self.stream(&ctx, &range, response, take, &mut ahead).await,
                         Err(e) => Err(e),
                     };
                     work.lock().expect("not poisoned").finished(&range);
-                    if let Err(e) = streamed {
-                        if let Ahead::Asking(next, _) | Ahead::Answered(next, _) = &ahead {
-                            work.lock().expect("not poisoned").finished(next);
-                        }
-                        return Err(e);
-                    }
+                    range_ended.notify_waiters();
+                    streamed?;
                     (range, answer) = match ahead {
                         Ahead::Idle => break,
                         Ahead::Asking(next, asking) => (next, asking.await),
@@ -305,8 +324,8 @@ impl Transfer<'_> {
     /// Streams one range's response into the partial file until the range
     /// ends where it stops now (an idle connection may have taken over its
     /// end). What arrived is written and recorded even when the connection
-    /// breaks off. Once what is left would arrive within a request's
-    /// latency, it asks for the range `take` gives, into `ahead`.
+    /// breaks off. Once what is left would arrive within two of a
+    /// request's latencies, it asks for the range `take` gives, into `ahead`.
     async fn stream<'s>(
         &'s self,
         ctx: &'s RangeContext<'s>,
@@ -326,7 +345,9 @@ impl Transfer<'_> {
         let mut written = start;
         let mut buffer = Vec::with_capacity(WRITE_BUFFER.min((end - start) as usize));
         // Flushed before it is recorded: the record never claims bytes that
-        // are not in the file.
+        // the file does not hold, even if the process is killed (a machine
+        // that crashes may lose both: nothing is fsynced, and the checksum
+        // then sends the file back to be fetched again).
         let mut write = async |buffer: &mut Vec<u8>, written: &mut u64| {
             out.write_all(buffer).await?;
             out.flush().await?;
@@ -570,10 +591,9 @@ impl<'a> Ledger<'a> {
 
 /// The missing bytes of one file: gaps not yet asked for, handed out as
 /// ranges of at most `max_chunk`, and the ranges in flight. When nothing is
-/// left to hand out, an idle connection takes the second half of the range
-/// with the most left, if that pays: so a file's last connections finish
-/// together, without cutting its end into small ranges that each pay the
-/// latency.
+/// left to hand out, an idle connection takes over the end of the range
+/// with the most left, if that pays ([`Work::splittable`]): so a file's last
+/// connections finish together, without cutting its end into small ranges.
 struct Work {
     gaps: VecDeque<(u64, u64)>,
     max_chunk: u64,
@@ -593,7 +613,7 @@ impl Work {
     fn left(&self, latency: &Latency) -> Left {
         let in_flight: u64 = self.active.iter().map(|a| a.remaining()).sum();
         let unassigned: u64 = self.gaps.iter().map(|(s, e)| e - s).sum();
-        if unassigned > 0 || self.splittable(latency).is_some() {
+        if unassigned > 0 || self.splittable(latency, None).is_some() {
             Left::Bytes(unassigned + in_flight)
         } else if in_flight > 0 {
             Left::InFlight
@@ -603,8 +623,9 @@ impl Work {
     }
 
     /// The next range: the next piece of the first gap (a gap's last piece
-    /// is never cut into a sliver), else the end of a range in flight.
-    fn next(&mut self, latency: &Latency) -> Option<Arc<Active>> {
+    /// is never cut into a sliver), else the end of a range in flight other
+    /// than `own`.
+    fn next(&mut self, latency: &Latency, own: Option<&Arc<Active>>) -> Option<Arc<Active>> {
         let range = match self.gaps.pop_front() {
             Some((start, end)) => {
                 let want = jittered(self.max_chunk, start);
@@ -619,7 +640,7 @@ impl Work {
                 Active::new(start, start + take)
             }
             None => {
-                let (victim, share) = self.splittable(latency)?;
+                let (victim, share) = self.splittable(latency, own)?;
                 let (from, end) = victim.split(share)?;
                 Active::new(from, end)
             }
@@ -637,9 +658,17 @@ impl Work {
     /// take so that both connections finish together: the new one first
     /// waits a request's latency `l`, so at rate `r` it takes
     /// `(remaining - r·l) / 2`. `None` when that share is too small.
-    fn splittable(&self, latency: &Latency) -> Option<(&Arc<Active>, u64)> {
-        let victim = self.active.iter().max_by_key(|a| a.remaining())?;
-        let rate = victim.rate()?;
+    fn splittable(
+        &self,
+        latency: &Latency,
+        own: Option<&Arc<Active>>,
+    ) -> Option<(&Arc<Active>, u64)> {
+        let (victim, rate) = self
+            .active
+            .iter()
+            .filter(|a| own.is_none_or(|own| !Arc::ptr_eq(a, own)))
+            .filter_map(|a| Some((a, a.rate()?)))
+            .max_by_key(|(a, _)| a.remaining())?;
         let waited = rate * latency.get().as_secs_f64();
         let share = ((victim.remaining() as f64 - waited) / 2.0).max(0.0) as u64;
         (share >= MIN_SPLIT).then_some((victim, share))
@@ -799,6 +828,17 @@ struct Progress {
     /// Bytes on disk when the attempt started, and recorded since.
     at_start: AtomicU64,
     recorded: AtomicU64,
+    /// Connections this file holds now.
+    turns: AtomicUsize,
+}
+
+/// A turn counted in [`Progress::turns_held`] while it lives.
+struct HeldTurn<'a>(&'a AtomicUsize);
+
+impl Drop for HeldTurn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Progress {
@@ -810,6 +850,7 @@ impl Progress {
             last_activity_ms: AtomicU64::new(0),
             at_start: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
+            turns: AtomicUsize::new(0),
         }
     }
 
@@ -822,6 +863,15 @@ impl Progress {
     fn touch(&self) {
         self.last_activity_ms
             .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn hold_turn(&self) -> HeldTurn<'_> {
+        self.turns.fetch_add(1, Ordering::AcqRel);
+        HeldTurn(&self.turns)
+    }
+
+    fn turns_held(&self) -> usize {
+        self.turns.load(Ordering::Acquire)
     }
 
     fn idle_for(&self) -> Duration {
@@ -872,7 +922,7 @@ mod tests {
         let mut w = Work::new(gaps, max_chunk);
         let latency = Latency::default();
         std::iter::from_fn(|| {
-            let r = w.next(&latency)?;
+            let r = w.next(&latency, None)?;
             w.finished(&r);
             Some(r.bounds())
         })
@@ -910,7 +960,7 @@ mod tests {
     }
 
     #[test]
-    fn the_next_range_is_asked_for_one_latency_before_the_current_ends() {
+    fn the_next_range_is_asked_for_two_latencies_before_the_current_ends() {
         let range = Active::new(0, 8 * MIB);
         // Nothing is known of its speed: only the last 64 kB count as the end.
         assert!(!range.ends_within(Duration::from_secs(1)));
@@ -929,7 +979,7 @@ mod tests {
     fn an_idle_connection_takes_half_of_a_slow_range_only_when_it_pays() {
         let mut w = Work::new(vec![(0, 8 * MIB)], 16 * MIB);
         let latency = Latency::default();
-        let first = w.next(&latency).unwrap();
+        let first = w.next(&latency, None).unwrap();
         // Nothing is known of its speed yet: no split.
         assert_eq!(w.left(&latency), Left::InFlight);
         first.started();
@@ -937,7 +987,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         // A request that waits no time: the new connection takes half.
         assert_eq!(w.left(&latency), Left::Bytes(7 * MIB));
-        let second = w.next(&latency).unwrap();
+        let second = w.next(&latency, None).unwrap();
         assert_eq!(second.bounds(), (MIB + 7 * MIB / 2, 8 * MIB));
         assert_eq!(first.bounds(), (MIB, MIB + 7 * MIB / 2));
         // Bytes past the new end are not the first range's any more.
@@ -950,7 +1000,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let rate = second.rate().unwrap();
         latency.observe(Duration::from_secs_f64(MIB as f64 / rate));
-        let (_, share) = w.splittable(&latency).unwrap();
+        let (_, share) = w.splittable(&latency, None).unwrap();
         let left = 3 * MIB;
         let expected = (left as f64 - rate * latency.get().as_secs_f64()) / 2.0;
         assert!(
@@ -960,7 +1010,7 @@ mod tests {
         // A wait as long as the rest takes: not worth a request.
         latency.observe(Duration::from_secs(3600));
         assert_eq!(w.left(&latency), Left::InFlight);
-        assert!(w.next(&latency).is_none());
+        assert!(w.next(&latency, None).is_none());
         w.finished(&second);
         assert_eq!(w.left(&latency), Left::Nothing);
     }
