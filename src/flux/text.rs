@@ -41,12 +41,14 @@ pub struct Tokenizers {
 }
 
 fn load_tokenizer(file: &Named) -> Result<Tokenizer, FluxError> {
-    Tokenizer::from_file(&file.path).map_err(|e| {
-        load_failure(
-            std::slice::from_ref(file),
-            format!("not a tokenizer.json: {e}"),
-        )
-    })
+    Tokenizer::from_file(&file.path)
+        .map(crate::web::tokens::without_own_padding)
+        .map_err(|e| {
+            load_failure(
+                std::slice::from_ref(file),
+                format!("not a tokenizer.json: {e}"),
+            )
+        })
 }
 
 impl Tokenizers {
@@ -316,6 +318,59 @@ mod tests {
             spelled.clip_end,
             plain.clip_end
         );
+    }
+
+    /// A `tokenizer.json` that pads or truncates on its own (as some
+    /// exported ones do) must give the same ids as one that does not.
+    #[test]
+    fn padding_and_truncation_in_a_tokenizer_json_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            Named {
+                file: HubFile::new("acme/tokenizers", name),
+                path,
+            }
+        };
+        let own = |json: &[u8]| {
+            let mut v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            v["padding"] = serde_json::json!({
+                "strategy": {"Fixed": 40}, "direction": "Left", "pad_to_multiple_of": null,
+                "pad_id": 1, "pad_type_id": 0, "pad_token": "x"
+            });
+            v["truncation"] = serde_json::json!({
+                "direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0
+            });
+            serde_json::to_vec(&v).unwrap()
+        };
+        let t5 = crate::dev::tokenizers::t5_tokenizer().unwrap().0;
+        let clip = crate::dev::tokenizers::clip_tokenizer().unwrap().0;
+        let plain = Tokenizers::load(&write("t5.json", &t5), &write("clip.json", &clip)).unwrap();
+        let configured = Tokenizers::load(
+            &write("t5p.json", &own(&t5)),
+            &write("clipp.json", &own(&clip)),
+        )
+        .unwrap();
+        // The configuration is read, or the test proves nothing.
+        let raw = Tokenizer::from_bytes(own(&t5)).unwrap();
+        assert!(raw.get_padding().is_some() && raw.get_truncation().is_some());
+
+        let prompt = "a red fox jumps over the lazy dog";
+        let (a, b) = (
+            plain.tokenize(prompt).unwrap(),
+            configured.tokenize(prompt).unwrap(),
+        );
+        assert_eq!((a.t5, a.clip, a.clip_end), (b.t5, b.clip, b.clip_end));
+        assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+        let counts = |t5: &[u8], clip: &[u8]| {
+            crate::web::tokens::TokenCounter::from_json(t5, clip)
+                .unwrap()
+                .count(prompt)
+                .unwrap()
+        };
+        let (c, d) = (counts(&t5, &clip), counts(&own(&t5), &own(&clip)));
+        assert_eq!((c.t5, c.clip), (d.t5, d.clip));
     }
 
     /// city96's T5 files use llama.cpp's names. Loaded through the name map,

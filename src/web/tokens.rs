@@ -31,6 +31,7 @@ impl TokenCounter {
     pub fn from_json(t5: &[u8], clip: &[u8]) -> Result<Self, String> {
         let load = |bytes: &[u8], name: &str| {
             Tokenizer::from_bytes(bytes)
+                .map(without_own_padding)
                 .map_err(|e| format!("the {name} tokenizer.json is unusable: {e}"))
         };
         Ok(Self {
@@ -54,6 +55,17 @@ impl TokenCounter {
 /// The part of `prompt` an encoder reading `limit` tokens ignores. Truncation
 /// keeps the first `limit - 1` tokens and the final special token, so the
 /// first one dropped is at `limit - 1`.
+/// Turns off the padding and truncation a `tokenizer.json` may configure:
+/// both sides pad and truncate to the encoders' lengths themselves, with the
+/// rule above, whatever the file says.
+pub fn without_own_padding(mut tokenizer: Tokenizer) -> Tokenizer {
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .expect("no truncation is always valid");
+    tokenizer
+}
+
 pub fn dropped_text(prompt: &str, encoding: &Encoding, limit: usize) -> Option<String> {
     if encoding.len() <= limit {
         return None;
