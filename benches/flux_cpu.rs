@@ -3,8 +3,16 @@
 //! through the engine exactly as `schnell generate` runs it.
 //!
 //! `cargo bench --bench flux_cpu` reports, at 256², 512² and 1024²: time per
-//! step, text encoding, VAE decode and the process's peak RSS. Under
-//! `cargo test` it runs once at tiny sizes so the code stays working.
+//! step, text encoding, VAE decode (medians over `SCHNELL_BENCH_RUNS`
+//! generations, 3 by default, after one warm-up) and the process's peak RSS.
+//! `SCHNELL_BENCH_SIDES=256,512` picks the sizes.
+//!
+//! With `SCHNELL_BENCH_PYTHON` (a Python with torch and diffusers, such as
+//! the venv `scripts/cpu-peer-bench.sh` makes), the same run then times
+//! diffusers' transformer step and VAE decode on the same files
+//! (`scripts/cpu_peer_bench.py`) and prints both sides and their ratio.
+//!
+//! Under `cargo test` it runs once at tiny sizes so the code stays working.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -26,7 +34,19 @@ fn main() {
         write_models(std::path::Path::new(&dir), &options).unwrap();
         return;
     }
-    let sides: &[u32] = if full { &[256, 512, 1024] } else { &[256] };
+    let sides: Vec<u32> = match std::env::var("SCHNELL_BENCH_SIDES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().expect("SCHNELL_BENCH_SIDES: e.g. 256,512"))
+            .collect(),
+        Err(_) if full => vec![256, 512, 1024],
+        Err(_) => vec![256],
+    };
+    let runs: usize = match std::env::var("SCHNELL_BENCH_RUNS") {
+        Ok(n) => n.parse().expect("SCHNELL_BENCH_RUNS: a count"),
+        Err(_) if full => 3,
+        Err(_) => 1,
+    };
     let steps = 4;
 
     // The random weights are made in a child process, so that this process's
@@ -41,7 +61,7 @@ fn main() {
     let hub = support::TestHub::start(models.path());
     let cache = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let results: Vec<(u32, Timings)> = rt.block_on(async {
+    let results: Vec<(u32, Vec<Timings>)> = rt.block_on(async {
         let client = HubClientBuilder::new(cache.path())
             .endpoint(&hub.endpoint)
             .build()
@@ -55,9 +75,10 @@ fn main() {
         );
         engine.prepare().await.unwrap();
         let mut results = Vec::new();
-        for &side in sides {
-            // A warm-up run, then the measured one.
-            for round in 0..2 {
+        for &side in &sides {
+            // A warm-up run, then the measured ones.
+            let mut measured = Vec::new();
+            for round in 0..=runs {
                 let request = GenerateRequest::new("a red fox in the snow, detailed photo")
                     .size(side, side)
                     .steps(steps)
@@ -65,45 +86,113 @@ fn main() {
                 let mut events = std::pin::pin!(engine.generate(request));
                 while let Some(event) = events.next().await {
                     match event {
-                        GenerateEvent::Done { timings, .. } if round == 1 => {
-                            results.push((side, timings))
-                        }
+                        GenerateEvent::Done { timings, .. } if round > 0 => measured.push(timings),
                         GenerateEvent::Failed { error } => panic!("{error}"),
                         _ => {}
                     }
                 }
             }
+            results.push((side, measured));
         }
         results
     });
+    let peak = peak_rss();
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("model: {:?}", WriteOptions::for_size(size, None).sizes);
-    println!(
-        "threads: {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("threads: {threads}; medians of {runs} run(s) after a warm-up");
     println!("| size | per step | text encoding | VAE decode | total ({steps} steps) |");
     println!("|---|---|---|---|---|");
-    for (side, t) in &results {
-        let per_step = t.steps.iter().sum::<Duration>() / t.steps.len() as u32;
+    // Per size: the median step (of every step of every run) and VAE decode.
+    let mut ours = Vec::new();
+    for (side, runs) in &results {
+        let step = median(runs.iter().flat_map(|t| t.steps.iter().map(|d| ms(*d))));
+        let vae = median(runs.iter().map(|t| ms(t.vae_decode)));
         println!(
-            "| {side}² | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-            ms(per_step),
-            ms(t.text_encoding),
-            ms(t.vae_decode),
-            ms(t.total)
+            "| {side}² | {step:.0} ms | {:.0} ms | {vae:.0} ms | {:.0} ms |",
+            median(runs.iter().map(|t| ms(t.text_encoding))),
+            median(runs.iter().map(|t| ms(t.total)))
         );
+        ours.push((*side, step, vae));
     }
-    if let [(_, a), (_, b), (_, c)] = &results[..] {
-        let step = |t: &Timings| ms(t.steps.iter().sum::<Duration>()) / t.steps.len() as f64;
+    if let [(_, a, _), (_, b, _), (_, c, _)] = &ours[..] {
         println!(
             "per-step growth: 256²→512² ×{:.1}, 512²→1024² ×{:.1} (4× the pixels each)",
-            step(b) / step(a),
-            step(c) / step(b)
+            b / a,
+            c / b
         );
     }
-    println!("peak RSS: {}", peak_rss());
+    println!("peak RSS: {peak}");
+
+    if let Some(python) = std::env::var_os("SCHNELL_BENCH_PYTHON") {
+        peer(&python, models.path(), &ours, runs, threads);
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// diffusers' transformer step and VAE decode on the same files, sizes and
+/// threads (`scripts/cpu_peer_bench.py`), beside ours: `(side, step ms, VAE
+/// ms)`.
+fn peer(
+    python: &std::ffi::OsStr,
+    models: &std::path::Path,
+    ours: &[(u32, f64, f64)],
+    runs: usize,
+    threads: usize,
+) {
+    let sides: Vec<String> = ours.iter().map(|(s, ..)| s.to_string()).collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cpu_peer_bench.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg("--models")
+        .arg(models)
+        .args([
+            "--sides",
+            &sides.join(","),
+            "--runs",
+            &runs.max(1).to_string(),
+        ])
+        .args(["--threads", &threads.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running the Python peer");
+    assert!(output.status.success(), "the Python peer failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().expect("the peer printed nothing");
+    let theirs: serde_json::Value = serde_json::from_str(last).expect("the peer's JSON line");
+    println!(
+        "\nside by side: diffusers {} on torch {}, {} threads, f32 (ratio = schnell / PyTorch)",
+        theirs["diffusers"], theirs["torch"], theirs["threads"]
+    );
+    println!("| size | step: schnell | step: PyTorch | ratio | VAE decode: schnell | VAE decode: PyTorch | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for (side, step, vae) in ours {
+        let row = theirs["results"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["side"] == *side))
+            .expect("the peer's row for this size");
+        let their_step = row["step_median_s"].as_f64().expect("step_median_s") * 1e3;
+        let their_vae = row["vae_median_s"].as_f64().expect("vae_median_s") * 1e3;
+        println!(
+            "| {side}² | {step:.0} ms | {their_step:.0} ms | {:.2}× | {vae:.0} ms | {their_vae:.0} ms | {:.2}× |",
+            step / their_step,
+            vae / their_vae
+        );
+    }
+    println!(
+        "PyTorch's peak RSS: {} kB (whole process; {} kB once loaded)",
+        theirs["peak_rss_kib"], theirs["loaded_rss_kib"]
+    );
 }
 
 /// `VmHWM` from /proc: the most resident memory this process has used.

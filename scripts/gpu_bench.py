@@ -324,13 +324,22 @@ def load_transformer(flux, dtype):
     return model.to(dtype)
 
 
+def load_vae(flux, dtype):
+    """BFL's single-file autoencoder, with the FLUX repo's vae/config.json."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_single_file(
+        os.path.join(flux, "ae.safetensors"), config=flux, subfolder="vae",
+        torch_dtype=dtype, local_files_only=True)
+
+
 def cmd_diffusers(args):
     """FluxPipeline from the same files schnell loads: BFL's single-file
     transformer and autoencoder, the FLUX repo's text encoders, schnell's
     tokenizer files and padding, and schnell's initial noise."""
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
     from transformers import CLIPTextModel, T5EncoderModel
@@ -341,9 +350,7 @@ def cmd_diffusers(args):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     transformer = load_transformer(flux, dtype)
-    vae = AutoencoderKL.from_single_file(
-        os.path.join(flux, "ae.safetensors"), config=flux, subfolder="vae",
-        torch_dtype=dtype, local_files_only=True)
+    vae = load_vae(flux, dtype)
     clip = CLIPTextModel.from_pretrained(os.path.join(flux, "text_encoder"), torch_dtype=dtype).to(device)
     t5 = T5EncoderModel.from_pretrained(os.path.join(flux, "text_encoder_2"), torch_dtype=dtype).to(device)
     # schnell's scheduler: no resolution shift.

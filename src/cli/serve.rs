@@ -112,6 +112,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         shutdown_grace: args.shutdown_grace,
     };
 
+    // Ctrl-C stops the server gracefully from before it first answers.
+    let first_signal = server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -131,7 +133,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     });
     let grace = options.shutdown_grace;
     let signal = async move {
-        server::shutdown_signal().await;
+        first_signal.await;
         // A second signal means now.
         tokio::spawn(async move {
             server::shutdown_signal().await;

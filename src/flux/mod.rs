@@ -3,6 +3,7 @@
 
 mod attention;
 mod config;
+mod cpu_ops;
 mod device;
 mod engine;
 mod error;
@@ -17,6 +18,7 @@ mod request;
 mod text;
 pub(crate) mod transformer;
 mod vae;
+mod vae_cpu;
 mod weights;
 pub(crate) use weights::Named;
 

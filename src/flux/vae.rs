@@ -2,12 +2,13 @@
 //! memory (`super::attention`) and a decode can stop between blocks when its
 //! client has gone.
 //!
-//! Otherwise this is the decoder half of candle-transformers 0.11's
-//! `models/flux/autoencoder.rs` (MIT or Apache-2.0, by the candle authors),
-//! line for line; in F32 it computes what candle's does (pinned below). The
-//! config type is candle's.
+//! On the CPU in f32 it is `super::vae_cpu`'s channels-last decoder, several
+//! times faster there than candle's layers. Elsewhere it is the decoder half
+//! of candle-transformers 0.11's `models/flux/autoencoder.rs` (MIT or
+//! Apache-2.0, by the candle authors), line for line; in F32 it computes
+//! what candle's does (pinned below). The config type is candle's.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, Conv2d, GroupNorm, VarBuilder};
 use candle_transformers::models::flux::autoencoder::Config;
 
@@ -140,8 +141,45 @@ struct UpBlock {
     upsample: Option<Upsample>,
 }
 
+/// The decoder, on whichever layers suit its device and dtype.
 #[derive(Debug, Clone)]
-pub struct Decoder {
+pub enum Decoder {
+    Candle(Box<CandleDecoder>),
+    Cpu(Box<super::vae_cpu::Decoder>),
+}
+
+impl Decoder {
+    /// The owned channels-last decoder on the CPU in f32; candle's layers
+    /// elsewhere (GPUs, and bf16, which keep candle's kernels).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if vb.device().is_cpu() && vb.dtype() == DType::F32 {
+            Ok(Self::Cpu(Box::new(super::vae_cpu::Decoder::new(cfg, vb)?)))
+        } else {
+            Self::candle(cfg, vb)
+        }
+    }
+
+    /// candle's layers, whatever the device.
+    pub fn candle(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::Candle(Box::new(CandleDecoder::new(cfg, vb)?)))
+    }
+
+    /// Decodes a latent; `keep_going` is asked between blocks, and `None`
+    /// comes back as soon as it says no (the client went away).
+    pub fn decode(
+        &self,
+        xs: &Tensor,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Self::Candle(d) => d.decode(xs, keep_going),
+            Self::Cpu(d) => d.decode(xs, keep_going),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CandleDecoder {
     conv_in: Conv2d,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
@@ -151,8 +189,8 @@ pub struct Decoder {
     up: Vec<UpBlock>,
 }
 
-impl Decoder {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+impl CandleDecoder {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let conv_cfg = candle_nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -199,14 +237,8 @@ impl Decoder {
     }
 }
 
-impl Decoder {
-    /// Decodes a latent; `keep_going` is asked between blocks, and `None`
-    /// comes back as soon as it says no (the client went away).
-    pub fn decode(
-        &self,
-        xs: &Tensor,
-        keep_going: &mut dyn FnMut() -> bool,
-    ) -> Result<Option<Tensor>> {
+impl CandleDecoder {
+    fn decode(&self, xs: &Tensor, keep_going: &mut dyn FnMut() -> bool) -> Result<Option<Tensor>> {
         let h = xs.apply(&self.conv_in)?;
         let mut h = h.apply(&self.mid_block_1)?;
         if !keep_going() {
@@ -355,24 +387,49 @@ mod tests {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
         let theirs = candle_vae::AutoEncoder::new(&config(), vb.clone()).unwrap();
-        let ours = Decoder::new(&config(), vb.pp("decoder")).unwrap();
+        let on_candle = Decoder::candle(&config(), vb.pp("decoder")).unwrap();
+        let owned = Decoder::new(&config(), vb.pp("decoder")).unwrap();
+        assert!(
+            matches!(owned, Decoder::Cpu(_)),
+            "f32 on the CPU is the owned one"
+        );
         let z = Tensor::randn(0f32, 1., (1, 16, 12, 10), &Device::Cpu).unwrap();
         // candle decodes (z / scale + shift); give ours the same input.
         let shifted = ((&z / 0.3611).unwrap() + 0.1159).unwrap();
-        let a = ours.forward(&shifted).unwrap();
-        let b = theirs.decode(&z).unwrap();
-        assert_eq!(a.dims(), &[1, 3, 96, 80]);
-        assert_eq!(max_abs_diff(&a, &b), 0.0, "differs from candle's decoder");
-
-        let mut asked = 0;
-        let stopped = ours
-            .decode(&shifted, &mut || {
-                asked += 1;
-                asked < 3
-            })
+        let expected = theirs.decode(&z).unwrap();
+        let top = expected
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
             .unwrap();
-        assert!(stopped.is_none());
-        assert_eq!(asked, 3, "stops at the first no");
+        // candle's layers (the attention's softmax is `cpu_ops`' on the
+        // CPU), and the channels-last decoder: within f32 rounding.
+        for (decoder, what) in [
+            (&on_candle, "on candle's layers"),
+            (&owned, "channels-last"),
+        ] {
+            let ours = decoder.forward(&shifted).unwrap();
+            assert_eq!(ours.dims(), &[1, 3, 96, 80]);
+            let err = max_abs_diff(&ours, &expected);
+            assert!(
+                err < 1e-4 * top,
+                "{what}: off by {err} (values up to {top})"
+            );
+        }
+
+        for decoder in [&on_candle, &owned] {
+            let mut asked = 0;
+            let stopped = decoder
+                .decode(&shifted, &mut || {
+                    asked += 1;
+                    asked < 3
+                })
+                .unwrap();
+            assert!(stopped.is_none());
+            assert_eq!(asked, 3, "stops at the first no");
+        }
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub async fn serve(
     addr: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
 ) -> io::Result<()> {
+    let shutdown = crate::server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
     let app = Arc::new(mirror)
@@ -158,7 +159,7 @@ pub async fn serve(
         listener,
         app,
         crate::server::ServeOptions::default(),
-        crate::server::shutdown_signal(),
+        shutdown,
     )
     .await
 }
