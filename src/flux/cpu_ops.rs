@@ -720,15 +720,27 @@ multiversion! {
     }
 }
 
+/// GELU, tanh approximation: `0.5·x·(1 + tanh z)` is `x·σ(2z)`, which
+/// needs one `exp`.
+#[inline(always)]
+fn gelu_one(x: f32) -> f32 {
+    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    let z = SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+    x / (1.0 + exp(-2.0 * z))
+}
+
 multiversion! {
-    /// GELU, tanh approximation, in place: `0.5·x·(1 + tanh z)` is
-    /// `x·σ(2z)`, which needs one `exp`.
     fn gelu_in_place(xs: &mut [f32]) {
-        const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
         for v in xs {
-            let x = *v;
-            let z = SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
-            *v = x / (1.0 + exp(-2.0 * z));
+            *v = gelu_one(*v);
+        }
+    }
+}
+
+multiversion! {
+    fn gelu_into(out: &mut [f32], xs: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = gelu_one(x);
         }
     }
 }
@@ -813,6 +825,252 @@ pub fn softmax_last_dim(x: &candle_core::Tensor) -> candle_core::Result<candle_c
     }
 }
 
+struct CatGelu;
+
+impl candle_core::CustomOp2 for CatGelu {
+    fn name(&self) -> &'static str {
+        "schnell-cat-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        left: &candle_core::CpuStorage,
+        left_layout: &candle_core::Layout,
+        right: &candle_core::CpuStorage,
+        right_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape), candle_core::Error> {
+        use candle_core::CpuStorage::F32;
+        let (F32(left), F32(right)) = (left, right) else {
+            candle_core::bail!("cat_gelu: f32 only");
+        };
+        let (b, l, n1) = left_layout.shape().dims3()?;
+        let (b2, l2, n2) = right_layout.shape().dims3()?;
+        // Rows of unit stride, anywhere: `right` is a narrow view of a wider
+        // projection.
+        let rows = |layout: &candle_core::Layout| match layout.stride() {
+            &[s0, s1, 1] => Some((layout.start_offset(), s0, s1)),
+            _ => None,
+        };
+        let (Some((o1, s10, s11)), Some((o2, s20, s21)), true) =
+            (rows(left_layout), rows(right_layout), (b, l) == (b2, l2))
+        else {
+            candle_core::bail!(
+                "cat_gelu: {:?} and {:?} with rows of unit stride",
+                left_layout.shape(),
+                right_layout.shape()
+            );
+        };
+        let n = n1 + n2;
+        let mut out = vec![0f32; b * l * n];
+        if n > 0 {
+            out.par_chunks_mut(n)
+                .with_min_len(16)
+                .enumerate()
+                .for_each(|(row, out)| {
+                    let (i, j) = (row / l.max(1), row % l.max(1));
+                    let (a, g) = out.split_at_mut(n1);
+                    a.copy_from_slice(&left[o1 + i * s10 + j * s11..][..n1]);
+                    gelu_into(g, &right[o2 + i * s20 + j * s21..][..n2]);
+                });
+        }
+        Ok((F32(out), candle_core::Shape::from((b, l, n))))
+    }
+}
+
+/// `cat([left, gelu(right)], 2)` for `(b, L, ·)` tensors, in one pass on the
+/// CPU in f32 (the single blocks' input to `linear2`; candle's `gelu` of the
+/// strided projection and its `cat` take 27 ms at 1280 tokens, this 2);
+/// candle's elsewhere.
+pub fn cat_gelu(
+    left: &candle_core::Tensor,
+    right: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    if on_cpu_f32(left) && on_cpu_f32(right) {
+        left.apply_op2_no_bwd(right, &CatGelu)
+    } else {
+        candle_core::Tensor::cat(&[left, &right.gelu()?], 2)
+    }
+}
+
+/// One of q and k, taken from the qkv projection's columns, RMS-normed and
+/// rotated (see [`heads_norm_rope`]).
+struct HeadsNormRope {
+    first: usize,
+    heads: usize,
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for HeadsNormRope {
+    fn name(&self) -> &'static str {
+        "schnell-heads-norm-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        proj: &candle_core::CpuStorage,
+        proj_layout: &candle_core::Layout,
+        alpha: &candle_core::CpuStorage,
+        alpha_layout: &candle_core::Layout,
+        pe: &candle_core::CpuStorage,
+        pe_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape), candle_core::Error> {
+        use candle_core::CpuStorage::F32;
+        let (F32(proj), F32(alpha), F32(pe)) = (proj, alpha, pe) else {
+            candle_core::bail!("heads_norm_rope: f32 only");
+        };
+        let (b, l, width) = proj_layout.shape().dims3()?;
+        let d = alpha_layout.shape().elem_count();
+        let (Some((a0, a1)), Some((p0, p1)), &[s0, s1, 1]) = (
+            alpha_layout.contiguous_offsets(),
+            pe_layout.contiguous_offsets(),
+            proj_layout.stride(),
+        ) else {
+            candle_core::bail!("heads_norm_rope: contiguous α and rotations, rows of unit stride");
+        };
+        let h = self.heads;
+        if d % 2 == 1 || self.first + h * d > width || pe_layout.dims() != [b, 1, l, d / 2, 2, 2] {
+            candle_core::bail!(
+                "heads_norm_rope: {h} heads of {d} from column {} of {:?}, rotations {:?}",
+                self.first,
+                proj_layout.shape(),
+                pe_layout.shape()
+            );
+        }
+        let (alpha, pe, start) = (&alpha[a0..a1], &pe[p0..p1], proj_layout.start_offset());
+        let mut out = vec![0f32; b * h * l * d];
+        if !out.is_empty() {
+            out.par_chunks_mut(l * d).enumerate().for_each(|(bh, out)| {
+                let (i, head) = (bh / h, bh % h);
+                let column = start + i * s0 + self.first + head * d;
+                let rotations = &pe[i * l * d * 2..][..l * d * 2];
+                for (j, out) in out.chunks_exact_mut(d).enumerate() {
+                    let x = &proj[column + j * s1..][..d];
+                    norm_rotate(out, x, alpha, &rotations[j * d * 2..][..d * 2], self.eps);
+                }
+            });
+        }
+        Ok((F32(out), candle_core::Shape::from((b, h, l, d))))
+    }
+}
+
+multiversion! {
+    /// candle's RMS norm of one head's vector (`x / √(mean x² + ε) · α`),
+    /// then FLUX's rotation of its pairs.
+    fn norm_rotate(out: &mut [f32], x: &[f32], alpha: &[f32], rotations: &[f32], eps: f32) {
+        let d = out.len();
+        let (x, alpha) = (&x[..d], &alpha[..d]);
+        let sum2: f32 = x.iter().map(|v| v * v).sum();
+        let m = (sum2 / d as f32 + eps).sqrt();
+        for i in 0..d {
+            out[i] = x[i] / m * alpha[i];
+        }
+        for (o, r) in out.chunks_exact_mut(2).zip(rotations.chunks_exact(4)) {
+            let (x0, x1) = (o[0], o[1]);
+            o[0] = r[0] * x0 + r[1] * x1;
+            o[1] = r[2] * x0 + r[3] * x1;
+        }
+    }
+}
+
+/// q or k for attention, in one pass on the CPU in f32: `heads` heads of
+/// `alpha.len()` columns from column `first` of the `(b, L, ·)` projection
+/// `proj` (a view is fine), each RMS-normed by `alpha` and rotated by `pe`
+/// `(b, 1, L, d/2, 2, 2)`, as `(b, heads, L, d)`. candle takes a copy of the
+/// strided view, the norm and five broadcast products; at 1280 tokens this
+/// is 1.5 ms against 10. `None` elsewhere, where the caller keeps candle's.
+pub fn heads_norm_rope(
+    proj: &candle_core::Tensor,
+    first: usize,
+    heads: usize,
+    alpha: &candle_core::Tensor,
+    eps: f64,
+    pe: &candle_core::Tensor,
+) -> Option<candle_core::Result<candle_core::Tensor>> {
+    if !(on_cpu_f32(proj) && on_cpu_f32(alpha) && on_cpu_f32(pe)) {
+        return None;
+    }
+    let op = HeadsNormRope {
+        first,
+        heads,
+        eps: eps as f32,
+    };
+    Some((|| {
+        proj.apply_op3_no_bwd(&alpha.contiguous()?, &pe.contiguous()?, &op)
+    })())
+}
+
+struct Rope;
+
+impl candle_core::CustomOp2 for Rope {
+    fn name(&self) -> &'static str {
+        "schnell-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+        pe: &candle_core::CpuStorage,
+        pe_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape), candle_core::Error> {
+        use candle_core::CpuStorage::F32;
+        let (F32(x), F32(pe)) = (x, pe) else {
+            candle_core::bail!("rope: f32 only");
+        };
+        let (Some((x0, x1)), Some((p0, p1))) = (
+            x_layout.contiguous_offsets(),
+            pe_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("rope: contiguous tensors only");
+        };
+        let (b, h, l, d) = x_layout.shape().dims4()?;
+        if d % 2 == 1 || pe_layout.dims() != [b, 1, l, d / 2, 2, 2] {
+            candle_core::bail!(
+                "rope: x {:?} with rotations {:?}",
+                x_layout.shape(),
+                pe_layout.shape()
+            );
+        }
+        let (x, pe) = (&x[x0..x1], &pe[p0..p1]);
+        let mut out = vec![0f32; x.len()];
+        if !out.is_empty() {
+            out.par_chunks_mut(l * d)
+                .zip(x.par_chunks(l * d))
+                .enumerate()
+                .for_each(|(bh, (out, x))| {
+                    rotate_pairs(out, x, &pe[(bh / h) * l * d * 2..][..l * d * 2])
+                });
+        }
+        Ok((F32(out), x_layout.shape().clone()))
+    }
+}
+
+multiversion! {
+    /// Each pair `(x₀, x₁)` times its 2×2 rotation `m` (row-major), as
+    /// candle's FLUX computes it: `m₀₀x₀ + m₀₁x₁`, `m₁₀x₀ + m₁₁x₁`.
+    fn rotate_pairs(out: &mut [f32], x: &[f32], rotations: &[f32]) {
+        for ((o, x), m) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(rotations.chunks_exact(4)) {
+            o[0] = m[0] * x[0] + m[1] * x[1];
+            o[1] = m[2] * x[0] + m[3] * x[1];
+        }
+    }
+}
+
+/// FLUX's rotary embedding of `x` `(b, h, L, d)` by `pe` `(b, 1, L, d/2, 2,
+/// 2)` in one pass on the CPU in f32 (candle's broadcast products make five);
+/// `None` elsewhere, where the caller keeps candle's.
+pub fn rope(
+    x: &candle_core::Tensor,
+    pe: &candle_core::Tensor,
+) -> Option<candle_core::Result<candle_core::Tensor>> {
+    if !on_cpu_f32(x) || !on_cpu_f32(pe) {
+        return None;
+    }
+    Some((|| {
+        x.contiguous()?.apply_op2_no_bwd(&pe.contiguous()?, &Rope)
+    })())
+}
+
 /// Single-head `softmax(q·kᵀ/√c)·v` over `(pixels, c)` maps.
 pub fn attention(q: &FeatureMap, k: &FeatureMap, v: &FeatureMap) -> FeatureMap {
     let (len, c) = (q.h * q.w, q.c);
@@ -826,18 +1084,41 @@ pub fn attention(q: &FeatureMap, k: &FeatureMap, v: &FeatureMap) -> FeatureMap {
     FeatureMap::new(q.h, q.w, c, out)
 }
 
-/// `softmax(q·kᵀ/√d)·v` over the last two dims of `(…, L, d)` f32 tensors
-/// on the CPU (`super::attention` sends them here).
+/// `softmax(q·kᵀ/√d)·v` over `(b, h, L, d)` f32 tensors on the CPU
+/// (`super::attention` sends them here), as `(b, h, L, d)`.
 pub fn attention_tensors(
     q: &candle_core::Tensor,
     k: &candle_core::Tensor,
     v: &candle_core::Tensor,
 ) -> candle_core::Result<candle_core::Tensor> {
-    use candle_core::D;
-    let (lq, d) = (q.dim(D::Minus2)?, q.dim(D::Minus1)?);
-    let lk = k.dim(D::Minus2)?;
-    if k.dims() != v.dims() || k.dim(D::Minus1)? != d || k.elem_count() / lk != q.elem_count() / lq
-    {
+    let (b, h, l, d) = q.dims4()?;
+    attention_merged_heads(q, k, v)?
+        .reshape((b, l, h, d))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `softmax(q·kᵀ/√d)·v` over `(b, h, L, d)` f32 tensors on the CPU, each
+/// read in place (any strides but a unit last one: v may be a view of the
+/// qkv projection), with the heads merged in the result: `(b, L, h·d)`, the
+/// transformer's next input, with no transpose to copy. Each task takes a
+/// block of query rows through every head; a head's scores (at most 1 MiB)
+/// stay in cache between the two products and the softmax, and the whole
+/// `L × L` matrix never exists.
+pub fn attention_merged_heads(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    // Views whose last dim is strided are copied; the rest are read as they are.
+    let unit_last = |t: &candle_core::Tensor| match t.stride().last() {
+        Some(1) => Ok(t.clone()),
+        _ => t.contiguous(),
+    };
+    let (q, k, v) = (&unit_last(q)?, &unit_last(k)?, &unit_last(v)?);
+    let (b, h, lq, d) = q.dims4()?;
+    let (b2, h2, lk, d2) = k.dims4()?;
+    if (b2, h2, d2) != (b, h, d) || v.dims() != k.dims() {
         candle_core::bail!(
             "attention: q {:?}, k {:?}, v {:?}",
             q.shape(),
@@ -845,11 +1126,96 @@ pub fn attention_tensors(
             v.shape()
         );
     }
-    let values = |t: &candle_core::Tensor| t.flatten_all()?.to_vec1::<f32>();
-    let (qv, kv, vv) = (values(q)?, values(k)?, values(v)?);
-    let mut out = vec![0f32; qv.len()];
-    attention_heads(&qv, &kv, &vv, &mut out, lq, lk, d);
-    candle_core::Tensor::from_vec(out, q.shape(), q.device())
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    use candle_core::Storage::Cpu;
+    let (Cpu(qs), Cpu(ks), Cpu(vs)) = (&*q_storage, &*k_storage, &*v_storage) else {
+        candle_core::bail!("attention: CPU tensors only");
+    };
+    let (qs, ks, vs) = (
+        qs.as_slice::<f32>()?,
+        ks.as_slice::<f32>()?,
+        vs.as_slice::<f32>()?,
+    );
+    // (offset, batch stride, head stride, row stride)
+    let strides = |layout: &candle_core::Layout| match layout.stride() {
+        &[sb, sh, sr, 1] => Some((layout.start_offset(), sb, sh, sr)),
+        _ => None,
+    };
+    let (Some(qo), Some(ko), Some(vo)) = (strides(q_layout), strides(k_layout), strides(v_layout))
+    else {
+        candle_core::bail!("attention: q, k and v need a unit last stride");
+    };
+    let width = h * d;
+    let mut out = vec![0f32; b * lq * width];
+    if out.is_empty() || lk == 0 {
+        return candle_core::Tensor::from_vec(out, (b, lq, width), q.device());
+    }
+    // Blocks of at most 1 MiB of scores, at least two per thread, and a
+    // multiple of the threads in all, so that none waits at the end.
+    let threads = rayon::current_num_threads().max(1);
+    let most = ((1 << 18) / lk).max(16);
+    let blocks = lq.div_ceil(most).max(2 * threads).next_multiple_of(threads);
+    let rows = lq.div_ceil(blocks).max(1);
+    let scale = 1.0 / (d as f32).sqrt();
+    out.par_chunks_mut(lq * width)
+        .enumerate()
+        .for_each(|(i, out)| {
+            out.par_chunks_mut(rows * width)
+                .enumerate()
+                .for_each(|(block, out)| {
+                    let (n, r0) = (out.len() / width, block * rows);
+                    // Nothing in here calls into rayon, so the borrow is
+                    // never taken twice on one thread.
+                    SCRATCH.with_borrow_mut(|scratch| {
+                        let scores = grown(&mut scratch.scores, n * lk);
+                        for head in 0..h {
+                            let q = View {
+                                data: &qs[qo.0 + i * qo.1 + head * qo.2 + r0 * qo.3..],
+                                rows: n,
+                                cols: d,
+                                row_stride: qo.3,
+                                col_stride: 1,
+                            };
+                            let kt = View {
+                                data: &ks[ko.0 + i * ko.1 + head * ko.2..],
+                                rows: d,
+                                cols: lk,
+                                row_stride: 1,
+                                col_stride: ko.3,
+                            };
+                            matmul(scores, lk, false, q, kt, scale, Parallelism::None);
+                            scores.chunks_exact_mut(lk).for_each(softmax);
+                            let p = View {
+                                data: scores,
+                                rows: n,
+                                cols: lk,
+                                row_stride: lk,
+                                col_stride: 1,
+                            };
+                            let v = View {
+                                data: &vs[vo.0 + i * vo.1 + head * vo.2..],
+                                rows: lk,
+                                cols: d,
+                                row_stride: vo.3,
+                                col_stride: 1,
+                            };
+                            matmul(
+                                &mut out[head * d..],
+                                width,
+                                false,
+                                p,
+                                v,
+                                1.0,
+                                Parallelism::None,
+                            );
+                        }
+                    });
+                });
+        });
+    drop((q_storage, k_storage, v_storage));
+    candle_core::Tensor::from_vec(out, (b, lq, width), q.device())
 }
 
 /// Multi-head attention over row-major `(heads, lq, d)` queries and
@@ -923,7 +1289,7 @@ fn attention_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::{Device, IndexOp, Module, Tensor};
 
     /// `(1, c, h, w)` NCHW → a channels-last map.
     fn to_map(t: &Tensor) -> FeatureMap {
@@ -1059,10 +1425,87 @@ mod tests {
             .unwrap();
         let got = attention_tensors(&q, &k, &vt).unwrap();
         assert!(crate::flux::test_util::max_abs_diff(&got, &expected) < 1e-5);
+        // Views read in place (v from a wider tensor), the heads merged.
+        let merged_expected = expected
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((2, 300, 48))
+            .unwrap();
+        let wide = Tensor::cat(&[&v, &v], 3)
+            .unwrap()
+            .narrow(3, 16, 16)
+            .unwrap();
+        let vh = v
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        for v in [&wide, &vh] {
+            let merged = attention_merged_heads(&q, &k, v).unwrap();
+            assert!(crate::flux::test_util::max_abs_diff(&merged, &merged_expected) < 1e-5);
+        }
         assert!(
             attention_tensors(&q, &q, &v).is_err(),
             "mismatched keys and values"
         );
+    }
+
+    #[test]
+    fn rope_is_candles_broadcast_rotation() {
+        let (b, h, l, d) = (2, 3, 5, 8);
+        let x = randn(&[b, h, l, d]);
+        let pe = randn(&[b, 1, l, d / 2, 2, 2]);
+        // candle FLUX's `apply_rope`, as the transformer keeps it for GPUs.
+        let pairs = x.reshape((b, h, l, d / 2, 2)).unwrap();
+        let x0 = pairs.narrow(4, 0, 1).unwrap();
+        let x1 = pairs.narrow(4, 1, 1).unwrap();
+        let fr0 = pe.get_on_dim(5, 0).unwrap();
+        let fr1 = pe.get_on_dim(5, 1).unwrap();
+        let expected = (fr0.broadcast_mul(&x0).unwrap() + fr1.broadcast_mul(&x1).unwrap())
+            .unwrap()
+            .reshape((b, h, l, d))
+            .unwrap();
+        let got = rope(&x, &pe).unwrap().unwrap();
+        assert_eq!(crate::flux::test_util::max_abs_diff(&got, &expected), 0.0);
+        // A transposed view of x is read as its values, not its storage.
+        let xt = x
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        let got = rope(&xt, &pe).unwrap().unwrap();
+        assert_eq!(crate::flux::test_util::max_abs_diff(&got, &expected), 0.0);
+        let wrong = randn(&[b, 1, l, d / 2, 2, 1]);
+        assert!(rope(&x, &wrong).unwrap().is_err());
+    }
+
+    #[test]
+    fn heads_norm_rope_is_candles_norm_then_rotation() {
+        let (b, l, h, d) = (1, 6, 3, 8);
+        // A narrow view of a wider projection, as the single blocks have.
+        let wide = randn(&[b, l, 3 * h * d + 10]);
+        let proj = wide.narrow(2, 0, 3 * h * d).unwrap();
+        let alpha = randn(&[d]);
+        let pe = randn(&[b, 1, l, d / 2, 2, 2]);
+        let norm = candle_nn::RmsNorm::new(alpha.clone(), 1e-6);
+        let heads = proj.reshape((b, l, 3, h, d)).unwrap();
+        for (which, first) in [(0, 0), (1, h * d)] {
+            let x = heads.i((.., .., which)).unwrap().transpose(1, 2).unwrap();
+            let normed = x.contiguous().unwrap().apply(&norm).unwrap();
+            let expected = rope(&normed, &pe).unwrap().unwrap();
+            let got = heads_norm_rope(&proj, first, h, &alpha, 1e-6, &pe)
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.dims(), &[b, h, l, d]);
+            let err = crate::flux::test_util::max_abs_diff(&got, &expected);
+            assert!(err < 1e-5, "{which}: off by {err}");
+        }
+        let too_far = heads_norm_rope(&proj, 2 * h * d + 1, h, &alpha, 1e-6, &pe).unwrap();
+        assert!(too_far.is_err(), "columns past the projection");
     }
 
     #[test]
@@ -1087,6 +1530,16 @@ mod tests {
         // A strided view is made contiguous first.
         let t = x.transpose(1, 2).unwrap();
         close(&gelu(&t).unwrap(), &t.gelu().unwrap(), "gelu of a view");
+        // Beside another tensor, from a narrow view, as the single blocks
+        // take it.
+        let left = randn(&[3, 7, 5]);
+        let right = x.narrow(2, 100, 29).unwrap();
+        let expected = Tensor::cat(&[&left, &right.gelu().unwrap()], 2).unwrap();
+        close(&cat_gelu(&left, &right).unwrap(), &expected, "cat_gelu");
+        assert!(
+            cat_gelu(&left, &randn(&[3, 6, 5])).is_err(),
+            "rows that do not pair"
+        );
     }
 
     #[test]
