@@ -3,7 +3,8 @@
 //! and matrix products on `gemm`, group norm fused with SiLU, and softmax.
 //! For the transformer, on candle tensors: GELU and softmax, vectorised
 //! (candle's call libm's `tanhf` and `expf` once per element: a fifth of a
-//! step's time at 256²).
+//! step's time at 256²), GELU joined to its neighbour, q and k normed and
+//! rotated in one pass, and attention with the heads merged.
 //!
 //! Why own them: candle 0.11's CPU `conv2d` gathers its im2col tiles one
 //! element at a time, in NCHW, into a fresh buffer per tile; a profile of
@@ -879,7 +880,7 @@ impl candle_core::CustomOp2 for CatGelu {
 
 /// `cat([left, gelu(right)], 2)` for `(b, L, ·)` tensors, in one pass on the
 /// CPU in f32 (the single blocks' input to `linear2`; candle's `gelu` of the
-/// strided projection and its `cat` take 27 ms at 1280 tokens, this 2);
+/// strided projection and its `cat` take 27 ms at 1280 tokens, this 10);
 /// candle's elsewhere.
 pub fn cat_gelu(
     left: &candle_core::Tensor,
@@ -975,9 +976,9 @@ multiversion! {
 /// q or k for attention, in one pass on the CPU in f32: `heads` heads of
 /// `alpha.len()` columns from column `first` of the `(b, L, ·)` projection
 /// `proj` (a view is fine), each RMS-normed by `alpha` and rotated by `pe`
-/// `(b, 1, L, d/2, 2, 2)`, as `(b, heads, L, d)`. candle takes a copy of the
-/// strided view, the norm and five broadcast products; at 1280 tokens this
-/// is 1.5 ms against 10. `None` elsewhere, where the caller keeps candle's.
+/// `(b, 1, L, d/2, 2, 2)`, as `(b, heads, L, d)`: one pass where candle
+/// takes a copy of the strided view, the norm and five broadcast products.
+/// `None` elsewhere, where the caller keeps candle's.
 pub fn heads_norm_rope(
     proj: &candle_core::Tensor,
     first: usize,
@@ -996,78 +997,6 @@ pub fn heads_norm_rope(
     };
     Some((|| {
         proj.apply_op3_no_bwd(&alpha.contiguous()?, &pe.contiguous()?, &op)
-    })())
-}
-
-struct Rope;
-
-impl candle_core::CustomOp2 for Rope {
-    fn name(&self) -> &'static str {
-        "schnell-rope"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        x_layout: &candle_core::Layout,
-        pe: &candle_core::CpuStorage,
-        pe_layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape), candle_core::Error> {
-        use candle_core::CpuStorage::F32;
-        let (F32(x), F32(pe)) = (x, pe) else {
-            candle_core::bail!("rope: f32 only");
-        };
-        let (Some((x0, x1)), Some((p0, p1))) = (
-            x_layout.contiguous_offsets(),
-            pe_layout.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("rope: contiguous tensors only");
-        };
-        let (b, h, l, d) = x_layout.shape().dims4()?;
-        if d % 2 == 1 || pe_layout.dims() != [b, 1, l, d / 2, 2, 2] {
-            candle_core::bail!(
-                "rope: x {:?} with rotations {:?}",
-                x_layout.shape(),
-                pe_layout.shape()
-            );
-        }
-        let (x, pe) = (&x[x0..x1], &pe[p0..p1]);
-        let mut out = vec![0f32; x.len()];
-        if !out.is_empty() {
-            out.par_chunks_mut(l * d)
-                .zip(x.par_chunks(l * d))
-                .enumerate()
-                .for_each(|(bh, (out, x))| {
-                    rotate_pairs(out, x, &pe[(bh / h) * l * d * 2..][..l * d * 2])
-                });
-        }
-        Ok((F32(out), x_layout.shape().clone()))
-    }
-}
-
-multiversion! {
-    /// Each pair `(x₀, x₁)` times its 2×2 rotation `m` (row-major), as
-    /// candle's FLUX computes it: `m₀₀x₀ + m₀₁x₁`, `m₁₀x₀ + m₁₁x₁`.
-    fn rotate_pairs(out: &mut [f32], x: &[f32], rotations: &[f32]) {
-        for ((o, x), m) in out.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(rotations.chunks_exact(4)) {
-            o[0] = m[0] * x[0] + m[1] * x[1];
-            o[1] = m[2] * x[0] + m[3] * x[1];
-        }
-    }
-}
-
-/// FLUX's rotary embedding of `x` `(b, h, L, d)` by `pe` `(b, 1, L, d/2, 2,
-/// 2)` in one pass on the CPU in f32 (candle's broadcast products make five);
-/// `None` elsewhere, where the caller keeps candle's.
-pub fn rope(
-    x: &candle_core::Tensor,
-    pe: &candle_core::Tensor,
-) -> Option<candle_core::Result<candle_core::Tensor>> {
-    if !on_cpu_f32(x) || !on_cpu_f32(pe) {
-        return None;
-    }
-    Some((|| {
-        x.contiguous()?.apply_op2_no_bwd(&pe.contiguous()?, &Rope)
     })())
 }
 
@@ -1452,35 +1381,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rope_is_candles_broadcast_rotation() {
-        let (b, h, l, d) = (2, 3, 5, 8);
-        let x = randn(&[b, h, l, d]);
-        let pe = randn(&[b, 1, l, d / 2, 2, 2]);
-        // candle FLUX's `apply_rope`, as the transformer keeps it for GPUs.
+    /// candle FLUX's `apply_rope`, as the transformer keeps it for GPUs.
+    fn candle_rope(x: &Tensor, pe: &Tensor) -> Tensor {
+        let (b, h, l, d) = x.dims4().unwrap();
         let pairs = x.reshape((b, h, l, d / 2, 2)).unwrap();
         let x0 = pairs.narrow(4, 0, 1).unwrap();
         let x1 = pairs.narrow(4, 1, 1).unwrap();
         let fr0 = pe.get_on_dim(5, 0).unwrap();
         let fr1 = pe.get_on_dim(5, 1).unwrap();
-        let expected = (fr0.broadcast_mul(&x0).unwrap() + fr1.broadcast_mul(&x1).unwrap())
+        (fr0.broadcast_mul(&x0).unwrap() + fr1.broadcast_mul(&x1).unwrap())
             .unwrap()
             .reshape((b, h, l, d))
-            .unwrap();
-        let got = rope(&x, &pe).unwrap().unwrap();
-        assert_eq!(crate::flux::test_util::max_abs_diff(&got, &expected), 0.0);
-        // A transposed view of x is read as its values, not its storage.
-        let xt = x
-            .transpose(1, 2)
             .unwrap()
-            .contiguous()
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap();
-        let got = rope(&xt, &pe).unwrap().unwrap();
-        assert_eq!(crate::flux::test_util::max_abs_diff(&got, &expected), 0.0);
-        let wrong = randn(&[b, 1, l, d / 2, 2, 1]);
-        assert!(rope(&x, &wrong).unwrap().is_err());
     }
 
     #[test]
@@ -1496,7 +1408,7 @@ mod tests {
         for (which, first) in [(0, 0), (1, h * d)] {
             let x = heads.i((.., .., which)).unwrap().transpose(1, 2).unwrap();
             let normed = x.contiguous().unwrap().apply(&norm).unwrap();
-            let expected = rope(&normed, &pe).unwrap().unwrap();
+            let expected = candle_rope(&normed, &pe);
             let got = heads_norm_rope(&proj, first, h, &alpha, 1e-6, &pe)
                 .unwrap()
                 .unwrap();

@@ -4,11 +4,14 @@
 //! Apart from `rope`, `EmbedNd` and the attention (bounded in memory, see
 //! `super::attention`), this is candle-transformers 0.11's
 //! `models/flux/model.rs` (MIT or Apache-2.0, by the candle authors), kept
-//! line for line so that it can be diffed against upstream. On the CPU in
-//! f32, GELU, softmax, RoPE and the attention are `super::cpu_ops`'
-//! vectorised ones, linear weights are kept transposed (see `linear_b`), and
-//! the norms take candle's fused kernels (see `layer_norm`, `rms_norm`); so there it computes what candle's does
-//! within f32 rounding (pinned by the tests below). The config type is candle's.
+//! line for line so that it can be diffed against upstream, but for q and k:
+//! they are normed and rotated per stream, before the double blocks join
+//! text and image (the same values). On the CPU in f32, GELU, softmax, q and
+//! k's norm and rotation, and the attention are `super::cpu_ops`' vectorised
+//! ones, linear weights are kept transposed (see `linear_b`) and the layer
+//! norms take candle's fused kernel (see `layer_norm`); so there it computes
+//! what candle's does within f32 rounding (pinned by the tests below). The
+//! config type is candle's.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
@@ -36,7 +39,7 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let ws = Tensor::ones(dim, vb.dtype(), vb.device())?;
     if vb.device().is_cpu() {
         // candle's fused layer norm needs a bias; without one it takes six
-        // tensor ops (5 ms at 1280 tokens here, against 0.3).
+        // tensor ops (5.3 ms at 1280 tokens here, against 0.8).
         let zeros = Tensor::zeros(dim, vb.dtype(), vb.device())?;
         return Ok(LayerNorm::new(ws, zeros, 1e-6));
     }
@@ -45,7 +48,7 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
 
 /// candle's RMS norm is fused only for contiguous input; q and k are
 /// strided views of the qkv projection. On the CPU they are copied first
-/// (0.3 ms at 1280 tokens; the unfused norm takes 3.5).
+/// (copy and fused norm: 0.9 ms at 1280 tokens; the unfused norm: 3.5).
 fn rms_norm(x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
     if x.device().is_cpu() {
         x.contiguous()?.apply(norm)
@@ -83,9 +86,6 @@ fn rope(pos: &Tensor, dim: usize, theta: usize, dtype: DType) -> Result<Tensor> 
 }
 
 fn apply_rope(x: &Tensor, freq_cis: &Tensor) -> Result<Tensor> {
-    if let Some(rotated) = super::cpu_ops::rope(x, freq_cis) {
-        return rotated;
-    }
     let dims = x.dims();
     let (b_sz, n_head, seq_len, n_embd) = x.dims4()?;
     let x = x.reshape((b_sz, n_head, seq_len, n_embd / 2, 2))?;
@@ -96,14 +96,9 @@ fn apply_rope(x: &Tensor, freq_cis: &Tensor) -> Result<Tensor> {
     (fr0.broadcast_mul(&x0)? + fr1.broadcast_mul(&x1)?)?.reshape(dims.to_vec())
 }
 
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pe: &Tensor) -> Result<Tensor> {
-    let q = apply_rope(q, pe)?.contiguous()?;
-    let k = apply_rope(k, pe)?.contiguous()?;
-    attention_rotated(&q, &k, v)
-}
-
-/// [`attention`] of q and k already rotated.
-fn attention_rotated(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// Attention over `(b, h, L, d)` heads, q and k already rotated
+/// ([`QkNorm::heads`]), as `(b, L, h·d)`.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         return super::cpu_ops::attention_merged_heads(q, k, v);
     }
@@ -217,15 +212,14 @@ impl QkNorm {
     }
 
     /// `(q, k, v)`, each `(b, h, L, d)`, from the `(b, L, 3·h·d)` projection
-    /// `qkv`, q and k RMS-normed. On the CPU in f32 q and k are also rotated
-    /// by `pe` (the rows' rotations), each in one pass, and the flag says
-    /// so; elsewhere `attention` rotates them, as candle does.
+    /// `qkv`, q and k RMS-normed and rotated by `pe` (these rows'
+    /// rotations). On the CPU in f32 each of q and k takes one pass.
     fn heads(
         &self,
         qkv: &Tensor,
         num_heads: usize,
         pe: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor, bool)> {
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, l, width) = qkv.dims3()?;
         let d = width / 3 / num_heads;
         let fused = |first: usize, scale: &Tensor| {
@@ -239,15 +233,15 @@ impl QkNorm {
                 .narrow(D::Minus1, 2 * width / 3, width / 3)?
                 .reshape((b, l, num_heads, d))?
                 .transpose(1, 2)?;
-            return Ok((q?, k?, v, true));
+            return Ok((q?, k?, v));
         }
         let qkv = qkv.reshape((b, l, 3, num_heads, d))?;
         let q = qkv.i((.., .., 0))?.transpose(1, 2)?;
         let k = qkv.i((.., .., 1))?.transpose(1, 2)?;
         let v = qkv.i((.., .., 2))?.transpose(1, 2)?;
-        let q = rms_norm(&q, &self.query_norm)?;
-        let k = rms_norm(&k, &self.key_norm)?;
-        Ok((q, k, v, false))
+        let q = apply_rope(&rms_norm(&q, &self.query_norm)?, pe)?.contiguous()?;
+        let k = apply_rope(&rms_norm(&k, &self.key_norm)?, pe)?.contiguous()?;
+        Ok((q, k, v))
     }
 }
 
@@ -353,19 +347,14 @@ impl SelfAttention {
     }
 
     /// See [`QkNorm::heads`]: `pe` is this stream's rows' rotations.
-    fn qkv(&self, xs: &Tensor, pe: &Tensor) -> Result<(Tensor, Tensor, Tensor, bool)> {
+    fn qkv(&self, xs: &Tensor, pe: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         self.norm.heads(&xs.apply(&self.qkv)?, self.num_heads, pe)
     }
 
     #[allow(unused)]
     fn forward(&self, xs: &Tensor, pe: &Tensor) -> Result<Tensor> {
-        let (q, k, v, rotated) = self.qkv(xs, pe)?;
-        let attn = if rotated {
-            attention_rotated(&q, &k, &v)?
-        } else {
-            attention(&q, &k, &v, pe)?
-        };
-        attn.apply(&self.proj)
+        let (q, k, v) = self.qkv(xs, pe)?;
+        attention(&q, &k, &v)?.apply(&self.proj)
     }
 }
 
@@ -444,13 +433,13 @@ impl DoubleStreamBlock {
         let img_modulated = img_mod1.scale_shift(&img_modulated)?;
         // The rows are text then image (see `Flux::forward`).
         let (l_txt, l_img) = (txt.dim(1)?, img.dim(1)?);
-        let (img_q, img_k, img_v, rotated) = self
+        let (img_q, img_k, img_v) = self
             .img_attn
             .qkv(&img_modulated, &pe.narrow(2, l_txt, l_img)?)?;
 
         let txt_modulated = txt.apply(&self.txt_norm1)?;
         let txt_modulated = txt_mod1.scale_shift(&txt_modulated)?;
-        let (txt_q, txt_k, txt_v, _) = self
+        let (txt_q, txt_k, txt_v) = self
             .txt_attn
             .qkv(&txt_modulated, &pe.narrow(2, 0, l_txt)?)?;
 
@@ -458,11 +447,7 @@ impl DoubleStreamBlock {
         let k = Tensor::cat(&[txt_k, img_k], 2)?;
         let v = Tensor::cat(&[txt_v, img_v], 2)?;
 
-        let attn = if rotated {
-            attention_rotated(&q, &k, &v)?
-        } else {
-            attention(&q, &k, &v, pe)?
-        };
+        let attn = attention(&q, &k, &v)?;
         let txt_attn = attn.narrow(1, 0, txt.dim(1)?)?;
         let img_attn = attn.narrow(1, txt.dim(1)?, attn.dim(1)? - txt.dim(1)?)?;
 
@@ -525,13 +510,9 @@ impl SingleStreamBlock {
         let x_mod = mod_.scale_shift(&xs.apply(&self.pre_norm)?)?;
         let x_mod = x_mod.apply(&self.linear1)?;
         let qkv = x_mod.narrow(D::Minus1, 0, 3 * self.h_sz)?;
-        let (q, k, v, rotated) = self.norm.heads(&qkv, self.num_heads, pe)?;
+        let (q, k, v) = self.norm.heads(&qkv, self.num_heads, pe)?;
         let mlp = x_mod.narrow(D::Minus1, 3 * self.h_sz, self.mlp_sz)?;
-        let attn = if rotated {
-            attention_rotated(&q, &k, &v)?
-        } else {
-            attention(&q, &k, &v, pe)?
-        };
+        let attn = attention(&q, &k, &v)?;
         let output = super::cpu_ops::cat_gelu(&attn, &mlp)?.apply(&self.linear2)?;
         xs + mod_.gate(&output)
     }
