@@ -37,7 +37,7 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let ws = Tensor::ones(dim, vb.dtype(), vb.device())?;
-    if vb.device().is_cpu() {
+    if vb.device().is_cpu() && vb.dtype() == DType::F32 {
         // candle's fused layer norm needs a bias; without one it takes six
         // tensor ops (5.3 ms at 1280 tokens here, against 0.8).
         let zeros = Tensor::zeros(dim, vb.dtype(), vb.device())?;
@@ -47,10 +47,10 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 /// candle's RMS norm is fused only for contiguous input; q and k are
-/// strided views of the qkv projection. On the CPU they are copied first
-/// (copy and fused norm: 0.9 ms at 1280 tokens; the unfused norm: 3.5).
+/// strided views of the qkv projection. On the CPU in f32 they are copied
+/// first (copy and fused norm: 0.9 ms at 1280 tokens; the unfused norm: 3.5).
 fn rms_norm(x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply(norm)
     } else {
         x.apply(norm)
@@ -701,6 +701,10 @@ mod tests {
 
     /// A small FLUX with random weights shared by both implementations.
     fn tiny_pair() -> (Flux, candle_flux::Flux) {
+        tiny_pair_in(DType::F32)
+    }
+
+    fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
         let cfg = Config {
             in_channels: 64,
             vec_in_dim: 24,
@@ -716,8 +720,16 @@ mod tests {
             guidance_embed: false,
         };
         let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&vars, dtype, &Device::Cpu);
         let theirs = candle_flux::Flux::new(&cfg, vb.clone()).unwrap();
+        // A VarMap makes norm scales of zero, which would zero q and k and
+        // leave the attention (and RoPE) untested: give them values.
+        for (name, var) in vars.data().lock().unwrap().iter() {
+            if name.ends_with("_norm.scale") {
+                let scale = Tensor::randn(1f64, 0.5, var.dims(), &Device::Cpu).unwrap();
+                var.set(&scale.to_dtype(dtype).unwrap()).unwrap();
+            }
+        }
         // The second model reads the tensors the first created.
         let ours = Flux::new(&cfg, vb).unwrap();
         (ours, theirs)
@@ -746,5 +758,35 @@ mod tests {
         // the rest is candle's, line for line.
         let err = max_abs_diff(&a, &b);
         assert!(err < 1e-5 * top, "off by {err} (values up to {top})");
+    }
+
+    /// The path GPUs take (candle's layers, q and k rotated per stream
+    /// before the streams join), run here in f64, where `cpu_ops` steps
+    /// aside: candle's values, within the f32 rounding of the comparison
+    /// (`max_abs_diff` subtracts in f32).
+    #[test]
+    fn the_other_devices_path_is_candles() {
+        let (ours, theirs) = tiny_pair_in(DType::F64);
+        let dev = Device::Cpu;
+        let img = Tensor::randn(0f64, 1., (1, 16, 64), &dev).unwrap();
+        let img_ids = image_ids(64).to_dtype(DType::F64).unwrap();
+        let txt = Tensor::randn(0f64, 1., (1, 7, 40), &dev).unwrap();
+        let txt_ids = Tensor::zeros((1, 7, 3), DType::F64, &dev).unwrap();
+        let t = Tensor::new(&[0.75f64], &dev).unwrap();
+        let y = Tensor::randn(0f64, 1., (1, 24), &dev).unwrap();
+        let a = ours
+            .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
+            .unwrap();
+        let b = theirs
+            .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
+            .unwrap();
+        assert_eq!(a.dtype(), DType::F64);
+        let top = max_abs_diff(&a, &Tensor::zeros_like(&a).unwrap());
+        assert!(top > 0.0);
+        let err = max_abs_diff(&a, &b);
+        assert!(
+            err <= 2.0 * f32::EPSILON * top,
+            "off by {err} (values up to {top})"
+        );
     }
 }
