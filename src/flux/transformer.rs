@@ -700,10 +700,6 @@ mod tests {
     }
 
     /// A small FLUX with random weights shared by both implementations.
-    fn tiny_pair() -> (Flux, candle_flux::Flux) {
-        tiny_pair_in(DType::F32)
-    }
-
     fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
         let cfg = Config {
             in_channels: 64,
@@ -735,16 +731,24 @@ mod tests {
         (ours, theirs)
     }
 
-    #[test]
-    fn f32_forward_is_candles_within_f32_rounding() {
-        let (ours, theirs) = tiny_pair();
+    /// Both models' outputs for one random input in `dtype`, and the
+    /// largest output value.
+    fn both_forwards(dtype: DType) -> (Tensor, Tensor, f32) {
+        let (ours, theirs) = tiny_pair_in(dtype);
         let dev = Device::Cpu;
-        let img = Tensor::randn(0f32, 1., (1, 16, 64), &dev).unwrap();
-        let img_ids = image_ids(64);
-        let txt = Tensor::randn(0f32, 1., (1, 7, 40), &dev).unwrap();
-        let txt_ids = Tensor::zeros((1, 7, 3), DType::F32, &dev).unwrap();
-        let t = Tensor::new(&[0.75f32], &dev).unwrap();
-        let y = Tensor::randn(0f32, 1., (1, 24), &dev).unwrap();
+        let randn = |shape: (usize, usize, usize)| {
+            let t = Tensor::randn(0f32, 1., shape, &dev).unwrap();
+            t.to_dtype(dtype).unwrap()
+        };
+        let img = randn((1, 16, 64));
+        let img_ids = image_ids(64).to_dtype(dtype).unwrap();
+        let txt = randn((1, 7, 40));
+        let txt_ids = Tensor::zeros((1, 7, 3), dtype, &dev).unwrap();
+        let t = Tensor::new(&[0.75f32], &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let y = randn((1, 1, 24)).squeeze(0).unwrap();
         let a = ours
             .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
             .unwrap();
@@ -752,10 +756,17 @@ mod tests {
             .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
             .unwrap();
         assert_eq!(a.dims(), &[1, 16, 64]);
+        assert_eq!(a.dtype(), dtype);
         let top = max_abs_diff(&a, &Tensor::zeros_like(&a).unwrap());
         assert!(top > 0.0);
-        // GELU and softmax are vectorised on the CPU (`super::cpu_ops`);
-        // the rest is candle's, line for line.
+        (a, b, top)
+    }
+
+    #[test]
+    fn f32_forward_is_candles_within_f32_rounding() {
+        let (a, b, top) = both_forwards(DType::F32);
+        // GELU, softmax, q/k norm + RoPE and attention are `cpu_ops`' on
+        // the CPU; the rest is candle's.
         let err = max_abs_diff(&a, &b);
         assert!(err < 1e-5 * top, "off by {err} (values up to {top})");
     }
@@ -766,23 +777,7 @@ mod tests {
     /// (`max_abs_diff` subtracts in f32).
     #[test]
     fn the_other_devices_path_is_candles() {
-        let (ours, theirs) = tiny_pair_in(DType::F64);
-        let dev = Device::Cpu;
-        let img = Tensor::randn(0f64, 1., (1, 16, 64), &dev).unwrap();
-        let img_ids = image_ids(64).to_dtype(DType::F64).unwrap();
-        let txt = Tensor::randn(0f64, 1., (1, 7, 40), &dev).unwrap();
-        let txt_ids = Tensor::zeros((1, 7, 3), DType::F64, &dev).unwrap();
-        let t = Tensor::new(&[0.75f64], &dev).unwrap();
-        let y = Tensor::randn(0f64, 1., (1, 24), &dev).unwrap();
-        let a = ours
-            .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
-            .unwrap();
-        let b = theirs
-            .forward(&img, &img_ids, &txt, &txt_ids, &t, &y, None)
-            .unwrap();
-        assert_eq!(a.dtype(), DType::F64);
-        let top = max_abs_diff(&a, &Tensor::zeros_like(&a).unwrap());
-        assert!(top > 0.0);
+        let (a, b, top) = both_forwards(DType::F64);
         let err = max_abs_diff(&a, &b);
         assert!(
             err <= 2.0 * f32::EPSILON * top,
