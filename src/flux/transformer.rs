@@ -14,36 +14,70 @@
 //! config type is candle's.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
+use candle_nn::{LayerNorm, RmsNorm, VarBuilder};
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
 
+use super::cpu_ops::on_cpu_f32;
+
+/// candle-nn's `Linear`. On the CPU in f32 the product is `cpu_ops`', which
+/// adds the bias (and GELU, or a gated residual) as it goes, where candle
+/// takes a pass and a new tensor for each.
+#[derive(Debug, Clone)]
+struct Linear(candle_nn::Linear);
+
+impl Linear {
+    /// The weight and bias, where `cpu_ops` takes the product.
+    fn on_cpu(&self, x: &Tensor) -> Option<(&Tensor, &Tensor)> {
+        let bias = self.0.bias()?;
+        (on_cpu_f32(x) && on_cpu_f32(self.0.weight())).then(|| (self.0.weight(), bias))
+    }
+
+    /// `gelu(x · wᵀ + b)`, GELU's tanh approximation.
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.on_cpu(x) {
+            Some((w, b)) => super::cpu_ops::linear_gelu(x, w, b, 0),
+            None => x.apply(&self.0)?.gelu(),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.on_cpu(x) {
+            Some((w, b)) => super::cpu_ops::linear(x, w, b),
+            None => self.0.forward(x),
+        }
+    }
+}
+
 /// `candle_nn::linear_b`, but on the CPU the weight is kept transposed: the
 /// same `(out, in)` tensor as a view over `(in, out)` row-major storage. So
-/// `Linear`'s `x·wᵀ` multiplies by a row-major matrix, which gemm packs
-/// faster: 5–35% less time per product at this model's shapes.
+/// `x·wᵀ` multiplies by a row-major matrix, which gemm packs faster: 5–35%
+/// less time per product at this model's shapes.
 fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let linear = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
     if !linear.weight().device().is_cpu() {
-        return Ok(linear);
+        return Ok(Linear(linear));
     }
     let weight = linear.weight().t()?.contiguous()?.t()?;
-    Ok(Linear::new(weight, linear.bias().cloned()))
+    Ok(Linear(candle_nn::Linear::new(
+        weight,
+        linear.bias().cloned(),
+    )))
 }
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     linear_b(in_dim, out_dim, true, vb)
 }
 
+/// FLUX's layer norms have no weights, and each is followed by a
+/// modulation (see [`ModulationOut::modulate`]).
+const LAYER_NORM_EPS: f64 = 1e-6;
+
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let ws = Tensor::ones(dim, vb.dtype(), vb.device())?;
-    if vb.device().is_cpu() && vb.dtype() == DType::F32 {
-        // candle's fused layer norm needs a bias; without one it takes six
-        // tensor ops (5.3 ms at 1280 tokens here, against 0.8).
-        let zeros = Tensor::zeros(dim, vb.dtype(), vb.device())?;
-        return Ok(LayerNorm::new(ws, zeros, 1e-6));
-    }
-    Ok(LayerNorm::new_no_bias(ws, 1e-6))
+    Ok(LayerNorm::new_no_bias(ws, LAYER_NORM_EPS))
 }
 
 /// candle's RMS norm is fused only for contiguous input; q and k are
@@ -96,14 +130,17 @@ fn apply_rope(x: &Tensor, freq_cis: &Tensor) -> Result<Tensor> {
     (fr0.broadcast_mul(&x0)? + fr1.broadcast_mul(&x1)?)?.reshape(dims.to_vec())
 }
 
-/// Attention over `(b, h, L, d)` heads, q and k already rotated
-/// ([`QkNorm::heads`]), as `(b, L, h·d)`.
+/// Attention over `(b, h, L, d)` heads, q and k already rotated and v
+/// with its heads merged, `(b, L, h·d)` ([`QkNorm::heads`]), as
+/// `(b, L, h·d)`.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if on_cpu_f32(q) {
         return super::cpu_ops::attention_merged_heads(q, k, v);
     }
+    let (b, h, l, d) = k.dims4()?;
+    let v = v.reshape((b, l, h, d))?.transpose(1, 2)?;
     // In row blocks at large sizes (see `super::attention`): the same values.
-    let x = super::attention::attention(q, k, v)?;
+    let x = super::attention::attention(q, k, &v)?;
     x.transpose(1, 2)?.flatten_from(2)
 }
 
@@ -211,9 +248,10 @@ impl QkNorm {
         })
     }
 
-    /// `(q, k, v)`, each `(b, h, L, d)`, from the `(b, L, 3·h·d)` projection
-    /// `qkv`, q and k RMS-normed and rotated by `pe` (these rows'
-    /// rotations). On the CPU in f32 each of q and k takes one pass.
+    /// `(q, k, v)` from the `(b, L, 3·h·d)` projection `qkv`: q and k
+    /// `(b, h, L, d)`, RMS-normed and rotated by `pe` (these rows'
+    /// rotations), and v `(b, L, h·d)`, a view of `qkv`. On the CPU in f32
+    /// each of q and k takes one pass.
     fn heads(
         &self,
         qkv: &Tensor,
@@ -225,20 +263,16 @@ impl QkNorm {
         let fused = |first: usize, scale: &Tensor| {
             super::cpu_ops::heads_norm_rope(qkv, first, num_heads, scale, QK_NORM_EPS, pe)
         };
+        let v = qkv.narrow(D::Minus1, 2 * width / 3, width / 3)?;
         if let (Some(q), Some(k)) = (
             fused(0, &self.query_scale),
             fused(width / 3, &self.key_scale),
         ) {
-            let v = qkv
-                .narrow(D::Minus1, 2 * width / 3, width / 3)?
-                .reshape((b, l, num_heads, d))?
-                .transpose(1, 2)?;
             return Ok((q?, k?, v));
         }
         let qkv = qkv.reshape((b, l, 3, num_heads, d))?;
         let q = qkv.i((.., .., 0))?.transpose(1, 2)?;
         let k = qkv.i((.., .., 1))?.transpose(1, 2)?;
-        let v = qkv.i((.., .., 2))?.transpose(1, 2)?;
         let q = apply_rope(&rms_norm(&q, &self.query_norm)?, pe)?.contiguous()?;
         let k = apply_rope(&rms_norm(&k, &self.key_norm)?, pe)?.contiguous()?;
         Ok((q, k, v))
@@ -252,13 +286,28 @@ struct ModulationOut {
 }
 
 impl ModulationOut {
-    fn scale_shift(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_mul(&(&self.scale + 1.)?)?
+    /// `norm(xs) · (1 + scale) + shift`: one pass on the CPU in f32.
+    fn modulate(&self, norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
+        if on_cpu_f32(xs) {
+            return super::cpu_ops::layer_norm_modulate(
+                xs,
+                &self.shift,
+                &self.scale,
+                LAYER_NORM_EPS,
+            );
+        }
+        xs.apply(norm)?
+            .broadcast_mul(&(&self.scale + 1.)?)?
             .broadcast_add(&self.shift)
     }
 
-    fn gate(&self, xs: &Tensor) -> Result<Tensor> {
-        self.gate.broadcast_mul(xs)
+    /// `xs + gate · lin(ys)`: the gated residual add is part of the
+    /// product's pass on the CPU in f32.
+    fn gated_residual(&self, xs: &Tensor, lin: &Linear, ys: &Tensor) -> Result<Tensor> {
+        match lin.on_cpu(ys) {
+            Some((w, b)) => super::cpu_ops::linear_gated_residual(&[ys], w, b, &self.gate, xs),
+            None => xs + self.gate.broadcast_mul(&ys.apply(lin)?),
+        }
     }
 }
 
@@ -372,9 +421,11 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        super::cpu_ops::gelu(&xs.apply(&self.lin1)?)?.apply(&self.lin2)
+impl Mlp {
+    /// The hidden layer, `gelu(lin1(xs))`; `lin2` follows in
+    /// [`ModulationOut::gated_residual`].
+    fn hidden(&self, xs: &Tensor) -> Result<Tensor> {
+        self.lin1.forward_gelu(xs)
     }
 }
 
@@ -429,43 +480,37 @@ impl DoubleStreamBlock {
     ) -> Result<(Tensor, Tensor)> {
         let (img_mod1, img_mod2) = self.img_mod.forward(vec_)?; // shift, scale, gate
         let (txt_mod1, txt_mod2) = self.txt_mod.forward(vec_)?; // shift, scale, gate
-        let img_modulated = img.apply(&self.img_norm1)?;
-        let img_modulated = img_mod1.scale_shift(&img_modulated)?;
+        let img_modulated = img_mod1.modulate(&self.img_norm1, img)?;
         // The rows are text then image (see `Flux::forward`).
         let (l_txt, l_img) = (txt.dim(1)?, img.dim(1)?);
         let (img_q, img_k, img_v) = self
             .img_attn
             .qkv(&img_modulated, &pe.narrow(2, l_txt, l_img)?)?;
 
-        let txt_modulated = txt.apply(&self.txt_norm1)?;
-        let txt_modulated = txt_mod1.scale_shift(&txt_modulated)?;
+        let txt_modulated = txt_mod1.modulate(&self.txt_norm1, txt)?;
         let (txt_q, txt_k, txt_v) = self
             .txt_attn
             .qkv(&txt_modulated, &pe.narrow(2, 0, l_txt)?)?;
 
         let q = Tensor::cat(&[txt_q, img_q], 2)?;
         let k = Tensor::cat(&[txt_k, img_k], 2)?;
-        let v = Tensor::cat(&[txt_v, img_v], 2)?;
+        let v = Tensor::cat(&[txt_v, img_v], 1)?;
 
         let attn = attention(&q, &k, &v)?;
         let txt_attn = attn.narrow(1, 0, txt.dim(1)?)?;
         let img_attn = attn.narrow(1, txt.dim(1)?, attn.dim(1)? - txt.dim(1)?)?;
 
-        let img = (img + img_mod1.gate(&img_attn.apply(&self.img_attn.proj)?))?;
-        let img = (&img
-            + img_mod2.gate(
-                &img_mod2
-                    .scale_shift(&img.apply(&self.img_norm2)?)?
-                    .apply(&self.img_mlp)?,
-            )?)?;
+        let img = img_mod1.gated_residual(img, &self.img_attn.proj, &img_attn)?;
+        let img_mlp = self
+            .img_mlp
+            .hidden(&img_mod2.modulate(&self.img_norm2, &img)?)?;
+        let img = img_mod2.gated_residual(&img, &self.img_mlp.lin2, &img_mlp)?;
 
-        let txt = (txt + txt_mod1.gate(&txt_attn.apply(&self.txt_attn.proj)?))?;
-        let txt = (&txt
-            + txt_mod2.gate(
-                &txt_mod2
-                    .scale_shift(&txt.apply(&self.txt_norm2)?)?
-                    .apply(&self.txt_mlp)?,
-            )?)?;
+        let txt = txt_mod1.gated_residual(txt, &self.txt_attn.proj, &txt_attn)?;
+        let txt_mlp = self
+            .txt_mlp
+            .hidden(&txt_mod2.modulate(&self.txt_norm2, &txt)?)?;
+        let txt = txt_mod2.gated_residual(&txt, &self.txt_mlp.lin2, &txt_mlp)?;
 
         Ok((img, txt))
     }
@@ -507,14 +552,27 @@ impl SingleStreamBlock {
 
     fn forward(&self, xs: &Tensor, vec_: &Tensor, pe: &Tensor) -> Result<Tensor> {
         let mod_ = self.modulation.forward(vec_)?;
-        let x_mod = mod_.scale_shift(&xs.apply(&self.pre_norm)?)?;
-        let x_mod = x_mod.apply(&self.linear1)?;
+        let x_mod = mod_.modulate(&self.pre_norm, xs)?;
+        // On the CPU in f32 the MLP's columns leave `linear1` through GELU,
+        // and `linear2` reads the attention and them in place, with no cat.
+        let on_cpu = self.linear1.on_cpu(&x_mod).zip(self.linear2.on_cpu(&x_mod));
+        let x_mod = match on_cpu {
+            Some(((w, b), _)) => super::cpu_ops::linear_gelu(&x_mod, w, b, 3 * self.h_sz)?,
+            None => x_mod.apply(&self.linear1)?,
+        };
         let qkv = x_mod.narrow(D::Minus1, 0, 3 * self.h_sz)?;
         let (q, k, v) = self.norm.heads(&qkv, self.num_heads, pe)?;
         let mlp = x_mod.narrow(D::Minus1, 3 * self.h_sz, self.mlp_sz)?;
         let attn = attention(&q, &k, &v)?;
-        let output = super::cpu_ops::cat_gelu(&attn, &mlp)?.apply(&self.linear2)?;
-        xs + mod_.gate(&output)
+        match on_cpu {
+            Some((_, (w, b))) => {
+                super::cpu_ops::linear_gated_residual(&[&attn, &mlp], w, b, &mod_.gate, xs)
+            }
+            None => {
+                let hidden = Tensor::cat(&[&attn, &mlp.gelu()?], 2)?;
+                mod_.gated_residual(xs, &self.linear2, &hidden)
+            }
+        }
     }
 }
 
@@ -540,11 +598,14 @@ impl LastLayer {
     fn forward(&self, xs: &Tensor, vec: &Tensor) -> Result<Tensor> {
         let chunks = vec.silu()?.apply(&self.ada_ln_modulation)?.chunk(2, 1)?;
         let (shift, scale) = (&chunks[0], &chunks[1]);
-        let xs = xs
-            .apply(&self.norm_final)?
-            .broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?
-            .broadcast_add(&shift.unsqueeze(1)?)?;
-        xs.apply(&self.linear)
+        let modulation = ModulationOut {
+            shift: shift.unsqueeze(1)?,
+            scale: scale.unsqueeze(1)?,
+            gate: Tensor::ones(1, xs.dtype(), xs.device())?,
+        };
+        modulation
+            .modulate(&self.norm_final, xs)?
+            .apply(&self.linear)
     }
 }
 
