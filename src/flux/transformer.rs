@@ -4,14 +4,14 @@
 //! Apart from `rope`, `EmbedNd` and the attention (bounded in memory, see
 //! `super::attention`), this is candle-transformers 0.11's
 //! `models/flux/model.rs` (MIT or Apache-2.0, by the candle authors), kept
-//! line for line so that it can be diffed against upstream, but for q and k:
+//! close to upstream so that it can be diffed against it, but for q and k:
 //! they are normed and rotated per stream, before the double blocks join
-//! text and image (the same values). On the CPU in f32, GELU, softmax, q and
-//! k's norm and rotation, and the attention are `super::cpu_ops`' vectorised
-//! ones, linear weights are kept transposed (see `linear_b`) and the layer
-//! norms take candle's fused kernel (see `layer_norm`); so there it computes
-//! what candle's does within f32 rounding (pinned by the tests below). The
-//! config type is candle's.
+//! text and image (the same values). On the CPU in f32 the layers are
+//! `super::cpu_ops`': linear layers with their bias, GELU or gated residual
+//! in one pass (see [`Linear`], [`ModulationOut`]), each layer norm with
+//! its modulation, q and k's norm and rotation, and the attention; so there
+//! it computes what candle's does within f32 rounding (pinned by the tests
+//! below). Elsewhere the layers are candle's. The config type is candle's.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, RmsNorm, VarBuilder};

@@ -1,10 +1,17 @@
-//! f32 layers for the CPU. For the VAE decoder (`super::vae_cpu`), on
-//! channels-last feature maps: a Winograd 3×3 convolution, 1×1 convolutions
-//! and matrix products on `gemm`, group norm fused with SiLU, and softmax.
-//! For the transformer, on candle tensors: GELU and softmax, vectorised
-//! (candle's call libm's `tanhf` and `expf` once per element: a fifth of a
-//! step's time at 256²), GELU joined to its neighbour, q and k normed and
-//! rotated in one pass, and attention with the heads merged.
+//! f32 layers for the CPU, each pinned by a test to candle's within f32
+//! rounding:
+//! - `conv`: the VAE decoder's, on channels-last feature maps: a Winograd
+//!   3×3 convolution, 1×1 convolutions, group norm fused with SiLU;
+//! - `linear`: the transformer's linear layers, with the bias, GELU or a
+//!   gated residual add in the product's pass;
+//! - `transformer_ops`: softmax, q and k normed and rotated in one pass, the
+//!   modulated layer norm;
+//! - `attention`: in row blocks whose scores stay in cache, heads merged.
+//!
+//! Here: the `multiversion!` AVX-512 dispatch, matrix views and products
+//! on `gemm`, per-thread scratch, and a vectorisable `exp` (candle calls
+//! libm's `expf` and `tanhf` once per element: a fifth of a step's time at
+//! 256²).
 //!
 //! Why own them: candle 0.11's CPU `conv2d` gathers its im2col tiles one
 //! element at a time, in NCHW, into a fresh buffer per tile; a profile of
