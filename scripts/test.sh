@@ -65,7 +65,7 @@ mirror_dir="$(mktemp -d)"
 mirror_out="$mirror_dir/url"
 cargo run --locked --quiet --example test_mirror -- "$mirror_dir/files" >"$mirror_out" &
 mirror_pid=$!
-trap 'kill "$mirror_pid" 2>/dev/null || true' EXIT
+trap 'kill "$mirror_pid" 2>/dev/null || true; rm -rf "$mirror_dir"' EXIT
 for _ in $(seq 1 600); do
     [ -s "$mirror_out" ] && break
     kill -0 "$mirror_pid" 2>/dev/null || { echo "the test mirror did not start" >&2; exit 1; }

@@ -8,6 +8,8 @@
 
 pub mod hub;
 pub mod limits;
+pub mod protocol;
+pub mod tokens;
 pub mod web;
 
 cfg_if::cfg_if! {

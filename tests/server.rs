@@ -6,6 +6,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use schnell::server::{ServeOptions, ServerConfig};
@@ -26,6 +27,39 @@ async fn generations_answer_in_openai_shape() {
         png_size(body["data"][0]["b64_json"].as_str().unwrap()),
         (256, 320)
     );
+    // OpenAI's echoes, its usage, and each image's timings (an extension).
+    assert_eq!(
+        (
+            &body["size"],
+            &body["output_format"],
+            &body["background"],
+            &body["quality"]
+        ),
+        (
+            &json!("256x320"),
+            &json!("png"),
+            &json!("opaque"),
+            &json!("auto")
+        )
+    );
+    let usage = &body["usage"];
+    let text_tokens = usage["input_tokens_details"]["text_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(text_tokens > 1, "{usage}");
+    assert_eq!(usage["input_tokens"], text_tokens);
+    assert_eq!(usage["output_tokens"], (256 / 16) * (320 / 16));
+    assert_eq!(usage["total_tokens"], text_tokens + (256 / 16) * (320 / 16));
+    let timings = &body["data"][0]["timings"];
+    assert_eq!(
+        timings["steps_ms"].as_array().unwrap().len(),
+        2,
+        "{timings}"
+    );
+    assert!(timings["total_ms"].as_u64().unwrap() >= timings["vae_decode_ms"].as_u64().unwrap());
+    // The typed answer reads it back whole.
+    let typed: schnell::protocol::ImagesResponse = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(typed.data[0].seed, 7);
 
     // n images with consecutive seeds.
     let body: Value = s
@@ -41,6 +75,30 @@ async fn generations_answer_in_openai_shape() {
         .map(|d| d["seed"].as_u64().unwrap())
         .collect();
     assert_eq!(seeds, [10, 11]);
+    assert_eq!(body["usage"]["output_tokens"], 2 * 16 * 16);
+
+    // Ten, OpenAI's most; WebP, lossy below 100; fields without effect echoed
+    // or accepted.
+    let body: Value = s
+        .post(json!({
+            "prompt": "x", "size": "256x256", "steps": 1, "n": 10, "output_format": "webp",
+            "output_compression": 40, "quality": "high", "background": "transparent",
+            "moderation": "low", "style": "vivid", "user": "u-1"
+        }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 10, "{body}");
+    assert_eq!(
+        (&body["quality"], &body["background"]),
+        (&json!("high"), &json!("opaque"))
+    );
+    let webp = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["b64_json"].as_str().unwrap())
+        .unwrap();
+    assert_eq!((&webp[..4], &webp[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+    assert_eq!(body["output_format"], "webp");
 
     // By URL, as JPEG.
     let body: Value = s
@@ -94,6 +152,7 @@ async fn a_streamed_generation_sends_each_step_then_the_image() {
             "image_generation.completed"
         ]
     );
+    assert_eq!(events[3].1["usage"]["output_tokens"], 16 * 16);
     for (i, (_, data)) in events[..3].iter().enumerate() {
         assert_eq!(data["partial_image_index"], i);
         assert_eq!(data["step"], i + 1);
@@ -103,6 +162,55 @@ async fn a_streamed_generation_sends_each_step_then_the_image() {
     let done = &events[3].1;
     assert_eq!(done["seed"], 3);
     assert_eq!(png_size(done["b64_json"].as_str().unwrap()), (256, 256));
+}
+
+#[tokio::test]
+async fn partial_images_are_spread_over_the_steps() {
+    let s = ready(ServerConfig::default()).await;
+    let streamed = |partials: Option<u32>| {
+        let mut body = request("256x256", 3);
+        body["stream"] = json!(true);
+        body["steps"] = json!(4);
+        if let Some(p) = partials {
+            body["partial_images"] = json!(p);
+        }
+        s.post(body)
+    };
+    for (partials, steps) in [
+        (Some(2), vec![2, 3]),
+        (Some(0), vec![]),
+        (None, vec![1, 2, 3, 4]),
+    ] {
+        let events = parse_sse(&streamed(partials).await.text().await.unwrap());
+        let (done, partial) = events.split_last().unwrap();
+        assert_eq!(done.0, "image_generation.completed");
+        let seen: Vec<u64> = partial
+            .iter()
+            .enumerate()
+            .map(|(i, (name, data))| {
+                assert_eq!(name, "image_generation.partial_image");
+                assert_eq!(data["partial_image_index"], i, "{data}");
+                data["step"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(seen, steps, "partial_images {partials:?}");
+    }
+}
+
+#[tokio::test]
+async fn size_auto_is_1024_square() {
+    let s = ready(ServerConfig::default()).await;
+    let body: Value = s
+        .post(json!({ "prompt": "x", "size": "auto", "steps": 1 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["size"], "1024x1024", "{body}");
+    assert_eq!(
+        png_size(body["data"][0]["b64_json"].as_str().unwrap()),
+        (1024, 1024)
+    );
 }
 
 #[tokio::test]
@@ -129,14 +237,37 @@ async fn bad_requests_get_400_with_a_useful_message() {
             "WIDTHxHEIGHT",
         ),
         (
-            s.post(json!({ "prompt": "x", "n": 5 })).await,
+            s.post(json!({ "prompt": "x", "n": 11 })).await,
             Some("n"),
-            "1 to 4",
+            "1 to 10",
         ),
         (
             s.post(json!({ "prompt": "x", "n": 0 })).await,
             Some("n"),
-            "1 to 4",
+            "1 to 10",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "n": "two" })).await,
+            Some("n"),
+            "`n`: invalid type",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "stream": true, "partial_images": 4 }))
+                .await,
+            Some("partial_images"),
+            "0 to 3",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "output_compression": 101 }))
+                .await,
+            Some("output_compression"),
+            "0 to 100",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "output_format": "gif" }))
+                .await,
+            Some("output_format"),
+            "webp",
         ),
         (
             s.post(json!({ "size": "256x256" })).await,

@@ -197,7 +197,7 @@ async fn token_counts_use_tokenizers_fetched_through_the_hub() {
     if !have_mirror("token_counts_use_tokenizers_fetched_through_the_hub") {
         return;
     }
-    use schnell::web::tokens::{TokenCounter, CLIP_LIMIT};
+    use schnell::tokens::{TokenCounter, CLIP_LIMIT};
     let (client, _) = client("test-tokens").await;
     let files = client
         .files(&[

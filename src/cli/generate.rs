@@ -74,6 +74,7 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
                 image,
                 seed,
                 timings,
+                ..
             } => {
                 steps.finish_with_message("done");
                 bars.finish();

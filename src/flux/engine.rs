@@ -65,16 +65,8 @@ impl EngineOptions {
 /// The image size `auto` plans for when no request has come yet (`prepare`).
 pub const PLANNED_SIDE: u32 = 1024;
 
-/// Where loading stands, for readiness reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Idle,
-    Downloading,
-    Loading,
-    Ready,
-    Failed,
-}
+/// Where loading stands, for readiness reports (`/readyz` sends it as it is).
+pub use crate::protocol::Phase;
 
 /// Bytes of one file so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -738,7 +730,7 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                     }
                 };
                 match result {
-                    Ok((image, mut timings)) => {
+                    Ok((image, mut timings, prompt_tokens)) => {
                         // This request waited for the models to load: count it.
                         if let Some(load) = load_time {
                             timings.load += load;
@@ -749,6 +741,7 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                             image,
                             seed,
                             timings,
+                            prompt_tokens,
                         });
                     }
                     Err(FluxError::Cancelled) => {

@@ -22,8 +22,8 @@ use super::FluxError;
 const GB: f64 = 1e9;
 /// The runtime, tokenizers and allocator slack.
 const OVERHEAD: u64 = 512 << 20;
-/// T5 always sees this many tokens (see `text::T5_TOKENS`).
-const T5_TOKENS: u64 = 256;
+/// T5 always sees this many tokens.
+const T5_TOKENS: u64 = crate::tokens::T5_LIMIT as u64;
 
 /// The transformer's parameters, grouped by how city96's files store them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,15 +26,15 @@ pub struct Hooks<'a> {
     pub cancelled: &'a dyn Fn() -> bool,
 }
 
-/// Makes one image. Events go out as they happen; each `Step` right after its
-/// transformer pass.
+/// Makes one image, and says how many of the prompt's tokens T5 read. Events
+/// go out as they happen; each `Step` right after its transformer pass.
 pub fn generate(
     model: &LocalModel,
     resident: &mut Resident,
     request: &GenerateRequest,
     (seed, vae_decode): (u64, VaeDecode),
     hooks: Hooks,
-) -> Result<(Image, Timings), FluxError> {
+) -> Result<(Image, Timings, usize), FluxError> {
     let Hooks {
         emit,
         on_step,
@@ -168,7 +168,7 @@ pub fn generate(
     )?;
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
-    Ok((image, timings))
+    Ok((image, timings, tokens.t5_read))
 }
 
 /// A part kept loaded, or loaded now into `borrowed` (so it is freed when

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FluxError;
 use crate::hub::HubEvent;
+use crate::protocol::OutputFormat;
 
 use crate::limits::{check_seed, check_side, check_steps, MAX_SEED};
 pub use crate::limits::{DEFAULT_STEPS, MAX_SIDE, MAX_STEPS, MIN_SIDE};
@@ -153,6 +154,8 @@ pub enum GenerateEvent {
         image: Image,
         seed: u64,
         timings: Timings,
+        /// The prompt's tokens T5 read (at most 256), for usage reports.
+        prompt_tokens: usize,
     },
     Failed {
         error: std::sync::Arc<FluxError>,
@@ -189,8 +192,45 @@ impl Image {
         encode(self.width, self.height, &self.rgb, image::ImageFormat::Png)
     }
 
-    pub fn to_jpeg(&self) -> Result<Vec<u8>, FluxError> {
-        encode(self.width, self.height, &self.rgb, image::ImageFormat::Jpeg)
+    /// The image as `format`, at `quality` 0–100 for jpeg and webp (100, the
+    /// default as in OpenAI's API: webp's lossless; png ignores it).
+    pub fn encode(&self, format: OutputFormat, quality: Option<u8>) -> Result<Vec<u8>, FluxError> {
+        let quality = quality.unwrap_or(100).min(100);
+        let failed = |reason: String| FluxError::Compute {
+            stage: "image encoding",
+            reason,
+        };
+        let expected = self.width as usize * self.height as usize * 3;
+        if self.rgb.len() != expected {
+            return Err(failed(format!(
+                "{} bytes do not make a {}×{} RGB image",
+                self.rgb.len(),
+                self.width,
+                self.height
+            )));
+        }
+        match format {
+            OutputFormat::Png => self.to_png(),
+            OutputFormat::Jpeg => {
+                let mut out = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.max(1))
+                    .encode(
+                        &self.rgb,
+                        self.width,
+                        self.height,
+                        image::ExtendedColorType::Rgb8,
+                    )
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(out)
+            }
+            OutputFormat::Webp => {
+                let encoder = webp::Encoder::from_rgb(&self.rgb, self.width, self.height);
+                encoder
+                    .encode_simple(quality == 100, f32::from(quality))
+                    .map(|bytes| bytes.to_vec())
+                    .map_err(|e| failed(format!("webp: {e:?}")))
+            }
+        }
     }
 }
 
@@ -224,6 +264,44 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("256"));
+    }
+
+    #[test]
+    fn images_encode_in_every_output_format() {
+        let (width, height) = (48, 32);
+        // Noise over a gradient: lossless formats cannot shrink it much.
+        let mut state = 0x2545_f491_u32;
+        let rgb: Vec<u8> = (0..width * height * 3)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                ((i / 3 % width) * 4 + state % 32) as u8
+            })
+            .collect();
+        let image = Image { width, height, rgb };
+        let png = image.encode(OutputFormat::Png, Some(10)).unwrap();
+        let decoded = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(decoded.into_raw(), image.rgb, "png is lossless");
+        let jpeg = image.encode(OutputFormat::Jpeg, Some(50)).unwrap();
+        let decoded = image::load_from_memory(&jpeg).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (width, height));
+        assert!(jpeg.len() < image.encode(OutputFormat::Jpeg, None).unwrap().len());
+        // webp: 100 (the default) is lossless, less is lossy and smaller.
+        let lossless = image.encode(OutputFormat::Webp, None).unwrap();
+        assert_eq!(&lossless[..4], b"RIFF");
+        assert_eq!(&lossless[8..12], b"WEBP");
+        let back = webp::Decoder::new(&lossless).decode().unwrap();
+        assert_eq!((back.width(), back.height()), (width, height));
+        assert_eq!(&*back, &image.rgb[..], "webp at 100 is lossless");
+        let lossy = image.encode(OutputFormat::Webp, Some(30)).unwrap();
+        assert!(lossy.len() < lossless.len());
+        let broken = Image {
+            width: 5,
+            height: 5,
+            rgb: vec![0; 3],
+        };
+        assert!(broken.encode(OutputFormat::Webp, None).is_err());
     }
 
     #[test]

@@ -11,10 +11,7 @@ use super::quant::T5Quant;
 use super::weights::{load_failure, mmap, Named};
 use super::FluxError;
 
-/// T5 sees 256 tokens with schnell (FLUX.1-dev uses 512).
-pub const T5_TOKENS: usize = 256;
-/// CLIP's position embeddings stop at 77.
-pub const CLIP_TOKENS: usize = 77;
+pub use crate::tokens::{CLIP_LIMIT as CLIP_TOKENS, T5_LIMIT as T5_TOKENS};
 
 const CLIP_END: &str = "<|endoftext|>";
 const T5_PAD: &str = "<pad>";
@@ -24,6 +21,8 @@ const T5_PAD: &str = "<pad>";
 pub struct PromptTokens {
     /// Exactly [`T5_TOKENS`] ids, padded.
     pub t5: Vec<u32>,
+    /// How many of them are the prompt's (special tokens included), not padding.
+    pub t5_read: usize,
     /// Exactly [`CLIP_TOKENS`] ids, padded with the end token.
     pub clip: Vec<u32>,
     /// Where CLIP's (first) end token is: its hidden state is the pooled output.
@@ -42,7 +41,7 @@ pub struct Tokenizers {
 
 fn load_tokenizer(file: &Named) -> Result<Tokenizer, FluxError> {
     Tokenizer::from_file(&file.path)
-        .map(crate::web::tokens::without_own_padding)
+        .map(crate::tokens::without_own_padding)
         .map_err(|e| {
             load_failure(
                 std::slice::from_ref(file),
@@ -83,6 +82,7 @@ impl Tokenizers {
         };
         let t5 = encode(&self.t5, "T5")?;
         let clip = encode(&self.clip, "CLIP")?;
+        let t5_read = t5.len().min(T5_TOKENS);
         let t5 = fit(prompt, &t5, T5_TOKENS, self.t5_pad, "T5", &mut warnings);
         let clip_len = clip.get_ids().len().min(CLIP_TOKENS);
         let mut clip = fit(
@@ -104,6 +104,7 @@ impl Tokenizers {
             .unwrap_or(last);
         Ok(PromptTokens {
             t5,
+            t5_read,
             clip,
             clip_end,
             warnings,
@@ -121,7 +122,7 @@ fn fit(
     warnings: &mut Vec<String>,
 ) -> Vec<u32> {
     let ids = encoding.get_ids();
-    if let Some(dropped) = crate::web::tokens::dropped_text(prompt, encoding, len) {
+    if let Some(dropped) = crate::tokens::dropped_text(prompt, encoding, len) {
         let shown: String = dropped.chars().take(60).collect();
         let more = if shown.len() < dropped.len() {
             "…"
@@ -364,7 +365,7 @@ mod tests {
         assert_eq!((a.t5, a.clip, a.clip_end), (b.t5, b.clip, b.clip_end));
         assert!(b.warnings.is_empty(), "{:?}", b.warnings);
         let counts = |t5: &[u8], clip: &[u8]| {
-            crate::web::tokens::TokenCounter::from_json(t5, clip)
+            crate::tokens::TokenCounter::from_json(t5, clip)
                 .unwrap()
                 .count(prompt)
                 .unwrap()

@@ -13,67 +13,51 @@ use axum::Json;
 use base64::Engine as _;
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::errors::ApiError;
 use super::AppState;
 use crate::flux::{GenerateEvent, GenerateRequest, Image, Phase, Timings};
+use crate::protocol::{
+    partial_steps, CompletedImage, ImageData, ImagesRequest, ImagesResponse, OutputFormat,
+    PartialImage, ResponseFormat, Size, StageTimings, StreamEvent, Usage,
+};
 
-pub const MAX_IMAGES: u32 = 4;
+pub use crate::protocol::MAX_IMAGES;
 
-/// The request body. Fields OpenAI has and FLUX has no use for (`quality`,
-/// `style`, `user`, `background`, …) are accepted and ignored.
-#[derive(Debug, Deserialize)]
-struct ImagesRequest {
-    prompt: Option<String>,
-    model: Option<String>,
-    n: Option<u32>,
-    size: Option<String>,
-    response_format: Option<String>,
-    output_format: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    /// Extension: the seed of the first image (the next ones count up).
-    seed: Option<u64>,
-    /// Extension: denoising steps (default 4).
-    steps: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Png,
-    Jpeg,
-}
-
-impl Format {
-    fn name(self) -> &'static str {
-        match self {
-            Format::Png => "png",
-            Format::Jpeg => "jpeg",
-        }
-    }
-    /// PNG or JPEG bytes, on the blocking pool: a 2048² image takes tens
-    /// to hundreds of milliseconds to compress.
-    async fn encode(self, image: Image) -> Result<Vec<u8>, ApiError> {
-        tokio::task::spawn_blocking(move || match self {
-            Format::Png => image.to_png(),
-            Format::Jpeg => image.to_jpeg(),
-        })
+/// The image in its output format, on the blocking pool: a 2048² image
+/// takes tens to hundreds of milliseconds to compress.
+async fn encode(
+    image: Image,
+    format: OutputFormat,
+    quality: Option<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || image.encode(format, quality))
         .await
         .map_err(|e| ApiError::internal(format!("encoding the image: {e}")))?
         .map_err(|e| ApiError::from_flux(&e))
-    }
 }
 
 /// A request after every field was checked.
 struct Checked {
+    /// As sent, for what the answer echoes.
+    wire: ImagesRequest,
     request: GenerateRequest,
     n: u32,
     as_url: bool,
-    format: Format,
-    stream: bool,
+    format: OutputFormat,
+    /// The steps after which a stream sends a partial image.
+    partial_steps: Vec<u32>,
+}
+
+impl Checked {
+    fn size(&self) -> Size {
+        Size::Pixels {
+            width: self.request.width,
+            height: self.request.height,
+        }
+    }
 }
 
 /// The whole body, at most [`super::MAX_BODY`] bytes, within `timeout`: a
@@ -98,6 +82,26 @@ async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
         .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
 }
 
+/// The request's fields OpenAI's clients send, as `ApiError`'s `param`.
+const FIELDS: [&str; 16] = [
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "stream",
+    "partial_images",
+    "quality",
+    "background",
+    "moderation",
+    "style",
+    "user",
+    "seed",
+    "steps",
+];
+
 fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
@@ -105,18 +109,30 @@ fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
             "the request body is empty: send JSON such as {\"prompt\": \"a red fox\", \"size\": \"1024x1024\"}",
         ));
     }
-    let parsed: ImagesRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(
-            None,
-            format!("the body is not valid JSON for this endpoint: {e}"),
-        )
-    })?;
-    let prompt = parsed
-        .prompt
-        .filter(|p| !p.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid(Some("prompt"), "`prompt` is required and must not be empty")
-        })?;
+    // The error names the field at fault (`n: invalid type: string "two",
+    // expected u32`), and `param` says it too.
+    let parsed: ImagesRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                // Broken JSON is nobody's field, though the path says where it broke.
+                let param = FIELDS
+                    .iter()
+                    .copied()
+                    .find(|f| *f == path)
+                    .filter(|_| e.inner().is_data());
+                let message = match param {
+                    Some(field) => format!("`{field}`: {}", e.inner()),
+                    None => format!(
+                        "the body is not valid JSON for this endpoint: {}",
+                        e.inner()
+                    ),
+                };
+                ApiError::invalid(param, message)
+            })?;
+    parsed
+        .check()
+        .map_err(|e| ApiError::invalid(Some(e.field), e.message))?;
     if let Some(model) = &parsed.model {
         if model != state.model.id && model != state.model.key {
             return Err(ApiError::invalid(
@@ -128,59 +144,19 @@ fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
             ));
         }
     }
-    let n = parsed.n.unwrap_or(1);
-    if !(1..=MAX_IMAGES).contains(&n) {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!("`n` must be 1 to {MAX_IMAGES}, not {n}"),
-        ));
-    }
-    if parsed.stream && n != 1 {
-        return Err(ApiError::invalid(
-            Some("n"),
-            "streaming makes one image: use n = 1 with stream = true",
-        ));
-    }
-    let size = parsed.size.as_deref().unwrap_or("1024x1024");
-    let (width, height) = size
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                Some("size"),
-                format!("`size` must be \"WIDTHxHEIGHT\", such as \"1024x1024\", not {size:?}"),
-            )
-        })?;
-    let as_url = match parsed.response_format.as_deref() {
-        None | Some("b64_json") => false,
-        Some("url") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("response_format"),
-                format!("`response_format` must be \"b64_json\" or \"url\", not {other:?}"),
-            ))
-        }
-    };
-    let format = match parsed.output_format.as_deref() {
-        None | Some("png") => Format::Png,
-        Some("jpeg") | Some("jpg") => Format::Jpeg,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("output_format"),
-                format!("`output_format` must be \"png\" or \"jpeg\", not {other:?}"),
-            ))
-        }
-    };
-    let mut request = GenerateRequest::new(prompt).size(width, height);
+    let (width, height) = parsed.pixels();
+    let mut request = GenerateRequest::new(parsed.prompt.clone()).size(width, height);
     request.steps = parsed.steps.unwrap_or(crate::flux::DEFAULT_STEPS);
     request.seed = parsed.seed;
     request.validate().map_err(|e| ApiError::from_flux(&e))?;
+    let partial_steps = partial_steps(request.steps, parsed.partial_images);
     Ok(Checked {
+        n: parsed.image_count(),
+        as_url: parsed.response_format == Some(ResponseFormat::Url),
+        format: parsed.output_format.unwrap_or_default(),
+        partial_steps,
         request,
-        n,
-        as_url,
-        format,
-        stream: parsed.stream,
+        wire: parsed,
     })
 }
 
@@ -238,7 +214,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if checked.stream {
+    if checked.wire.stream {
         return stream(state, checked, permit).into_response();
     }
     // Dropping this future (the client went away) drops the engine's stream,
@@ -247,20 +223,26 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
     let mut data = Vec::new();
     let mut request = checked.request.clone();
     let mut seed = request.seed.unwrap_or_else(crate::flux::random_seed);
-    let mut timings = Vec::new();
+    let mut prompt_tokens = 0;
     for _ in 0..checked.n {
         request.seed = Some(seed);
-        let (image, used_seed, t) = match run_to_end(&state, request.clone()).await {
+        let done = match run_to_end(&state, request.clone()).await {
             Ok(done) => done,
             Err(e) => return e.into_response(),
         };
-        let encoded = match checked.format.encode(image).await {
+        prompt_tokens = done.prompt_tokens;
+        let compression = checked.wire.output_compression;
+        let encoded = match encode(done.image, checked.format, compression).await {
             Ok(bytes) => bytes,
             Err(e) => return e.into_response(),
         };
-        let mut item = json!({ "seed": used_seed });
+        let mut item = ImageData {
+            seed: done.seed,
+            timings: stage_timings(&done.timings),
+            ..Default::default()
+        };
         if checked.as_url {
-            let name = match state.images.put(encoded, checked.format.name()).await {
+            let name = match state.images.put(encoded, checked.format).await {
                 Ok(name) => name,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot keep an image");
@@ -271,29 +253,39 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
                     .into_response();
                 }
             };
-            item["url"] = json!(image_url(&state, &name));
+            item.url = Some(image_url(&state, &name));
         } else {
-            item["b64_json"] = json!(base64::engine::general_purpose::STANDARD.encode(&encoded));
+            item.b64_json = Some(base64::engine::general_purpose::STANDARD.encode(&encoded));
         }
         data.push(item);
-        timings.push(timings_json(&t));
         seed = crate::limits::next_seed(seed);
     }
-    Json(json!({
-        "created": unix_now(),
-        "data": data,
-        "model": state.model.id,
-        "size": format!("{}x{}", checked.request.width, checked.request.height),
-        "output_format": checked.format.name(),
-        "timings": timings,
-    }))
+    let size = checked.size();
+    Json(ImagesResponse {
+        created: unix_now(),
+        data,
+        background: OPAQUE.into(),
+        output_format: checked.format,
+        quality: checked.wire.quality_echo(),
+        size,
+        usage: Usage::new(prompt_tokens as u64, checked.n.into(), size.pixels()),
+        model: state.model.id.to_string(),
+    })
     .into_response()
 }
 
-async fn run_to_end(
-    state: &AppState,
-    request: GenerateRequest,
-) -> Result<(Image, u64, Timings), ApiError> {
+/// What the images always are, whatever `background` asked.
+const OPAQUE: &str = "opaque";
+
+/// A finished image and what it took.
+struct Done {
+    image: Image,
+    seed: u64,
+    timings: Timings,
+    prompt_tokens: usize,
+}
+
+async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Done, ApiError> {
     let mut events = std::pin::pin!(state.engine.generate(request));
     while let Some(event) = events.next().await {
         match event {
@@ -301,7 +293,15 @@ async fn run_to_end(
                 image,
                 seed,
                 timings,
-            } => return Ok((image, seed, timings)),
+                prompt_tokens,
+            } => {
+                return Ok(Done {
+                    image,
+                    seed,
+                    timings,
+                    prompt_tokens,
+                })
+            }
             GenerateEvent::Failed { error } => return Err(state.flux_error(&error)),
             _ => {}
         }
@@ -309,68 +309,80 @@ async fn run_to_end(
     Err(ApiError::from_flux(&crate::flux::FluxError::EngineStopped))
 }
 
-/// Server-sent events with OpenAI's names: `image_generation.partial_image` per
-/// step (the step's preview), then `image_generation.completed`. Progress
-/// fields (`step`, `total_steps`, `progress`) are extensions.
+/// Server-sent events with OpenAI's names: `image_generation.partial_image`
+/// after the steps [`partial_steps`] picks (each the step's preview), then
+/// `image_generation.completed`. Progress fields (`step`, `total_steps`,
+/// `progress`) are extensions.
 fn stream(
     state: Arc<AppState>,
     checked: Checked,
     permit: OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let size = format!("{}x{}", checked.request.width, checked.request.height);
-    let format = checked.format;
+    let size = checked.size();
+    let (format, compression) = (checked.format, checked.wire.output_compression);
+    let quality = checked.wire.quality_echo();
+    let partials = checked.partial_steps;
     let errors = state.clone();
     let engine_events = state.engine.generate(checked.request);
     let events = engine_events
         .filter_map(move |event| {
-            let size = size.clone();
-            let errors = errors.clone();
+            let (errors, quality) = (errors.clone(), quality.clone());
+            let partial_index = match &event {
+                GenerateEvent::Step { index, .. } => partials.iter().position(|s| s == index),
+                _ => None,
+            };
             async move {
                 let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-                let (name, data): (&str, Value) = match event {
-                    GenerateEvent::Step { index, total, preview } => {
+                let event = match event {
+                    GenerateEvent::Step {
+                        index,
+                        total,
+                        preview,
+                    } => {
                         let png = preview.to_png().ok()?;
-                        (
-                            "image_generation.partial_image",
-                            json!({
-                                "type": "image_generation.partial_image",
-                                "b64_json": b64(&png),
-                                "partial_image_index": index - 1,
-                                "created_at": unix_now(),
-                                "size": size,
-                                "output_format": "png",
-                                "background": "opaque",
-                                "step": index,
-                                "total_steps": total,
-                                "progress": index as f64 / total as f64,
-                                "preview_size": format!("{}x{}", preview.width, preview.height),
-                            }),
-                        )
+                        StreamEvent::Partial(PartialImage {
+                            b64_json: b64(&png),
+                            created_at: unix_now(),
+                            size,
+                            quality,
+                            background: OPAQUE.into(),
+                            output_format: OutputFormat::Png,
+                            partial_image_index: partial_index? as u32,
+                            step: index,
+                            total_steps: total,
+                            progress: index as f64 / total as f64,
+                            preview_size: Size::Pixels {
+                                width: preview.width,
+                                height: preview.height,
+                            },
+                        })
                     }
-                    GenerateEvent::Done { image, seed, timings } => match format.encode(image).await {
-                        Ok(bytes) => (
-                            "image_generation.completed",
-                            json!({
-                                "type": "image_generation.completed",
-                                "b64_json": b64(&bytes),
-                                "created_at": unix_now(),
-                                "size": size,
-                                "output_format": format.name(),
-                                "background": "opaque",
-                                "seed": seed,
-                                "timings": timings_json(&timings),
-                            }),
-                        ),
-                        Err(e) => ("error", json!({ "type": "error", "error": e.body()["error"] })),
+                    GenerateEvent::Done {
+                        image,
+                        seed,
+                        timings,
+                        prompt_tokens,
+                    } => match encode(image, format, compression).await {
+                        Ok(bytes) => StreamEvent::Completed(CompletedImage {
+                            b64_json: b64(&bytes),
+                            created_at: unix_now(),
+                            size,
+                            quality,
+                            background: OPAQUE.into(),
+                            output_format: format,
+                            usage: Usage::new(prompt_tokens as u64, 1, size.pixels()),
+                            seed,
+                            timings: stage_timings(&timings),
+                        }),
+                        Err(e) => StreamEvent::Error { error: e.detail() },
                     },
-                    GenerateEvent::Failed { error } => (
-                        "error",
-                        json!({ "type": "error", "error": errors.flux_error(&error).body()["error"] }),
-                    ),
-                    GenerateEvent::Warning { message } => ("warning", json!({ "type": "warning", "message": message })),
+                    GenerateEvent::Failed { error } => StreamEvent::Error {
+                        error: errors.flux_error(&error).detail(),
+                    },
+                    GenerateEvent::Warning { message } => StreamEvent::Warning { message },
                     _ => return None,
                 };
-                Some(Ok(Event::default().event(name).data(data.to_string())))
+                Some(Ok(Event::default().event(event.name()).data(event.data())))
             }
         })
         // The queue place is held until the stream ends or the client leaves.
@@ -381,15 +393,15 @@ fn stream(
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-fn timings_json(t: &Timings) -> Value {
+fn stage_timings(t: &Timings) -> StageTimings {
     let ms = |d: Duration| (d.as_secs_f64() * 1e3).round() as u64;
-    json!({
-        "load_ms": ms(t.load),
-        "text_encoding_ms": ms(t.text_encoding),
-        "steps_ms": t.steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-        "vae_decode_ms": ms(t.vae_decode),
-        "total_ms": ms(t.total),
-    })
+    StageTimings {
+        load_ms: ms(t.load),
+        text_encoding_ms: ms(t.text_encoding),
+        steps_ms: t.steps.iter().map(|d| ms(*d)).collect(),
+        vae_decode_ms: ms(t.vae_decode),
+        total_ms: ms(t.total),
+    }
 }
 
 fn unix_now() -> u64 {

@@ -3,22 +3,19 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use serde_json::json;
+
+use crate::protocol::{ErrorBody, ErrorDetail};
 
 use crate::flux::FluxError;
 
 /// One API error, ready to send.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
-    #[serde(skip)]
     pub status: StatusCode,
     pub message: String,
-    #[serde(rename = "type")]
     pub kind: &'static str,
     pub param: Option<&'static str>,
     pub code: Option<&'static str>,
-    #[serde(skip)]
     pub retry_after: Option<u64>,
 }
 
@@ -151,8 +148,20 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        json!({ "error": self })
+    /// The `error` object of the body, and of a stream's error event.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            message: self.message.clone(),
+            kind: self.kind.into(),
+            param: self.param.map(str::to_string),
+            code: self.code.map(str::to_string),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.detail(),
+        }
     }
 }
 

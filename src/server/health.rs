@@ -10,7 +10,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
-use crate::flux::Phase;
+use crate::protocol::{Phase, Queue, Readiness, Retry, Tokenizers};
 
 /// Always quick: touches nothing but memory.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -35,29 +35,34 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     // The browser counts prompt tokens with the engine's own tokenizers,
     // fetched through `/hub` once the server has them.
     let (t5_tokenizer, clip_tokenizer) = state.engine.tokenizer_files();
-    (
-        code,
-        Json(json!({
-            "ready": status.phase == Phase::Ready,
-            "phase": status.phase,
-            "model": state.model.id,
-            "bytes_done": done,
-            "bytes_total": total,
-            "files": status.files,
-            "error": status.error.as_deref().map(|e| state.redact.apply(e)),
-            "queue": { "in_use": queued, "max": state.max_queue },
-            "tokenizers": { "t5": t5_tokenizer, "clip": clip_tokenizer },
-            // The weights chosen (`--quant`, or auto's pick) and why.
-            "weights": status.weights,
-            // The memory limit requests are checked against, and the largest
-            // square image under it (400 `image_too_large` beyond).
-            "memory": status.memory,
-            // After a start that failed for a reason that may pass.
-            "retry": status.retry.map(|next| json!({
-                "failed_attempts": next.failed,
-                "next_in_s": next.at.duration_since(SystemTime::now()).unwrap_or_default().as_secs_f64().ceil(),
-            })),
-        })),
-    )
-        .into_response()
+    let value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+    let readiness = Readiness {
+        ready: status.phase == Phase::Ready,
+        phase: status.phase,
+        model: state.model.id.to_string(),
+        bytes_done: done,
+        bytes_total: total,
+        error: status.error.as_deref().map(|e| state.redact.apply(e)),
+        tokenizers: Some(Tokenizers {
+            t5: t5_tokenizer,
+            clip: clip_tokenizer,
+        }),
+        queue: Queue {
+            in_use: queued,
+            max: state.max_queue,
+        },
+        files: value(serde_json::to_value(&status.files)),
+        weights: value(serde_json::to_value(&status.weights)),
+        memory: value(serde_json::to_value(&status.memory)),
+        retry: status.retry.map(|next| Retry {
+            failed_attempts: next.failed,
+            next_in_s: next
+                .at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs_f64()
+                .ceil(),
+        }),
+    };
+    (code, Json(readiness)).into_response()
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-/// Images by file name (`<32 hex digits>.<png|jpeg>`); the 128 random bits
+use crate::protocol::OutputFormat;
+
+/// Images by file name (`<32 hex digits>.<png|jpeg|webp>`); the 128 random bits
 /// make the URL itself the capability to read the image.
 pub enum ImageStore {
     Memory(MemoryStore),
@@ -17,7 +19,7 @@ pub enum ImageStore {
 }
 
 /// The extensions served, with their content types.
-const FORMATS: [(&str, &str); 2] = [("png", "image/png"), ("jpeg", "image/jpeg")];
+const FORMATS: [OutputFormat; 3] = [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp];
 
 /// A fresh, unguessable file name.
 fn new_name(ext: &str) -> String {
@@ -31,9 +33,9 @@ fn content_type(name: &str) -> Option<&'static str> {
     let valid_id = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     FORMATS
         .iter()
-        .find(|(e, _)| *e == ext)
+        .find(|f| f.name() == ext)
         .filter(|_| valid_id)
-        .map(|(_, t)| *t)
+        .map(|f| f.content_type())
 }
 
 impl ImageStore {
@@ -63,10 +65,9 @@ impl ImageStore {
         }))
     }
 
-    /// Keeps an image; returns its file name. `ext` is `png` or `jpeg`.
-    pub async fn put(&self, bytes: Vec<u8>, ext: &'static str) -> io::Result<String> {
-        debug_assert!(FORMATS.iter().any(|(e, _)| *e == ext));
-        let name = new_name(ext);
+    /// Keeps an image; returns its file name.
+    pub async fn put(&self, bytes: Vec<u8>, format: OutputFormat) -> io::Result<String> {
+        let name = new_name(format.name());
         match self {
             Self::Memory(store) => store.put(name.clone(), bytes),
             Self::Dir(store) => store.put(name.clone(), bytes).await?,
@@ -237,6 +238,7 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(content_type(&format!("{id}.png")), Some("image/png"));
         assert_eq!(content_type(&format!("{id}.jpeg")), Some("image/jpeg"));
+        assert_eq!(content_type(&format!("{id}.webp")), Some("image/webp"));
         for bad in [
             format!("{id}.gif"),
             id.to_string(),

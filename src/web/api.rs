@@ -1,13 +1,12 @@
 //! What the browser client asks of `schnell serve` and what it makes of the
-//! answers: the form's checks, the request body, the stream's events, API
-//! errors and `/readyz`. Plain Rust, so it is tested natively too.
-
-use serde::Deserialize;
-use serde_json::{json, Value};
+//! answers: the form's checks, the request body, the stream's events and API
+//! errors, on `crate::protocol`'s types. Plain Rust, so it is tested
+//! natively too.
 
 use super::sse::SseEvent;
-use crate::hub::HubFile;
 use crate::limits::{check_side, check_steps};
+use crate::protocol::{self, ErrorBody, ImagesRequest, OutputFormat, ResponseFormat, Size};
+pub use crate::protocol::{Readiness, Tokenizers};
 
 /// The form's settings, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,21 +82,23 @@ impl Params {
         })
     }
 
-    /// The body of `POST /v1/images/generations`, streamed.
-    pub fn request_body(&self) -> Value {
-        let mut body = json!({
-            "prompt": self.prompt,
-            "size": format!("{}x{}", self.width, self.height),
-            "steps": self.steps,
-            "n": 1,
-            "stream": true,
-            "response_format": "b64_json",
-            "output_format": "png",
-        });
-        if let Some(seed) = self.seed {
-            body["seed"] = json!(seed);
+    /// The body of `POST /v1/images/generations`, streamed, one partial
+    /// image per step.
+    pub fn request_body(&self) -> ImagesRequest {
+        ImagesRequest {
+            prompt: self.prompt.clone(),
+            size: Some(Size::Pixels {
+                width: self.width,
+                height: self.height,
+            }),
+            steps: Some(self.steps),
+            n: Some(1),
+            stream: true,
+            response_format: Some(ResponseFormat::B64Json),
+            output_format: Some(OutputFormat::Png),
+            seed: self.seed,
+            ..Default::default()
         }
-        body
     }
 }
 
@@ -119,46 +120,26 @@ pub enum StreamEvent {
 }
 
 impl StreamEvent {
-    /// Reads one server-sent event; the error says which field is missing.
+    /// Reads one server-sent event (see [`protocol::StreamEvent::parse`]);
+    /// the error says what is wrong with it.
     pub fn parse(event: &SseEvent) -> Result<Self, String> {
-        let known = matches!(
-            event.event.as_str(),
-            "image_generation.partial_image" | "image_generation.completed" | "error"
-        );
-        if !known {
-            return Ok(StreamEvent::Other);
-        }
-        let data: Value = serde_json::from_str(&event.data).map_err(|e| {
-            format!(
-                "the server sent a {} event that is not JSON: {e}",
-                event.event
-            )
-        })?;
-        let missing = |field: &str| format!("the server's {} event has no {field}", event.event);
-        let text = |field: &str| {
-            data[field]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| missing(field))
-        };
-        let number = |field: &str| data[field].as_u64().ok_or_else(|| missing(field));
-        Ok(match event.event.as_str() {
-            "image_generation.partial_image" => StreamEvent::Partial {
-                step: number("step")? as u32,
-                total: number("total_steps")? as u32,
-                png_b64: text("b64_json")?,
+        Ok(
+            match protocol::StreamEvent::parse(&event.event, &event.data)? {
+                Some(protocol::StreamEvent::Partial(p)) => StreamEvent::Partial {
+                    step: p.step,
+                    total: p.total_steps,
+                    png_b64: p.b64_json,
+                },
+                Some(protocol::StreamEvent::Completed(c)) => StreamEvent::Completed {
+                    png_b64: c.b64_json,
+                    seed: c.seed,
+                },
+                Some(protocol::StreamEvent::Error { error }) => StreamEvent::Failed {
+                    message: error.message,
+                },
+                Some(protocol::StreamEvent::Warning { .. }) | None => StreamEvent::Other,
             },
-            "image_generation.completed" => StreamEvent::Completed {
-                png_b64: text("b64_json")?,
-                seed: number("seed")?,
-            },
-            _ => StreamEvent::Failed {
-                message: data["error"]["message"]
-                    .as_str()
-                    .unwrap_or("the generation failed (no reason given)")
-                    .to_string(),
-            },
-        })
+        )
     }
 }
 
@@ -177,23 +158,25 @@ pub struct ApiFailure {
 
 impl ApiFailure {
     pub fn new(status: u16, body: &str, retry_after: Option<&str>) -> Self {
-        let error = serde_json::from_str::<Value>(body)
+        // A proxy in between may answer in its own words, not OpenAI's shape.
+        let error = serde_json::from_str::<ErrorBody>(body)
             .ok()
-            .map(|v| v["error"].clone())
-            .unwrap_or(Value::Null);
-        let field = |name: &str| error[name].as_str().map(str::to_string);
+            .map(|b| b.error);
         Self {
             status,
-            message: field("message").unwrap_or_else(|| {
-                let body = body.trim();
-                if body.is_empty() {
-                    "no message".to_string()
-                } else {
-                    body.chars().take(300).collect()
-                }
-            }),
-            param: field("param"),
-            code: field("code"),
+            message: error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| {
+                    let body = body.trim();
+                    if body.is_empty() {
+                        "no message".to_string()
+                    } else {
+                        body.chars().take(300).collect()
+                    }
+                }),
+            param: error.as_ref().and_then(|e| e.param.clone()),
+            code: error.and_then(|e| e.code),
             retry_after_s: retry_after.and_then(|s| s.trim().parse().ok()),
         }
     }
@@ -235,74 +218,6 @@ impl ApiFailure {
     }
 }
 
-/// `GET /readyz`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub phase: String,
-    pub model: String,
-    #[serde(default)]
-    pub bytes_done: u64,
-    #[serde(default)]
-    pub bytes_total: u64,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub tokenizers: Option<Tokenizers>,
-}
-
-/// The engine's tokenizer files, fetched through the server's `/hub`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Tokenizers {
-    pub t5: HubFile,
-    pub clip: HubFile,
-}
-
-impl Readiness {
-    pub fn parse(body: &str) -> Result<Self, String> {
-        serde_json::from_str(body)
-            .map_err(|e| format!("/readyz answered something unexpected: {e}"))
-    }
-
-    pub fn failed(&self) -> bool {
-        self.phase == "failed"
-    }
-
-    /// Bytes downloaded, as a fraction, while downloading.
-    pub fn fraction(&self) -> Option<f64> {
-        (self.phase == "downloading" && self.bytes_total > 0)
-            .then(|| self.bytes_done as f64 / self.bytes_total as f64)
-    }
-
-    /// One line on how far the server is.
-    pub fn summary(&self) -> String {
-        match self.phase.as_str() {
-            "ready" => format!("{} is ready.", self.model),
-            "failed" => format!(
-                "The model failed to load: {}",
-                self.error.as_deref().unwrap_or("no reason given")
-            ),
-            "downloading" => format!(
-                "Downloading {}: {} of {} ({:.0}%).",
-                self.model,
-                human_bytes(self.bytes_done),
-                human_bytes(self.bytes_total),
-                self.fraction().unwrap_or(0.0) * 100.0
-            ),
-            "loading" => format!("Loading {} into memory…", self.model),
-            _ => format!("{} is starting…", self.model),
-        }
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        n => format!("{:.0} kB", n as f64 / 1e3),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,12 +229,15 @@ mod tests {
             (ok.width, ok.height, ok.steps, ok.seed),
             (512, 768, 4, None)
         );
-        let body = ok.request_body();
+        let body = serde_json::to_value(ok.request_body()).unwrap();
         assert_eq!(body["size"], "512x768");
         assert_eq!(body["stream"], true);
         assert!(body.get("seed").is_none());
         let seeded = Params::from_form("a fox", "512", "512", "2", "42").unwrap();
-        assert_eq!(seeded.request_body()["seed"], 42);
+        assert_eq!(
+            serde_json::to_value(seeded.request_body()).unwrap()["seed"],
+            42
+        );
 
         for (form, field) in [
             (["  ", "512", "512", "4", ""], "prompt"),
@@ -340,51 +258,91 @@ mod tests {
         );
     }
 
-    fn sse(event: &str, data: Value) -> SseEvent {
+    fn sse(event: &protocol::StreamEvent) -> SseEvent {
         SseEvent {
-            event: event.into(),
-            data: data.to_string(),
+            event: event.name().into(),
+            data: event.data(),
         }
     }
 
     #[test]
     fn stream_events_are_read_or_named_as_broken() {
-        let partial = sse(
-            "image_generation.partial_image",
-            json!({"step": 2, "total_steps": 4, "b64_json": "AAA="}),
-        );
+        let size = Size::Pixels {
+            width: 256,
+            height: 256,
+        };
+        let partial = protocol::StreamEvent::Partial(protocol::PartialImage {
+            b64_json: "AAA=".into(),
+            created_at: 1,
+            size,
+            quality: "auto".into(),
+            background: "opaque".into(),
+            output_format: OutputFormat::Png,
+            partial_image_index: 1,
+            step: 2,
+            total_steps: 4,
+            progress: 0.5,
+            preview_size: size,
+        });
         assert_eq!(
-            StreamEvent::parse(&partial).unwrap(),
+            StreamEvent::parse(&sse(&partial)).unwrap(),
             StreamEvent::Partial {
                 step: 2,
                 total: 4,
                 png_b64: "AAA=".into()
             }
         );
-        let done = sse(
-            "image_generation.completed",
-            json!({"b64_json": "BBB=", "seed": 7}),
-        );
+        let done = protocol::StreamEvent::Completed(protocol::CompletedImage {
+            b64_json: "BBB=".into(),
+            created_at: 2,
+            size,
+            quality: "auto".into(),
+            background: "opaque".into(),
+            output_format: OutputFormat::Png,
+            usage: protocol::Usage::new(3, 1, (256, 256)),
+            seed: 7,
+            timings: Default::default(),
+        });
         assert_eq!(
-            StreamEvent::parse(&done).unwrap(),
+            StreamEvent::parse(&sse(&done)).unwrap(),
             StreamEvent::Completed {
                 png_b64: "BBB=".into(),
                 seed: 7
             }
         );
-        let failed = sse("error", json!({"error": {"message": "out of memory"}}));
+        let failed = protocol::StreamEvent::Error {
+            error: protocol::ErrorDetail {
+                message: "out of memory".into(),
+                kind: "server_error".into(),
+                param: None,
+                code: None,
+            },
+        };
         assert_eq!(
-            StreamEvent::parse(&failed).unwrap(),
+            StreamEvent::parse(&sse(&failed)).unwrap(),
             StreamEvent::Failed {
                 message: "out of memory".into()
             }
         );
+        let warning = protocol::StreamEvent::Warning {
+            message: "truncated".into(),
+        };
         assert_eq!(
-            StreamEvent::parse(&sse("warning", json!({}))).unwrap(),
+            StreamEvent::parse(&sse(&warning)).unwrap(),
             StreamEvent::Other
         );
-        let broken = sse("image_generation.completed", json!({"b64_json": "x"}));
-        assert!(StreamEvent::parse(&broken).unwrap_err().contains("seed"));
+        let newer = SseEvent {
+            event: "image_generation.something_new".into(),
+            data: "{}".into(),
+        };
+        assert_eq!(StreamEvent::parse(&newer).unwrap(), StreamEvent::Other);
+        let broken = SseEvent {
+            event: "image_generation.completed".into(),
+            data: r#"{"type":"image_generation.completed","b64_json":"x"}"#.into(),
+        };
+        assert!(StreamEvent::parse(&broken)
+            .unwrap_err()
+            .contains("completed"));
     }
 
     #[test]
@@ -413,33 +371,5 @@ mod tests {
         assert_eq!(f.retry_in(1), None, "a 400 is not tried again");
         let proxy = ApiFailure::new(502, "Bad Gateway", None);
         assert_eq!(proxy.user_message(), "The server answered 502: Bad Gateway");
-    }
-
-    #[test]
-    fn readiness_reads_what_readyz_says() {
-        let r = Readiness::parse(
-            &json!({
-                "ready": false, "phase": "downloading", "model": "flux-schnell",
-                "bytes_done": 8_500_000_000u64, "bytes_total": 34_000_000_000u64,
-                "tokenizers": {
-                    "t5": {"repo": "black-forest-labs/FLUX.1-schnell", "revision": "main", "path": "tokenizer_2/tokenizer.json"},
-                    "clip": {"repo": "openai/clip-vit-large-patch14", "revision": "main", "path": "tokenizer.json"}
-                }
-            })
-            .to_string(),
-        )
-        .unwrap();
-        assert_eq!(
-            r.summary(),
-            "Downloading flux-schnell: 8.5 GB of 34.0 GB (25%)."
-        );
-        assert_eq!(r.fraction(), Some(0.25));
-        assert_eq!(r.tokenizers.unwrap().clip.path, "tokenizer.json");
-        let failed =
-            Readiness::parse(r#"{"ready":false,"phase":"failed","model":"m","error":"no token"}"#)
-                .unwrap();
-        assert!(failed.failed());
-        assert_eq!(failed.summary(), "The model failed to load: no token");
-        assert!(Readiness::parse("<html>").is_err());
     }
 }

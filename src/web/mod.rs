@@ -1,11 +1,10 @@
 //! The browser client. Its logic (the form's checks, the API's answers, the
-//! SSE parser, token counts, the history's index) is plain Rust, built and
+//! SSE parser, the history's index) is plain Rust, built and
 //! tested on every target; the page itself ([`start`]) is wasm32-only.
 
 pub mod api;
 pub mod history;
 pub mod sse;
-pub mod tokens;
 
 cfg_if::cfg_if! {
     if #[cfg(target_arch = "wasm32")] {

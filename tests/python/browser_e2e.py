@@ -9,10 +9,9 @@ Screenshots land in the artefacts folder.
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from harness import Checks, Schnell
+from harness import Checks, Schnell, work_dir
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -145,7 +144,7 @@ def drive(driver, check, url, broken_url, serve, out):
 def main(schnell: str, dist: str, artefacts: str) -> int:
     out = Path(artefacts)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="schnell-e2e-"))
+    work = work_dir("schnell-e2e-")
     check = Checks("browser end to end")
     with Schnell(schnell) as run:
         run.run("dev", "tiny-models", str(work / "models"), check=True)

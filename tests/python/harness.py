@@ -1,7 +1,20 @@
-"""What the Python test scripts share: a tally of checks, and the `schnell`
-processes they start (each prints its URL first), stopped however a script ends."""
+"""What the Python test scripts share: a tally of checks, the `schnell`
+processes they start (each prints its URL first), stopped however a script
+ends, and a scratch folder removed when it ends."""
 
+import atexit
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh folder, removed with everything in it when the script exits:
+    each CI run would otherwise leave its models and caches behind."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class Checks:

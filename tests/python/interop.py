@@ -8,14 +8,13 @@ Run by scripts/test.sh with the schnell binary's path:
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from harness import Checks, Schnell
+from harness import Checks, Schnell, work_dir
 
 
 def main(schnell: str) -> int:
-    work = Path(tempfile.mkdtemp(prefix="schnell-interop-"))
+    work = work_dir("schnell-interop-")
     repo = work / "mirror" / "acme" / "tiny"
     (repo / "sub").mkdir(parents=True)
     (repo / "sub" / "config.json").write_text('{"hidden_size": 8}\n')

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -24,7 +23,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import Checks, Schnell
+from harness import Checks, Schnell, work_dir
 
 REQUESTS = 12
 CONCURRENCY = 3
@@ -104,7 +103,7 @@ http {{
 
 def main(schnell: str) -> int:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    work = Path(tempfile.mkdtemp(prefix="schnell-nginx-"))
+    work = work_dir("schnell-nginx-")
     check = Checks("nginx and two replicas")
     port = free_port()
     lb = f"http://127.0.0.1:{port}"

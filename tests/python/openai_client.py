@@ -10,19 +10,18 @@ import base64
 import io
 import json
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from harness import Checks, Schnell
+from harness import Checks, Schnell, work_dir
 
 
 def main(schnell: str) -> int:
     from openai import OpenAI
     from PIL import Image
 
-    work = Path(tempfile.mkdtemp(prefix="schnell-openai-"))
+    work = work_dir("schnell-openai-")
     with Schnell(schnell) as run:
         run.run("dev", "tiny-models", str(work / "models"), check=True)
         _, mirror = run.serve_url("mirror", "--dir", str(work / "models"), "--addr", "127.0.0.1:0")
@@ -57,6 +56,54 @@ def main(schnell: str) -> int:
         image = Image.open(io.BytesIO(png))
         check("images.generate gives a PNG", image.format == "PNG", image.format)
         check("of the requested size", image.size == (256, 320), str(image.size))
+
+        # Every field OpenAI's client sends, with their meanings here.
+        result = client.images.generate(
+            model="flux-schnell",
+            prompt="a red fox in the snow",
+            size="256x320",
+            n=2,
+            output_format="webp",
+            output_compression=60,
+            quality="high",
+            background="auto",
+            moderation="low",
+            style="vivid",
+            user="u-1",
+            extra_body={"steps": 1, "seed": 9},
+        )
+        webp = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        check("n=2 gives two images", len(result.data) == 2, str(len(result.data)))
+        check("as WebP", webp.format == "WEBP" and webp.size == (256, 320), f"{webp.format} {webp.size}")
+        check("echoes size, format, quality and an opaque background",
+              (result.size, result.output_format, result.quality, result.background)
+              == ("256x320", "webp", "high", "opaque"),
+              f"{result.size} {result.output_format} {result.quality} {result.background}")
+        usage = result.usage
+        check("usage counts the prompt and the latent patches",
+              usage is not None and usage.input_tokens_details.text_tokens > 1
+              and usage.output_tokens == 2 * (256 // 16) * (320 // 16)
+              and usage.total_tokens == usage.input_tokens + usage.output_tokens,
+              repr(usage))
+
+        auto = client.images.generate(prompt="x", size="auto", extra_body={"steps": 1})
+        check("size auto is 1024x1024", Image.open(io.BytesIO(base64.b64decode(auto.data[0].b64_json))).size
+              == (1024, 1024) and auto.size == "1024x1024", str(auto.size))
+
+        # Streamed: partial_images=2 over 4 steps, then the image.
+        stream = client.images.generate(
+            prompt="a red fox", size="256x256", stream=True, partial_images=2,
+            extra_body={"steps": 4, "seed": 3},
+        )
+        events = list(stream)
+        kinds = [e.type for e in events]
+        check("a stream sends 2 partial images then the completed one",
+              kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], str(kinds))
+        check("partial images count from 0",
+              [e.partial_image_index for e in events[:-1]] == [0, 1], str(events[:-1]))
+        final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
+        check("the completed event carries the image and usage",
+              final.size == (256, 256) and events[-1].usage.output_tokens == 16 * 16, str(final.size))
 
         models = client.models.list()
         check("models.list names flux-schnell", [m.id for m in models.data] == ["flux-schnell"])

@@ -209,20 +209,21 @@ pub fn png_size(b64: &str) -> (u32, u32) {
     (img.width(), img.height())
 }
 
-/// Server-sent events: (event name, JSON data).
+/// Server-sent events, read by the browser client's parser, as (event
+/// name, JSON data). Panics on an event that is not one of
+/// `schnell::protocol::StreamEvent`'s or does not parse as one.
 pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(n) = line.strip_prefix("event:") {
-                    name = Some(n.trim().to_string());
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
+    schnell::web::sse::SseParser::new()
+        .feed(text.as_bytes())
+        .into_iter()
+        .map(|event| {
+            match schnell::protocol::StreamEvent::parse(&event.event, &event.data) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("an unknown event {:?}: {}", event.event, event.data),
+                Err(e) => panic!("{e}: {}", event.data),
             }
-            Some((name?, serde_json::from_str(&data).ok()?))
+            let data = serde_json::from_str(&event.data).expect("checked above");
+            (event.event, data)
         })
         .collect()
 }

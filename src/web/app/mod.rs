@@ -19,8 +19,8 @@ use self::dom::{png_url, revoke, set_fraction, set_text, Ui};
 use self::store::HistoryStore;
 use super::api::{ApiFailure, Params, Readiness, StreamEvent, Tokenizers, QUEUE_TRIES};
 use super::history::{History, HistoryEntry};
-use super::tokens::{TokenCounter, CLIP_LIMIT, T5_LIMIT};
 use crate::hub::{huggingface_files, HubFile};
+use crate::tokens::{TokenCounter, CLIP_LIMIT, T5_LIMIT};
 
 pub use self::net::read_sse;
 pub use self::store::HISTORY_CACHE;
@@ -315,7 +315,8 @@ impl App {
         signal: &AbortSignal,
     ) -> Result<(), (String, &'static [&'static str])> {
         let url = format!("{}/v1/images/generations", net::origin());
-        let body = params.request_body().to_string();
+        let body =
+            serde_json::to_string(&params.request_body()).expect("requests always serialise");
         let cancelled = || ("Cancelled.".to_string(), &[][..]);
         let mut attempt = 0;
         loop {

@@ -1,10 +1,11 @@
-//! Token counts for the prompt box: how much of a prompt T5 (256 tokens) and
-//! CLIP (77) will read, and which words fall past CLIP's limit. The same
-//! tokenizers, and the same truncation rule, as the engine uses.
+//! The encoders' token limits and truncation rule, shared by the engine
+//! (`crate::flux::text`) and the browser's prompt box, which shows how much
+//! of a prompt T5 (256 tokens) and CLIP (77) will read and which words fall
+//! past the limit: the same tokenizers and the same rule on both.
 
 use tokenizers::{Encoding, Tokenizer};
 
-/// T5 reads 256 tokens with schnell.
+/// T5 reads 256 tokens with schnell (FLUX.1-dev reads 512).
 pub const T5_LIMIT: usize = 256;
 /// CLIP's position embeddings stop at 77.
 pub const CLIP_LIMIT: usize = 77;

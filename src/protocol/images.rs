@@ -1,0 +1,410 @@
+//! `POST /v1/images/generations`: the request, its checks, and the answer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The most images one request may ask for (`n`), as OpenAI allows.
+pub const MAX_IMAGES: u32 = 10;
+/// The most partial images a streamed request may ask for, as OpenAI allows.
+pub const MAX_PARTIAL_IMAGES: u32 = 3;
+
+/// `size`: `"auto"` (1024×1024 here) or `"WIDTHxHEIGHT"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    Auto,
+    Pixels { width: u32, height: u32 },
+}
+
+impl Size {
+    /// The side `"auto"` stands for.
+    pub const AUTO_SIDE: u32 = 1024;
+
+    pub fn pixels(self) -> (u32, u32) {
+        match self {
+            Size::Auto => (Self::AUTO_SIDE, Self::AUTO_SIDE),
+            Size::Pixels { width, height } => (width, height),
+        }
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Size::Auto);
+        }
+        s.split_once('x')
+            .and_then(|(w, h)| {
+                Some(Size::Pixels {
+                    width: w.trim().parse().ok()?,
+                    height: h.trim().parse().ok()?,
+                })
+            })
+            .ok_or_else(|| {
+                format!(
+                    "`size` must be \"auto\" or \"WIDTHxHEIGHT\", such as \"1024x1024\", not {s:?}"
+                )
+            })
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Size::Auto => f.write_str("auto"),
+            Size::Pixels { width, height } => write!(f, "{width}x{height}"),
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `response_format`: the image inline or by URL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    B64Json,
+    Url,
+}
+
+/// `output_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    #[serde(alias = "jpg")]
+    Jpeg,
+    Webp,
+}
+
+impl OutputFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::Jpeg => "jpeg",
+            OutputFormat::Webp => "webp",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "image/png",
+            OutputFormat::Jpeg => "image/jpeg",
+            OutputFormat::Webp => "image/webp",
+        }
+    }
+}
+
+/// The body of `POST /v1/images/generations`. Unknown fields are ignored,
+/// as OpenAI-compatible servers commonly do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImagesRequest {
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// 1 to [`MAX_IMAGES`]; the seeds count up from the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<OutputFormat>,
+    /// 0–100 for jpeg and webp (100: webp's lossless); ignored for png.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// With `stream`: 0 to [`MAX_PARTIAL_IMAGES`] partial images, spread
+    /// over the steps (see [`partial_steps`]); absent, one per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_images: Option<u32>,
+    /// Accepted without effect (see [`super::IGNORED_FIELDS_NOTE`]); echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    /// Accepted without effect: the images are opaque, and say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Extension: the first image's seed, at most 2^53 − 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Extension: denoising steps (4 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+}
+
+/// A field at fault, by its name on the wire, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl ImagesRequest {
+    /// Checks what this layer knows the range of; sizes, steps and seeds
+    /// are the engine's to check (`crate::limits`).
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.prompt.trim().is_empty() {
+            return Err(Invalid::new(
+                "prompt",
+                "`prompt` is required and must not be empty",
+            ));
+        }
+        let n = self.image_count();
+        if !(1..=MAX_IMAGES).contains(&n) {
+            return Err(Invalid::new(
+                "n",
+                format!("`n` must be 1 to {MAX_IMAGES}, not {n}"),
+            ));
+        }
+        if self.stream && n != 1 {
+            return Err(Invalid::new(
+                "n",
+                "streaming makes one image: use n = 1 with stream = true",
+            ));
+        }
+        if let Some(p) = self.partial_images.filter(|&p| p > MAX_PARTIAL_IMAGES) {
+            return Err(Invalid::new(
+                "partial_images",
+                format!("`partial_images` must be 0 to {MAX_PARTIAL_IMAGES}, not {p}"),
+            ));
+        }
+        if let Some(c) = self.output_compression.filter(|&c| c > 100) {
+            return Err(Invalid::new(
+                "output_compression",
+                format!("`output_compression` must be 0 to 100, not {c}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn image_count(&self) -> u32 {
+        self.n.unwrap_or(1)
+    }
+
+    pub fn pixels(&self) -> (u32, u32) {
+        self.size.unwrap_or(Size::Auto).pixels()
+    }
+
+    /// What the answer says of `quality`: the request's, else `"auto"`.
+    pub fn quality_echo(&self) -> String {
+        self.quality.clone().unwrap_or_else(|| "auto".into())
+    }
+}
+
+/// The steps (from 1) after which a stream sends a partial image: one per
+/// step when the request did not say; else `partial_images` of them spread
+/// evenly, none at the last step when there are enough steps before it
+/// (the final image follows it), and at most one per step (OpenAI, too, may
+/// send fewer partials than asked when the image is done sooner).
+pub fn partial_steps(steps: u32, partial_images: Option<u32>) -> Vec<u32> {
+    match partial_images {
+        None => (1..=steps).collect(),
+        Some(p) if p >= steps => (1..=steps).collect(),
+        Some(p) => (1..=p).map(|k| (k * steps).div_ceil(p + 1)).collect(),
+    }
+}
+
+/// Milliseconds each stage of one image took (extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Loading weights for this request (0 once they are resident).
+    pub load_ms: u64,
+    pub text_encoding_ms: u64,
+    pub steps_ms: Vec<u64>,
+    pub vae_decode_ms: u64,
+    pub total_ms: u64,
+}
+
+/// Token counts in OpenAI's shape. Input: the prompt's T5 tokens (what the
+/// model reads, at most 256). Output: the image's latent patches, 16×16
+/// pixels each (what the transformer computes), for every image.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub input_tokens_details: InputTokensDetails,
+    pub output_tokens: u64,
+    /// All image tokens here.
+    pub output_tokens_details: OutputTokensDetails,
+    pub total_tokens: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputTokensDetails {
+    pub text_tokens: u64,
+    pub image_tokens: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputTokensDetails {
+    pub image_tokens: u64,
+    pub text_tokens: u64,
+}
+
+impl Usage {
+    /// For `images` images of `width`×`height` from a prompt of `text_tokens`.
+    pub fn new(text_tokens: u64, images: u64, (width, height): (u32, u32)) -> Self {
+        let output_tokens = images * u64::from(width / 16) * u64::from(height / 16);
+        Self {
+            input_tokens: text_tokens,
+            input_tokens_details: InputTokensDetails {
+                text_tokens,
+                image_tokens: 0,
+            },
+            output_tokens,
+            output_tokens_details: OutputTokensDetails {
+                image_tokens: output_tokens,
+                text_tokens: 0,
+            },
+            total_tokens: text_tokens + output_tokens,
+        }
+    }
+}
+
+/// One image of an answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64_json: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Extension: the seed that made it.
+    pub seed: u64,
+    /// Extension.
+    pub timings: StageTimings,
+}
+
+/// The answer to a request that was not streamed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImagesResponse {
+    pub created: u64,
+    pub data: Vec<ImageData>,
+    /// Always `"opaque"`, whatever was asked.
+    pub background: String,
+    pub output_format: OutputFormat,
+    pub quality: String,
+    pub size: Size,
+    pub usage: Usage,
+    /// Extension: the model that made them.
+    pub model: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_and_write_as_openai_spells_them() {
+        let size: Size = serde_json::from_str("\"512x768\"").unwrap();
+        assert_eq!(size.pixels(), (512, 768));
+        assert_eq!(serde_json::to_string(&size).unwrap(), "\"512x768\"");
+        assert_eq!(
+            serde_json::from_str::<Size>("\"auto\"").unwrap().pixels(),
+            (1024, 1024)
+        );
+        let err = serde_json::from_str::<Size>("\"big\"").unwrap_err();
+        assert!(err.to_string().contains("WIDTHxHEIGHT"), "{err}");
+    }
+
+    #[test]
+    fn a_request_is_checked_field_by_field() {
+        let ok: ImagesRequest = serde_json::from_str(
+            r#"{"prompt": "a fox", "output_format": "jpg", "quality": "high", "user": "u1"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(ok.output_format, Some(OutputFormat::Jpeg));
+        assert_eq!(ok.quality_echo(), "high");
+        assert_eq!(ok.pixels(), (1024, 1024));
+        let with = |json: &str| {
+            let mut request: ImagesRequest = serde_json::from_str(json).unwrap();
+            request.prompt = "a fox".into();
+            request.check().map_err(|e| e.field)
+        };
+        assert_eq!(with(r#"{"n": 10}"#), Ok(()));
+        assert_eq!(with(r#"{"n": 11}"#), Err("n"));
+        assert_eq!(with(r#"{"n": 0}"#), Err("n"));
+        assert_eq!(with(r#"{"n": 2, "stream": true}"#), Err("n"));
+        assert_eq!(with(r#"{"stream": true, "partial_images": 3}"#), Ok(()));
+        assert_eq!(
+            with(r#"{"stream": true, "partial_images": 4}"#),
+            Err("partial_images")
+        );
+        assert_eq!(
+            with(r#"{"output_compression": 101}"#),
+            Err("output_compression")
+        );
+        assert_eq!(
+            with(r#"{"prompt": " "}"#),
+            Ok(()),
+            "the prompt was set above"
+        );
+        let empty: ImagesRequest = serde_json::from_str(r#"{"prompt": " "}"#).unwrap();
+        assert_eq!(empty.check().unwrap_err().field, "prompt");
+        assert!(serde_json::from_str::<ImagesRequest>(r#"{"output_format": "gif"}"#).is_err());
+    }
+
+    #[test]
+    fn partial_images_are_spread_over_the_steps() {
+        assert_eq!(partial_steps(4, None), [1, 2, 3, 4]);
+        assert_eq!(partial_steps(4, Some(0)), [] as [u32; 0]);
+        assert_eq!(partial_steps(4, Some(1)), [2]);
+        assert_eq!(partial_steps(4, Some(2)), [2, 3]);
+        assert_eq!(partial_steps(4, Some(3)), [1, 2, 3]);
+        assert_eq!(partial_steps(20, Some(3)), [5, 10, 15]);
+        // Fewer steps than partials: one per step.
+        assert_eq!(partial_steps(2, Some(3)), [1, 2]);
+        for steps in 1..=50 {
+            for p in 0..=MAX_PARTIAL_IMAGES {
+                let at = partial_steps(steps, Some(p));
+                assert_eq!(at.len() as u32, p.min(steps), "{steps} steps, {p}");
+                assert!(at.windows(2).all(|w| w[0] < w[1]));
+                assert!(at.iter().all(|&s| (1..=steps).contains(&s)));
+                if p < steps {
+                    assert!(!at.contains(&steps), "{steps} steps, {p}: {at:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn usage_counts_prompt_tokens_and_latent_patches() {
+        let usage = Usage::new(12, 2, (512, 256));
+        assert_eq!(usage.output_tokens, 2 * 32 * 16);
+        assert_eq!(usage.total_tokens, 12 + 1024);
+        assert_eq!(usage.input_tokens_details.text_tokens, 12);
+    }
+}

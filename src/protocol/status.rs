@@ -1,0 +1,169 @@
+//! Errors in OpenAI's shape, and `GET /readyz`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::HubFile;
+
+/// Every error answer: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `server_error`, …
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The request field at fault, by its name on the wire.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// A stable name for the case (`queue_full`, `image_too_large`, …).
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// Where loading the model stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Idle,
+    Downloading,
+    Loading,
+    Ready,
+    Failed,
+}
+
+/// The engine's tokenizer files, which the browser fetches through `/hub`
+/// to count a prompt's tokens as the engine will.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokenizers {
+    pub t5: HubFile,
+    pub clip: HubFile,
+}
+
+/// Places in the request queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    pub in_use: usize,
+    pub max: usize,
+}
+
+/// `GET /readyz`: 200 when `ready`, else 503 with the same body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub phase: Phase,
+    pub model: String,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub tokenizers: Option<Tokenizers>,
+    #[serde(default)]
+    pub queue: Queue,
+    /// Per file, the bytes done and total (informational: the engine's
+    /// shape).
+    #[serde(default)]
+    pub files: serde_json::Value,
+    /// The weights chosen (`--quant`, or auto's pick) and why.
+    #[serde(default)]
+    pub weights: serde_json::Value,
+    /// The memory limit requests are checked against, and the largest
+    /// square image under it (400 `image_too_large` beyond).
+    #[serde(default)]
+    pub memory: serde_json::Value,
+    /// After a start that failed for a reason that may pass.
+    #[serde(default)]
+    pub retry: Option<Retry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retry {
+    pub failed_attempts: u32,
+    pub next_in_s: f64,
+}
+
+impl Readiness {
+    pub fn parse(body: &str) -> Result<Self, String> {
+        serde_json::from_str(body)
+            .map_err(|e| format!("/readyz answered something unexpected: {e}"))
+    }
+
+    pub fn failed(&self) -> bool {
+        self.phase == Phase::Failed
+    }
+
+    /// Bytes downloaded, as a fraction, while downloading.
+    pub fn fraction(&self) -> Option<f64> {
+        (self.phase == Phase::Downloading && self.bytes_total > 0)
+            .then(|| self.bytes_done as f64 / self.bytes_total as f64)
+    }
+
+    /// One line on how far the server is.
+    pub fn summary(&self) -> String {
+        match self.phase {
+            Phase::Ready => format!("{} is ready.", self.model),
+            Phase::Failed => format!(
+                "The model failed to load: {}",
+                self.error.as_deref().unwrap_or("no reason given")
+            ),
+            Phase::Downloading => format!(
+                "Downloading {}: {} of {} ({:.0}%).",
+                self.model,
+                human_bytes(self.bytes_done),
+                human_bytes(self.bytes_total),
+                self.fraction().unwrap_or(0.0) * 100.0
+            ),
+            Phase::Loading => format!("Loading {} into memory…", self.model),
+            Phase::Idle => format!("{} is starting…", self.model),
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n => format!("{:.0} kB", n as f64 / 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn readiness_reads_what_readyz_says() {
+        let r = Readiness::parse(
+            &json!({
+                "ready": false, "phase": "downloading", "model": "flux-schnell",
+                "bytes_done": 8_500_000_000u64, "bytes_total": 34_000_000_000u64,
+                "tokenizers": {
+                    "t5": {"repo": "black-forest-labs/FLUX.1-schnell", "revision": "main", "path": "tokenizer_2/tokenizer.json"},
+                    "clip": {"repo": "openai/clip-vit-large-patch14", "revision": "main", "path": "tokenizer.json"}
+                }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.summary(),
+            "Downloading flux-schnell: 8.5 GB of 34.0 GB (25%)."
+        );
+        assert_eq!(r.fraction(), Some(0.25));
+        assert_eq!(r.tokenizers.unwrap().clip.path, "tokenizer.json");
+        let failed =
+            Readiness::parse(r#"{"ready":false,"phase":"failed","model":"m","error":"no token"}"#)
+                .unwrap();
+        assert!(failed.failed());
+        assert_eq!(failed.summary(), "The model failed to load: no token");
+        assert!(Readiness::parse("<html>").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The server-sent events of a streamed request. Each event's SSE name is
+//! its `type`, as OpenAI sends them.
+
+use serde::{Deserialize, Serialize};
+
+use super::images::{OutputFormat, Size, StageTimings, Usage};
+use super::status::ErrorDetail;
+
+/// A partial image: the latent after a step, decoded cheaply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialImage {
+    pub b64_json: String,
+    pub created_at: u64,
+    pub size: Size,
+    pub quality: String,
+    pub background: String,
+    /// Always png.
+    pub output_format: OutputFormat,
+    /// From 0.
+    pub partial_image_index: u32,
+    /// Extension: the step it follows (from 1) and how many there are.
+    pub step: u32,
+    pub total_steps: u32,
+    pub progress: f64,
+    /// Extension: the preview's own size (smaller than `size`).
+    pub preview_size: Size,
+}
+
+/// The finished image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletedImage {
+    pub b64_json: String,
+    pub created_at: u64,
+    pub size: Size,
+    pub quality: String,
+    pub background: String,
+    pub output_format: OutputFormat,
+    pub usage: Usage,
+    /// Extension.
+    pub seed: u64,
+    /// Extension.
+    pub timings: StageTimings,
+}
+
+/// One event of a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum StreamEvent {
+    #[serde(rename = "image_generation.partial_image")]
+    Partial(PartialImage),
+    #[serde(rename = "image_generation.completed")]
+    Completed(CompletedImage),
+    /// Extension: something the client should know (a truncated prompt, an
+    /// ignored field).
+    #[serde(rename = "warning")]
+    Warning { message: String },
+    /// The generation failed; the stream ends.
+    #[serde(rename = "error")]
+    Error { error: ErrorDetail },
+}
+
+impl StreamEvent {
+    /// The SSE event name: the `type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Partial(_) => "image_generation.partial_image",
+            StreamEvent::Completed(_) => "image_generation.completed",
+            StreamEvent::Warning { .. } => "warning",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+
+    /// The SSE data line.
+    pub fn data(&self) -> String {
+        serde_json::to_string(self).expect("stream events always serialise")
+    }
+
+    /// Reads one event from its SSE name and data. `Ok(None)` for an event
+    /// this version does not know (newer servers may add some); an error,
+    /// naming the event and what is wrong with it, for a known one that
+    /// does not parse or whose name and `type` disagree.
+    pub fn parse(name: &str, data: &str) -> Result<Option<Self>, String> {
+        let known = [
+            "image_generation.partial_image",
+            "image_generation.completed",
+            "warning",
+            "error",
+        ];
+        if !known.contains(&name) {
+            return Ok(None);
+        }
+        let event: StreamEvent = serde_json::from_str(data)
+            .map_err(|e| format!("the server's {name} event does not parse: {e}"))?;
+        if event.name() != name {
+            return Err(format!(
+                "the server sent a {name} event of type {}",
+                event.name()
+            ));
+        }
+        Ok(Some(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial() -> StreamEvent {
+        StreamEvent::Partial(PartialImage {
+            b64_json: "AAA=".into(),
+            created_at: 1,
+            size: Size::Pixels {
+                width: 512,
+                height: 512,
+            },
+            quality: "auto".into(),
+            background: "opaque".into(),
+            output_format: OutputFormat::Png,
+            partial_image_index: 0,
+            step: 2,
+            total_steps: 4,
+            progress: 0.5,
+            preview_size: Size::Pixels {
+                width: 64,
+                height: 64,
+            },
+        })
+    }
+
+    #[test]
+    fn events_round_trip_under_their_names() {
+        let event = partial();
+        assert_eq!(event.name(), "image_generation.partial_image");
+        let data = event.data();
+        assert!(
+            data.contains(r#""type":"image_generation.partial_image""#),
+            "{data}"
+        );
+        assert_eq!(StreamEvent::parse(event.name(), &data), Ok(Some(event)));
+        assert_eq!(StreamEvent::parse("image_edit.whatever", "{}"), Ok(None));
+        let err = StreamEvent::parse(
+            "image_generation.completed",
+            r#"{"type":"image_generation.completed","b64_json":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("image_generation.completed"), "{err}");
+        let mismatch = StreamEvent::parse("error", &partial().data()).unwrap_err();
+        assert!(mismatch.contains("of type"), "{mismatch}");
+        let failed = StreamEvent::parse(
+            "error",
+            r#"{"type":"error","error":{"message":"out of memory","type":"server_error","param":null,"code":null}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(failed, StreamEvent::Error { error } if error.message == "out of memory"));
+    }
+}
