@@ -132,3 +132,128 @@ fn tiny_models_are_the_same_every_time() {
         );
     }
 }
+
+/// Every key of the real configs (`../shared/reference/hub/`, less the
+/// tools' version stamps) is in the tiny models' too, so that diffusers and
+/// transformers load them as they load the real ones.
+#[test]
+fn tiny_configs_carry_every_key_of_the_real_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    schnell::dev::write_tiny_models(dir.path()).unwrap();
+    let flux = "black-forest-labs/FLUX.1-schnell";
+    let cases: [(String, &[&str]); 5] = [
+        (
+            format!("{flux}/vae/config.json"),
+            &[
+                "_class_name",
+                "act_fn",
+                "block_out_channels",
+                "down_block_types",
+                "force_upcast",
+                "in_channels",
+                "latent_channels",
+                "latents_mean",
+                "latents_std",
+                "layers_per_block",
+                "mid_block_add_attention",
+                "norm_num_groups",
+                "out_channels",
+                "sample_size",
+                "scaling_factor",
+                "shift_factor",
+                "up_block_types",
+                "use_post_quant_conv",
+                "use_quant_conv",
+            ],
+        ),
+        (
+            format!("{flux}/transformer/config.json"),
+            &[
+                "_class_name",
+                "attention_head_dim",
+                "guidance_embeds",
+                "in_channels",
+                "joint_attention_dim",
+                "num_attention_heads",
+                "num_layers",
+                "num_single_layers",
+                "patch_size",
+                "pooled_projection_dim",
+            ],
+        ),
+        (
+            format!("{flux}/text_encoder/config.json"),
+            &[
+                "architectures",
+                "attention_dropout",
+                "bos_token_id",
+                "dropout",
+                "eos_token_id",
+                "hidden_act",
+                "hidden_size",
+                "initializer_factor",
+                "initializer_range",
+                "intermediate_size",
+                "layer_norm_eps",
+                "max_position_embeddings",
+                "model_type",
+                "num_attention_heads",
+                "num_hidden_layers",
+                "pad_token_id",
+                "projection_dim",
+                "torch_dtype",
+                "vocab_size",
+            ],
+        ),
+        (format!("{flux}/text_encoder_2/config.json"), T5_KEYS),
+        ("google/t5-v1_1-xxl/config.json".to_string(), T5_KEYS),
+    ];
+    for (file, keys) in cases {
+        let path = dir.path().join(&file);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}")))
+                .unwrap();
+        let missing: Vec<&&str> = keys.iter().filter(|k| config.get(**k).is_none()).collect();
+        assert!(missing.is_empty(), "{file} lacks {missing:?}");
+    }
+    // CLIP's special ids are the real file's.
+    let clip: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("{flux}/text_encoder/config.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            &clip["bos_token_id"],
+            &clip["eos_token_id"],
+            &clip["pad_token_id"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(2),
+            &serde_json::json!(1)
+        )
+    );
+}
+
+const T5_KEYS: &[&str] = &[
+    "architectures",
+    "d_ff",
+    "d_kv",
+    "d_model",
+    "decoder_start_token_id",
+    "dropout_rate",
+    "eos_token_id",
+    "feed_forward_proj",
+    "initializer_factor",
+    "is_encoder_decoder",
+    "layer_norm_epsilon",
+    "model_type",
+    "num_decoder_layers",
+    "num_heads",
+    "num_layers",
+    "output_past",
+    "pad_token_id",
+    "relative_attention_num_buckets",
+    "tie_word_embeddings",
+    "vocab_size",
+];

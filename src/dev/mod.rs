@@ -344,6 +344,7 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
             "num_decoder_layers": z.t5_layers,
             "num_heads": z.t5_heads,
             "num_layers": z.t5_layers,
+            "output_past": true,
             "pad_token_id": 0,
             "relative_attention_num_buckets": 32,
             "tie_word_embeddings": false,
@@ -391,16 +392,31 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
     put(&flux.t5_tokenizer, t5_tok.clone(), &mut written)?;
 
     // CLIP: the FLUX repo's text model (flat config).
+    // Every key of the real `text_encoder/config.json`, so that other tools
+    // load it too. Its special ids are the real file's (bos 0, eos 2, pad
+    // 1): with eos 2 transformers pools at the largest id, the end token,
+    // which the tiny vocabulary also puts last.
     let clip_text = json!({
-        "architectures": ["CLIPTextModel"],
+        "_name_or_path": "openai/clip-vit-large-patch14",
         "_note": "random weights for tests and benchmarks",
+        "architectures": ["CLIPTextModel"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "dropout": 0.0,
+        "eos_token_id": 2,
         "hidden_act": "quick_gelu",
         "hidden_size": z.clip_width,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
         "intermediate_size": z.clip_intermediate,
+        "layer_norm_eps": 1e-05,
         "max_position_embeddings": 77,
+        "model_type": "clip_text_model",
         "num_attention_heads": z.clip_heads,
         "num_hidden_layers": z.clip_layers,
+        "pad_token_id": 1,
         "projection_dim": z.clip_width,
+        "torch_dtype": "float16",
         "vocab_size": clip_vocab
     });
     let text_cfg = clip_text_config(&ConfigSource("random clip".into()), &json_bytes(&clip_text))?;
