@@ -61,7 +61,8 @@ fn main() {
     let hub = support::TestHub::start(models.path());
     let cache = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let results: Vec<(u32, Vec<Timings>)> = rt.block_on(async {
+    type Runs = Vec<Timings>;
+    let results: (Vec<(u32, Runs)>, (Runs, Runs)) = rt.block_on(async {
         let client = HubClientBuilder::new(cache.path())
             .endpoint(&hub.endpoint)
             .build()
@@ -74,28 +75,49 @@ fn main() {
             },
         );
         engine.prepare().await.unwrap();
-        let mut results = Vec::new();
-        for &side in &sides {
-            // A warm-up run, then the measured ones.
-            let mut measured = Vec::new();
-            for round in 0..=runs {
-                let request = GenerateRequest::new("a red fox in the snow, detailed photo")
-                    .size(side, side)
-                    .steps(steps)
-                    .seed(1);
-                let mut events = std::pin::pin!(engine.generate(request));
+        let generate = |prompt: String, side: u32, seed: u64| {
+            let request = GenerateRequest::new(prompt)
+                .size(side, side)
+                .steps(steps)
+                .seed(seed);
+            let mut events = Box::pin(engine.generate(request));
+            async move {
                 while let Some(event) = events.next().await {
                     match event {
-                        GenerateEvent::Done { timings, .. } if round > 0 => measured.push(timings),
+                        GenerateEvent::Done { timings, .. } => return timings,
                         GenerateEvent::Failed { error } => panic!("{error}"),
                         _ => {}
                     }
                 }
+                panic!("the engine stopped")
+            }
+        };
+        let mut results = Vec::new();
+        for &side in &sides {
+            // A warm-up run, then the measured ones; each its own prompt, so
+            // that the prompt cache does not skip the text encoders.
+            let mut measured = Vec::new();
+            for round in 0..=runs {
+                let prompt =
+                    format!("a red fox in the snow, detailed photo, {side} px, take {round}");
+                let timings = generate(prompt, side, 1).await;
+                if round > 0 {
+                    measured.push(timings);
+                }
             }
             results.push((side, measured));
         }
-        results
+        // The prompt cache, at the first size: a new prompt, then the same
+        // prompt with the next seed (a seed sweep, or `n` > 1).
+        let mut cache = (Vec::new(), Vec::new());
+        for round in 0..runs {
+            let prompt = format!("a lighthouse at dusk, oil painting, variant {round}");
+            cache.0.push(generate(prompt.clone(), sides[0], 1).await);
+            cache.1.push(generate(prompt, sides[0], 2).await);
+        }
+        (results, cache)
     });
+    let (results, (new_prompts, repeated)) = results;
     let peak = peak_rss();
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -124,6 +146,17 @@ fn main() {
         );
     }
     println!("peak RSS: {peak}");
+    for (what, runs) in [
+        ("a new prompt", &new_prompts),
+        ("the same prompt, next seed", &repeated),
+    ] {
+        println!(
+            "prompt cache, {}²: {what}: text encoding {:.0} ms, total {:.0} ms",
+            sides[0],
+            median(runs.iter().map(|t| ms(t.text_encoding))),
+            median(runs.iter().map(|t| ms(t.total)))
+        );
+    }
 
     if let Some(python) = std::env::var_os("SCHNELL_BENCH_PYTHON") {
         peer(&python, models.path(), &ours, runs, threads);

@@ -304,18 +304,23 @@ async fn low_memory_mode_makes_the_same_image() {
     let b = run(&frugal.engine, small("a castle", 9)).await;
     assert_eq!(done(&a).0, done(&b).0);
     // After the first request (which also checked the files at start-up),
-    // every request loads each part in turn and nothing stays.
+    // every request loads each part it needs in turn and nothing stays; a
+    // prompt seen before needs no encoder (its encodings are cached).
+    let loaded = |events: &[GenerateEvent]| -> Vec<Component> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                GenerateEvent::Loading { component } => Some(*component),
+                _ => None,
+            })
+            .collect()
+    };
     let again = run(&frugal.engine, small("a castle", 9)).await;
     assert_eq!(done(&again).0, done(&a).0);
-    let loading: Vec<Component> = again
-        .iter()
-        .filter_map(|e| match e {
-            GenerateEvent::Loading { component } => Some(*component),
-            _ => None,
-        })
-        .collect();
+    assert_eq!(loaded(&again), [Component::Transformer, Component::Vae]);
+    let other = run(&frugal.engine, small("a moat", 9)).await;
     assert_eq!(
-        loading,
+        loaded(&other),
         [
             Component::T5,
             Component::Clip,
@@ -323,6 +328,31 @@ async fn low_memory_mode_makes_the_same_image() {
             Component::Vae
         ]
     );
+}
+
+#[tokio::test]
+async fn a_repeated_prompt_is_encoded_once() {
+    let s = setup(TextEncoders::FluxRepo);
+    let text_encoding = |events: &[GenerateEvent]| match events.last() {
+        Some(GenerateEvent::Done { timings, .. }) => timings.text_encoding,
+        other => panic!("no image: {other:?}"),
+    };
+    let first = run(&s.engine, small("a red fox", 1)).await;
+    let between = run(&s.engine, small("a blue jay", 1)).await;
+    let repeated = run(&s.engine, small("a red fox", 1)).await;
+    // The cached encodings are that prompt's: the same image, bit for bit.
+    assert_eq!(done(&repeated).0, done(&first).0);
+    assert_ne!(done(&between).0, done(&first).0);
+    assert!(text_encoding(&first) > Duration::ZERO);
+    assert_eq!(
+        text_encoding(&repeated),
+        Duration::ZERO,
+        "T5 and CLIP ran again"
+    );
+    // A new seed for the same prompt (a seed sweep) needs no encoding either.
+    let sweep = run(&s.engine, small("a red fox", 2)).await;
+    assert_eq!(text_encoding(&sweep), Duration::ZERO);
+    assert_ne!(done(&sweep).0, done(&first).0);
 }
 
 #[tokio::test]

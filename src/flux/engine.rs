@@ -21,6 +21,7 @@ use super::files::{ModelDescription, ModelFiles, TextEncoders, FLUX_SCHNELL};
 use super::loaded::{LocalFiles, LocalModel, Resident};
 use super::memory::{self, MemoryBudget, ModelSize, Sizing, VaeDecode, Workload};
 use super::pipeline;
+use super::prompt_cache::PromptCache;
 use super::quant::{Quant, QuantChoice, QuantPlan, T5Quant};
 use super::request::{Component, GenerateEvent, GenerateRequest};
 use super::weights::{load_failure, Named};
@@ -803,6 +804,7 @@ fn load(
             decoder,
             t5,
             flux,
+            prompts: PromptCache::default(),
         },
     ))
 }

@@ -9,6 +9,7 @@ use candle_transformers::models::{quantized_t5, t5};
 
 use super::config::{self, ConfigSource};
 use super::gguf::{is_flux_block_matrix, GgufFile};
+use super::prompt_cache::PromptCache;
 use super::quant::{Quant, T5Quant};
 use super::text::{load_error, Clip, Tokenizers, T5};
 use super::transformer::Flux;
@@ -161,6 +162,9 @@ pub struct Resident {
     pub decoder: Option<Decoder>,
     pub t5: Option<T5>,
     pub flux: Option<Transformer>,
+    /// Recent prompts' encodings (kept in low-memory mode too: they are
+    /// small, and a hit skips loading both encoders).
+    pub prompts: PromptCache,
 }
 
 /// The FLUX transformer, from safetensors or from a GGUF file.

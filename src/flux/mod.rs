@@ -13,6 +13,7 @@ mod loaded;
 pub mod memory;
 mod pipeline;
 mod preview;
+mod prompt_cache;
 mod quant;
 mod request;
 mod text;

@@ -12,7 +12,9 @@ use rand_distr::Distribution;
 use super::loaded::{LocalModel, Resident, Transformer};
 use super::memory::VaeDecode;
 use super::preview::latent_preview;
+use super::prompt_cache::{Embeddings, PromptKey};
 use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
+use super::text::PromptTokens;
 use super::vae::Decoder;
 use super::FluxError;
 
@@ -62,34 +64,18 @@ pub fn generate(
         say(GenerateEvent::Warning { message })?;
     }
 
-    // Every part stays resident unless memory is short; then each is loaded
-    // for this request and freed before the next one loads.
-    let mut borrowed_t5 = None;
-    let t5 = resident_or_load(
-        resident.t5.as_mut(),
-        &mut borrowed_t5,
-        Component::T5,
-        || model.load_t5(),
-        &mut say,
-        &mut timings,
-    )?;
-    let t = Instant::now();
-    let t5_emb = t5.encode(&tokens.t5, device)?;
-    timings.text_encoding += t.elapsed();
-    drop(borrowed_t5);
-    let mut borrowed_clip = None;
-    let clip = resident_or_load(
-        resident.clip.as_mut(),
-        &mut borrowed_clip,
-        Component::Clip,
-        || model.load_clip(),
-        &mut say,
-        &mut timings,
-    )?;
-    let t = Instant::now();
-    let clip_emb = clip.encode(&tokens.clip, tokens.clip_end, device)?;
-    timings.text_encoding += t.elapsed();
-    drop(borrowed_clip);
+    let key = PromptKey::new(&request.prompt, &model.files);
+    let Embeddings {
+        t5: t5_emb,
+        clip: clip_emb,
+    } = match resident.prompts.get(&key) {
+        Some(cached) => cached,
+        None => {
+            let encoded = encode_prompt(model, resident, &tokens, &mut say, &mut timings)?;
+            resident.prompts.put(key, encoded.clone());
+            encoded
+        }
+    };
 
     let (width, height) = (request.width as usize, request.height as usize);
     let noise = seeded_noise(seed, width, height, device, dtype)?;
@@ -169,6 +155,48 @@ pub fn generate(
     timings.vae_decode = t.elapsed();
     timings.total = start.elapsed();
     Ok((image, timings, tokens.t5_read))
+}
+
+/// The prompt through T5 and CLIP. Every part stays resident unless memory
+/// is short; then each is loaded for this request and freed before the next
+/// one loads.
+fn encode_prompt(
+    model: &LocalModel,
+    resident: &mut Resident,
+    tokens: &PromptTokens,
+    say: &mut impl FnMut(GenerateEvent) -> Result<(), FluxError>,
+    timings: &mut Timings,
+) -> Result<Embeddings, FluxError> {
+    let device = &model.device;
+    let mut borrowed_t5 = None;
+    let t5 = resident_or_load(
+        resident.t5.as_mut(),
+        &mut borrowed_t5,
+        Component::T5,
+        || model.load_t5(),
+        say,
+        timings,
+    )?;
+    let t = Instant::now();
+    let t5_emb = t5.encode(&tokens.t5, device)?;
+    timings.text_encoding += t.elapsed();
+    drop(borrowed_t5);
+    let mut borrowed_clip = None;
+    let clip = resident_or_load(
+        resident.clip.as_mut(),
+        &mut borrowed_clip,
+        Component::Clip,
+        || model.load_clip(),
+        say,
+        timings,
+    )?;
+    let t = Instant::now();
+    let clip_emb = clip.encode(&tokens.clip, tokens.clip_end, device)?;
+    timings.text_encoding += t.elapsed();
+    Ok(Embeddings {
+        t5: t5_emb,
+        clip: clip_emb,
+    })
 }
 
 /// A part kept loaded, or loaded now into `borrowed` (so it is freed when
