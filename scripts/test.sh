@@ -3,8 +3,9 @@
 # tests need, skipping whatever is already there:
 #   - the wasm32-unknown-unknown Rust target;
 #   - a Python venv with huggingface_hub (cache interoperability test),
-#     openai and pillow (the official client against `schnell serve`) and
-#     selenium (drives ChromeDriver in the end-to-end browser test);
+#     openai and pillow (the official client against `schnell serve`),
+#     prometheus_client (its parser reads /metrics) and selenium (drives
+#     ChromeDriver in the end-to-end browser test);
 #   - Debian's chromium, chromium-driver and nginx (the replicas test);
 #     wasm-bindgen-cli at the exact wasm-bindgen version in Cargo.lock;
 #     wasm-pack (browser tests) and Trunk 0.21.14 (builds the web app), both
@@ -24,10 +25,10 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
 fi
 
 VENV="${SCHNELL_TEST_VENV:-$HOME/.cache/schnell-test-venv}"
-if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL, selenium' 2>/dev/null; then
-    step "installing huggingface_hub, openai, pillow and selenium into $VENV"
+if ! "$VENV/bin/python" -c 'import huggingface_hub, openai, PIL, selenium, prometheus_client' 2>/dev/null; then
+    step "installing huggingface_hub, openai, pillow, selenium and prometheus_client into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow selenium
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check huggingface_hub openai pillow selenium prometheus_client
 fi
 
 # nginx lives in /usr/sbin, which is not on every user's PATH.

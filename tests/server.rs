@@ -214,6 +214,60 @@ async fn size_auto_is_1024_square() {
 }
 
 #[tokio::test]
+async fn metrics_count_requests_stages_and_images() {
+    let s = ready(ServerConfig::default()).await;
+    assert_eq!(s.post(request("256x256", 1)).await.status(), StatusCode::OK);
+    let bad = s.post(json!({ "prompt": "x", "n": 99 })).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let r = s.get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("schnell_http_requests_total{status=\"400\"}"), 1.0);
+    assert!(value("schnell_http_requests_total{status=\"200\"}") >= 1.0);
+    assert_eq!(value("schnell_images_total"), 1.0);
+    // Two steps of one image, in the step histogram.
+    assert_eq!(value("schnell_stage_seconds_count{stage=\"step\"}"), 2.0);
+    assert_eq!(
+        value("schnell_stage_seconds_count{stage=\"vae_decode\"}"),
+        1.0
+    );
+    assert_eq!(value("schnell_queue_capacity"), 16.0);
+    assert!(value("schnell_model_downloaded_bytes") > 0.0);
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+    // Behind the key, when there is one.
+    let keyed = ready(ServerConfig {
+        api_key: Some("sk-metrics".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        keyed.get("/metrics").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let with_key = keyed
+        .http
+        .get(format!("{}/metrics", keyed.url))
+        .bearer_auth("sk-metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn bad_requests_get_400_with_a_useful_message() {
     let s = ready(ServerConfig::default()).await;
     let send_raw = |body: &'static str| {

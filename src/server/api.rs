@@ -231,6 +231,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
             Err(e) => return e.into_response(),
         };
         prompt_tokens = done.prompt_tokens;
+        state.metrics.image_done(&done.timings);
         let compression = checked.wire.output_compression;
         let encoded = match encode(done.image, checked.format, compression).await {
             Ok(bytes) => bytes,
@@ -362,20 +363,23 @@ fn stream(
                         seed,
                         timings,
                         prompt_tokens,
-                    } => match encode(image, format, compression).await {
-                        Ok(bytes) => StreamEvent::Completed(CompletedImage {
-                            b64_json: b64(&bytes),
-                            created_at: unix_now(),
-                            size,
-                            quality,
-                            background: OPAQUE.into(),
-                            output_format: format,
-                            usage: Usage::new(prompt_tokens as u64, 1, size.pixels()),
-                            seed,
-                            timings: stage_timings(&timings),
-                        }),
-                        Err(e) => StreamEvent::Error { error: e.detail() },
-                    },
+                    } => {
+                        errors.metrics.image_done(&timings);
+                        match encode(image, format, compression).await {
+                            Ok(bytes) => StreamEvent::Completed(CompletedImage {
+                                b64_json: b64(&bytes),
+                                created_at: unix_now(),
+                                size,
+                                quality,
+                                background: OPAQUE.into(),
+                                output_format: format,
+                                usage: Usage::new(prompt_tokens as u64, 1, size.pixels()),
+                                seed,
+                                timings: stage_timings(&timings),
+                            }),
+                            Err(e) => StreamEvent::Error { error: e.detail() },
+                        }
+                    }
                     GenerateEvent::Failed { error } => StreamEvent::Error {
                         error: errors.flux_error(&error).detail(),
                     },

@@ -8,6 +8,7 @@ mod auth;
 mod errors;
 mod health;
 mod listen;
+mod metrics;
 mod redact;
 mod store;
 mod ui;
@@ -156,6 +157,7 @@ pub struct AppState {
     redact: Redactor,
     body_timeout: Duration,
     started: u64,
+    metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -218,11 +220,13 @@ pub async fn router(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         engine: engine.clone(),
+        metrics: metrics::Metrics::default(),
     });
 
     let guarded = Router::new()
         .route("/v1/images/generations", post(api::generations))
         .route("/v1/models", get(api::models))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -258,9 +262,13 @@ pub async fn router(
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(api)
-        .with_state(state)
+        .with_state(state.clone())
         .nest("/hub", Arc::new(hub).router())
         .merge(ui::router(&config.dist).await)
+        .layer(middleware::from_fn_with_state(
+            state,
+            metrics::count_requests,
+        ))
         // Method, path, status and latency at debug level; never headers, so
         // no key or token reaches the log.
         .layer(tower_http::trace::TraceLayer::new_for_http()))

@@ -105,6 +105,17 @@ def main(schnell: str) -> int:
         check("the completed event carries the image and usage",
               final.size == (256, 256) and events[-1].usage.output_tokens == 16 * 16, str(final.size))
 
+        # /metrics, read by the Prometheus project's own OpenMetrics parser.
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": "Bearer sk-python"})
+        with urllib.request.urlopen(request) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        images = families["schnell_images"].samples[0].value
+        check("/metrics parses and counts the images made", images == 1 + 2 + 1 + 1, str(images))
+        steps = [s for s in families["schnell_stage_seconds"].samples
+                 if s.name == "schnell_stage_seconds_count" and s.labels["stage"] == "step"]
+        check("with a histogram of step times", steps and steps[0].value == 2 + 1 * 2 + 1 + 4, str(steps))
+
         models = client.models.list()
         check("models.list names flux-schnell", [m.id for m in models.data] == ["flux-schnell"])
 
