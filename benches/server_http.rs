@@ -147,7 +147,6 @@ async fn post(http: &reqwest::Client, url: &str, body: serde_json::Value) -> Opt
     if !r.status().is_success() {
         return None;
     }
-    let answer: serde_json::Value = r.json().await.unwrap();
-    let total_ms = answer["timings"][0]["total_ms"].as_u64()?;
-    Some(Duration::from_millis(total_ms))
+    let answer: schnell::protocol::ImagesResponse = r.json().await.unwrap();
+    Some(Duration::from_millis(answer.data.first()?.timings.total_ms))
 }

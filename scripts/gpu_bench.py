@@ -138,7 +138,7 @@ def serve_config(args, name, extra, sizes, warm_up):
                 wall = time.monotonic() - t
                 if code != 200:
                     raise SystemExit(f"schnell {name} at {side}²: HTTP {code}: {body}")
-                timings = body["timings"][0]
+                timings = body["data"][0]["timings"]
                 print(f"   {kind} {side}² × {steps}: {wall:.2f} s, steps {timings['steps_ms']} ms, "
                       f"VAE {timings['vae_decode_ms']} ms", flush=True)
                 if kind == "warm-up":

@@ -268,6 +268,63 @@ async fn metrics_count_requests_stages_and_images() {
 }
 
 #[tokio::test]
+async fn openapi_json_describes_what_the_server_sends() {
+    let s = ready(ServerConfig {
+        api_key: Some("sk-doc".into()),
+        ..Default::default()
+    })
+    .await;
+    // Public: it is the API's documentation.
+    let r = s.get("/openapi.json").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let generations = &doc["paths"]["/v1/images/generations"]["post"];
+    assert_eq!(
+        generations["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ImagesRequest"
+    );
+    let schemas = &doc["components"]["schemas"];
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    // A real answer has only properties the document gives it, and every
+    // one it requires.
+    let fits = |value: &Value, schema: &str| {
+        let properties = keys(&schemas[schema]["properties"]);
+        let sent = keys(value);
+        assert!(
+            sent.iter().all(|k| properties.contains(k)),
+            "{schema}: {sent:?} against {properties:?}"
+        );
+        for required in schemas[schema]["required"].as_array().unwrap() {
+            assert!(
+                sent.contains(&required.as_str().unwrap().to_string()),
+                "{schema} requires {required}"
+            );
+        }
+    };
+    let answer: Value = s
+        .http
+        .post(format!("{}/v1/images/generations", s.url))
+        .bearer_auth("sk-doc")
+        .json(&request("256x256", 2))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    fits(&answer, "ImagesResponse");
+    fits(&answer["data"][0], "ImageData");
+    fits(&answer["usage"], "Usage");
+    let readyz: Value = s.get("/readyz").await.json().await.unwrap();
+    fits(&readyz, "Readiness");
+}
+
+#[tokio::test]
 async fn bad_requests_get_400_with_a_useful_message() {
     let s = ready(ServerConfig::default()).await;
     let send_raw = |body: &'static str| {

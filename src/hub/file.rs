@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::HubError;
 
 /// One file of one Hub repository at one revision.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct HubFile {
     /// `org/name`, e.g. `black-forest-labs/FLUX.1-schnell`.
     pub repo: String,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The most images one request may ask for (`n`), as OpenAI allows.
@@ -66,6 +67,20 @@ impl Serialize for Size {
     }
 }
 
+impl JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(auto|[0-9]+x[0-9]+)$",
+            "description": "\"auto\" (1024x1024) or \"WIDTHxHEIGHT\", each a multiple of 16 from 256 to 2048",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -74,7 +89,7 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// `response_format`: the image inline or by URL.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
     #[default]
@@ -83,7 +98,7 @@ pub enum ResponseFormat {
 }
 
 /// `output_format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     #[default]
@@ -113,7 +128,7 @@ impl OutputFormat {
 
 /// The body of `POST /v1/images/generations`. Unknown fields are ignored,
 /// as OpenAI-compatible servers commonly do.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesRequest {
     #[serde(default)]
     pub prompt: String,
@@ -239,7 +254,7 @@ pub fn partial_steps(steps: u32, partial_images: Option<u32>) -> Vec<u32> {
 }
 
 /// Milliseconds each stage of one image took (extension).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StageTimings {
     /// Loading weights for this request (0 once they are resident).
     pub load_ms: u64,
@@ -252,7 +267,7 @@ pub struct StageTimings {
 /// Token counts in OpenAI's shape. Input: the prompt's T5 tokens (what the
 /// model reads, at most 256). Output: the image's latent patches, 16×16
 /// pixels each (what the transformer computes), for every image.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
     pub input_tokens: u64,
     pub input_tokens_details: InputTokensDetails,
@@ -262,13 +277,13 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InputTokensDetails {
     pub text_tokens: u64,
     pub image_tokens: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputTokensDetails {
     pub image_tokens: u64,
     pub text_tokens: u64,
@@ -295,7 +310,7 @@ impl Usage {
 }
 
 /// One image of an answer.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b64_json: Option<String>,
@@ -308,7 +323,7 @@ pub struct ImageData {
 }
 
 /// The answer to a request that was not streamed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesResponse {
     pub created: u64,
     pub data: Vec<ImageData>,

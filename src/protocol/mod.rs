@@ -16,7 +16,9 @@ pub use images::{
     OutputFormat, OutputTokensDetails, ResponseFormat, Size, StageTimings, Usage, MAX_IMAGES,
     MAX_PARTIAL_IMAGES,
 };
-pub use status::{ErrorBody, ErrorDetail, Phase, Queue, Readiness, Retry, Tokenizers};
+pub use status::{
+    ErrorBody, ErrorDetail, Model, ModelList, Phase, Queue, Readiness, Retry, Tokenizers,
+};
 pub use stream::{CompletedImage, PartialImage, StreamEvent};
 
 /// What the server says about `quality`, `background`, `moderation` and

@@ -1,16 +1,17 @@
 //! Errors in OpenAI's shape, and `GET /readyz`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::HubFile;
 
 /// Every error answer: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     pub message: String,
     /// `invalid_request_error`, `server_error`, …
@@ -25,7 +26,7 @@ pub struct ErrorDetail {
 }
 
 /// Where loading the model stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     #[default]
@@ -38,21 +39,21 @@ pub enum Phase {
 
 /// The engine's tokenizer files, which the browser fetches through `/hub`
 /// to count a prompt's tokens as the engine will.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tokenizers {
     pub t5: HubFile,
     pub clip: HubFile,
 }
 
 /// Places in the request queue.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Queue {
     pub in_use: usize,
     pub max: usize,
 }
 
 /// `GET /readyz`: 200 when `ready`, else 503 with the same body.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Readiness {
     pub ready: bool,
     pub phase: Phase,
@@ -83,10 +84,30 @@ pub struct Readiness {
     pub retry: Option<Retry>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Retry {
     pub failed_attempts: u32,
     pub next_in_s: f64,
+}
+
+/// `GET /v1/models`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelList {
+    /// `"list"`.
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Model {
+    pub id: String,
+    /// `"model"`.
+    pub object: String,
+    /// When the server started (Unix seconds).
+    pub created: u64,
+    pub owned_by: String,
+    /// Extension: the Hugging Face repository it comes from.
+    pub hub_repo: String,
 }
 
 impl Readiness {

@@ -1,13 +1,14 @@
 //! The server-sent events of a streamed request. Each event's SSE name is
 //! its `type`, as OpenAI sends them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::images::{OutputFormat, Size, StageTimings, Usage};
 use super::status::ErrorDetail;
 
 /// A partial image: the latent after a step, decoded cheaply.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PartialImage {
     pub b64_json: String,
     pub created_at: u64,
@@ -27,7 +28,7 @@ pub struct PartialImage {
 }
 
 /// The finished image.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompletedImage {
     pub b64_json: String,
     pub created_at: u64,
@@ -43,7 +44,7 @@ pub struct CompletedImage {
 }
 
 /// One event of a stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum StreamEvent {
     #[serde(rename = "image_generation.partial_image")]

@@ -13,15 +13,14 @@ use axum::Json;
 use base64::Engine as _;
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::errors::ApiError;
 use super::AppState;
 use crate::flux::{GenerateEvent, GenerateRequest, Image, Phase, Timings};
 use crate::protocol::{
-    partial_steps, CompletedImage, ImageData, ImagesRequest, ImagesResponse, OutputFormat,
-    PartialImage, ResponseFormat, Size, StageTimings, StreamEvent, Usage,
+    partial_steps, CompletedImage, ImageData, ImagesRequest, ImagesResponse, Model, ModelList,
+    OutputFormat, PartialImage, ResponseFormat, Size, StageTimings, StreamEvent, Usage,
 };
 
 pub use crate::protocol::MAX_IMAGES;
@@ -457,15 +456,15 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 /// `GET /v1/models`.
-pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model.id,
-            "object": "model",
-            "created": state.started,
-            "owned_by": "black-forest-labs",
-            "hub_repo": state.model.key,
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![Model {
+            id: state.model.id.to_string(),
+            object: "model".into(),
+            created: state.started,
+            owned_by: "black-forest-labs".into(),
+            hub_repo: state.model.key.to_string(),
         }],
-    }))
+    })
 }

@@ -9,6 +9,7 @@ mod errors;
 mod health;
 mod listen;
 mod metrics;
+mod openapi;
 mod redact;
 mod store;
 mod ui;
@@ -261,6 +262,7 @@ pub async fn router(
     Ok(Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi))
         .merge(api)
         .with_state(state.clone())
         .nest("/hub", Arc::new(hub).router())
