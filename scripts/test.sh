@@ -17,6 +17,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every temporary file of the run (the tests' folders, Chromium's profiles,
+# the test mirror's files) goes under one folder, removed at the end,
+# whatever a tool leaves behind.
+RUN_TMP="$(mktemp -d)"
+export TMPDIR="$RUN_TMP"
+mirror_pid=""
+cleanup() {
+    if [ -n "$mirror_pid" ]; then kill "$mirror_pid" 2>/dev/null || true; fi
+    rm -rf "$RUN_TMP"
+}
+trap cleanup EXIT
+
 step() { printf '\n== %s\n' "$*"; }
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
@@ -66,7 +78,6 @@ mirror_dir="$(mktemp -d)"
 mirror_out="$mirror_dir/url"
 cargo run --locked --quiet --example test_mirror -- "$mirror_dir/files" >"$mirror_out" &
 mirror_pid=$!
-trap 'kill "$mirror_pid" 2>/dev/null || true; rm -rf "$mirror_dir"' EXIT
 for _ in $(seq 1 600); do
     [ -s "$mirror_out" ] && break
     kill -0 "$mirror_pid" 2>/dev/null || { echo "the test mirror did not start" >&2; exit 1; }

@@ -339,6 +339,9 @@ fn stream(
                         total,
                         preview,
                     } => {
+                        // A step the request wants no partial image after
+                        // sends nothing (and encodes nothing).
+                        let partial_image_index = partial_index? as u32;
                         let png = preview.to_png().ok()?;
                         StreamEvent::Partial(PartialImage {
                             b64_json: b64(&png),
@@ -347,7 +350,7 @@ fn stream(
                             quality,
                             background: OPAQUE.into(),
                             output_format: OutputFormat::Png,
-                            partial_image_index: partial_index? as u32,
+                            partial_image_index,
                             step: index,
                             total_steps: total,
                             progress: index as f64 / total as f64,
