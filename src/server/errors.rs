@@ -4,9 +4,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::protocol::{ErrorBody, ErrorDetail};
-
 use crate::flux::FluxError;
+use crate::protocol::{ErrorBody, ErrorDetail};
 
 /// One API error, ready to send.
 #[derive(Debug, Clone)]
@@ -147,7 +146,6 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
     /// The `error` object of the body, and of a stream's error event.
     pub fn detail(&self) -> ErrorDetail {
         ErrorDetail {
@@ -158,6 +156,7 @@ impl ApiError {
         }
     }
 
+    /// The JSON body.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.detail(),
