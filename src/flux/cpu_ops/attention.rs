@@ -107,8 +107,6 @@ pub fn attention_merged_heads(
                     // Nothing in here calls into rayon, so the borrow is
                     // never taken twice on one thread.
                     SCRATCH.with_borrow_mut(|scratch| {
-                        let scores = grown(&mut scratch.scores, n * lk);
-                        let factors = grown(&mut scratch.factors, n);
                         for head in 0..h {
                             let q = View {
                                 data: &qs[qo.0 + i * qo.1 + head * qo.2 + r0 * qo.3..],
@@ -117,22 +115,11 @@ pub fn attention_merged_heads(
                                 row_stride: qo.3,
                                 col_stride: 1,
                             };
-                            let kt = View {
+                            let k = View {
                                 data: &ks[ko.0 + i * ko.1 + head * ko.2..],
-                                rows: d,
-                                cols: lk,
-                                row_stride: 1,
-                                col_stride: ko.3,
-                            };
-                            matmul(scores, lk, false, q, kt, scale, Parallelism::None);
-                            for (row, f) in scores.chunks_exact_mut(lk).zip(&mut *factors) {
-                                *f = softmax_unscaled(row);
-                            }
-                            let p = View {
-                                data: scores,
-                                rows: n,
-                                cols: lk,
-                                row_stride: lk,
+                                rows: lk,
+                                cols: d,
+                                row_stride: ko.3,
                                 col_stride: 1,
                             };
                             let v = View {
@@ -142,18 +129,7 @@ pub fn attention_merged_heads(
                                 row_stride: vo.3,
                                 col_stride: 1,
                             };
-                            matmul(
-                                &mut out[head * d..],
-                                width,
-                                false,
-                                p,
-                                v,
-                                1.0,
-                                Parallelism::None,
-                            );
-                            for (row, &f) in out.chunks_exact_mut(width).zip(&*factors) {
-                                scale_in_place(&mut row[head * d..][..d], f);
-                            }
+                            attend(q, k, v, &mut out[head * d..], width, scale, scratch);
                         }
                     });
                 });
@@ -193,47 +169,57 @@ fn attention_heads(
                     // Nothing in here calls into rayon, so the borrow is
                     // never taken twice on one thread.
                     SCRATCH.with_borrow_mut(|scratch| {
-                        let scores = grown(&mut scratch.scores, n * lk);
-                        let factors = grown(&mut scratch.factors, n);
-                        let q = View {
-                            data: q,
-                            rows: n,
+                        let view = |data, rows| View {
+                            data,
+                            rows,
                             cols: d,
                             row_stride: d,
                             col_stride: 1,
                         };
-                        let kt = View {
-                            data: k,
-                            rows: d,
-                            cols: lk,
-                            row_stride: 1,
-                            col_stride: d,
-                        };
-                        matmul(scores, lk, false, q, kt, scale, Parallelism::None);
-                        for (row, f) in scores.chunks_exact_mut(lk).zip(&mut *factors) {
-                            *f = softmax_unscaled(row);
-                        }
-                        let scores = View {
-                            data: scores,
-                            rows: n,
-                            cols: lk,
-                            row_stride: lk,
-                            col_stride: 1,
-                        };
-                        let v = View {
-                            data: v,
-                            rows: lk,
-                            cols: d,
-                            row_stride: d,
-                            col_stride: 1,
-                        };
-                        matmul(out, d, false, scores, v, 1.0, Parallelism::None);
-                        for (row, &f) in out.chunks_exact_mut(d).zip(&*factors) {
-                            scale_in_place(row, f);
-                        }
+                        attend(view(q, n), view(k, lk), view(v, lk), out, d, scale, scratch);
                     });
                 });
         });
+}
+
+/// One head's block of query rows: `out = softmax(q·kᵀ·scale)·v` for `q`
+/// `n × d` and `k`, `v` `lk × d`, into the `n` rows of `out` (row stride
+/// `out_stride`, `d` columns each). The scores are `scratch`'s; the
+/// softmax's 1/sum is applied to the `d` output values, not the `lk` scores.
+fn attend(
+    q: View,
+    k: View,
+    v: View,
+    out: &mut [f32],
+    out_stride: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+) {
+    let (n, lk, d) = (q.rows, k.rows, q.cols);
+    let scores = grown(&mut scratch.scores, n * lk);
+    let factors = grown(&mut scratch.factors, n);
+    let kt = View {
+        rows: k.cols,
+        cols: k.rows,
+        row_stride: k.col_stride,
+        col_stride: k.row_stride,
+        ..k
+    };
+    matmul(scores, lk, false, q, kt, scale, Parallelism::None);
+    for (row, f) in scores.chunks_exact_mut(lk).zip(&mut *factors) {
+        *f = softmax_unscaled(row);
+    }
+    let p = View {
+        data: scores,
+        rows: n,
+        cols: lk,
+        row_stride: lk,
+        col_stride: 1,
+    };
+    matmul(out, out_stride, false, p, v, 1.0, Parallelism::None);
+    for (r, &f) in factors.iter().enumerate() {
+        scale_in_place(&mut out[r * out_stride..][..d], f);
+    }
 }
 
 #[cfg(test)]
