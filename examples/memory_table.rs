@@ -46,6 +46,7 @@ mod native {
                         low_memory,
                         cpu,
                         tiled_vae: false,
+                        edit: false,
                     },
                 ))
             };

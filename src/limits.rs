@@ -51,6 +51,36 @@ pub fn next_seed(seed: u64) -> u64 {
     (seed + 1) & MAX_SEED
 }
 
+/// How much of an edited image is repainted by default (see [`check_strength`]).
+pub const DEFAULT_STRENGTH: f32 = 0.8;
+
+/// An edit's strength: the noise level its image is brought to before
+/// denoising, above 0 and at most 1 (1: only the composition of masked-out
+/// areas survives).
+pub fn check_strength(value: f32) -> Result<(), String> {
+    if value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value} is outside (0, 1]: 0.8, the default, keeps the image's layout and repaints its detail"
+        ))
+    }
+}
+
+/// The size an edit of a `width`×`height` image comes out at when the
+/// request does not say: the image's own proportions, shrunk until its
+/// longer side is at most 1024 (FLUX's native size) or grown until its
+/// shorter side is [`MIN_SIDE`], each side then rounded to a multiple of 16
+/// within the limits.
+pub fn edit_size(width: u32, height: u32) -> (u32, u32) {
+    let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+    let scale = (1024.0 / w.max(h))
+        .min(1.0)
+        .max(f64::from(MIN_SIDE) / w.min(h));
+    let side = |v: f64| (((v * scale / 16.0).round() as u32) * 16).clamp(MIN_SIDE, MAX_SIDE);
+    (side(w), side(h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +94,19 @@ mod tests {
         assert_eq!(next_seed(7), 8);
         // What a JavaScript client sees of the largest seed is that seed.
         assert_eq!(MAX_SEED as f64 as u64, MAX_SEED);
+    }
+
+    #[test]
+    fn edits_keep_their_images_proportions_within_the_limits() {
+        assert_eq!(edit_size(512, 512), (512, 512));
+        assert_eq!(edit_size(4000, 3000), (1024, 768));
+        assert_eq!(edit_size(100, 50), (512, 256));
+        assert_eq!(edit_size(300, 301), (304, 304));
+        assert_eq!(edit_size(10_000, 10), (2048, 256));
+        assert!(check_strength(0.8).is_ok() && check_strength(1.0).is_ok());
+        for bad in [0.0, -0.5, 1.01, f32::NAN] {
+            assert!(check_strength(bad).unwrap_err().contains("(0, 1]"));
+        }
     }
 
     #[test]

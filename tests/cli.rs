@@ -250,6 +250,40 @@ fn generate_makes_a_png_from_tiny_models_with_both_text_encoder_sets() {
         stderr.contains("width") && stderr.contains("256"),
         "{stderr}"
     );
+
+    // An edit of the first image: at its size unless told otherwise, with
+    // the encoder's time reported; a mask of another size is refused.
+    let edit = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["generate", "the robot at night", "--steps", "1"])
+            .arg("--image")
+            .arg(work.path().join("flux-repo.png"))
+            .args(extra)
+            .arg("-o")
+            .arg(work.path().join("edit.png"))
+            .args(["--endpoint", "http://127.0.0.1:9"])
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let out = edit(&["--strength", "0.5", "--seed", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("VAE encode"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(work.path().join("edit.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (256, 288));
+    let small = work.path().join("small-mask.png");
+    image::RgbaImage::new(64, 64).save(&small).unwrap();
+    let out = edit(&["--mask", small.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("mask") && stderr.contains("64×64"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -328,6 +328,35 @@ async fn low_memory_mode_makes_the_same_image() {
             Component::Vae
         ]
     );
+
+    // An edit: the same image both ways. The encoder loads at the first
+    // edit and then stays, except in low-memory mode.
+    let edit = || {
+        let mut request = small("a castle", 9).edit(done(&a).0.clone());
+        request.init.as_mut().unwrap().strength = 0.6;
+        request
+    };
+    let first = run(&resident.engine, edit()).await;
+    assert_eq!(loaded(&first), [Component::VaeEncoder]);
+    let second = run(&resident.engine, edit()).await;
+    assert_eq!(loaded(&second), []);
+    let frugal_edit = run(&frugal.engine, edit()).await;
+    assert_eq!(
+        loaded(&frugal_edit),
+        [
+            Component::VaeEncoder,
+            Component::Transformer,
+            Component::Vae
+        ]
+    );
+    assert_eq!(done(&first).0, done(&frugal_edit).0);
+    assert_eq!(done(&first).0, done(&second).0);
+    assert_ne!(done(&first).0, done(&a).0, "an edit changes the image");
+    assert_eq!(
+        (done(&first).0.width, done(&first).0.height),
+        (256, 320),
+        "the image's own size"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! `schnell generate`: one prompt to one PNG, with progress bars.
+//! `schnell generate`: one prompt to one PNG, with progress bars; with
+//! `--image`, an edit of that image.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest};
+use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, Mask};
 
 use super::{progress::DownloadBars, EngineArgs, HubArgs};
 
@@ -18,12 +19,23 @@ pub struct GenerateArgs {
     /// Where to write the PNG.
     #[arg(short, long, default_value = "schnell.png")]
     output: PathBuf,
-    /// Multiple of 16, 256 to 2048.
-    #[arg(long, default_value_t = 1024)]
-    width: u32,
-    /// Multiple of 16, 256 to 2048.
-    #[arg(long, default_value_t = 1024)]
-    height: u32,
+    /// Multiple of 16, 256 to 2048 [default: 1024, or with --image its
+    /// proportions, the longer side at most 1024].
+    #[arg(long)]
+    width: Option<u32>,
+    /// Multiple of 16, 256 to 2048 [default: as for --width].
+    #[arg(long)]
+    height: Option<u32>,
+    /// Edit this image (png, jpeg or webp) instead of starting from noise.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// With --image: how much of it to repaint, above 0 to 1.
+    #[arg(long, requires = "image", default_value_t = schnell::limits::DEFAULT_STRENGTH)]
+    strength: f32,
+    /// With --image: repaint only where this image is transparent (or, with
+    /// no alpha channel, white); the same size as --image.
+    #[arg(long, requires = "image")]
+    mask: Option<PathBuf>,
     /// Denoising steps, 1 to 50 (schnell is made for 4).
     #[arg(long, default_value_t = 4)]
     steps: u32,
@@ -39,20 +51,29 @@ pub struct GenerateArgs {
 pub async fn run(args: GenerateArgs) -> Result<()> {
     let bars = DownloadBars::new();
     let engine = FluxSchnell::new(args.hub.client(&bars)?, args.engine.options()?);
-    let mut request = GenerateRequest::new(&args.prompt)
-        .size(args.width, args.height)
-        .steps(args.steps);
+    let mut request = GenerateRequest::new(&args.prompt).steps(args.steps);
+    if let Some(path) = &args.image {
+        request = request.edit(read_image(path, Image::decode).await?);
+    }
+    if let Some(init) = &mut request.init {
+        init.strength = args.strength;
+        if let Some(path) = &args.mask {
+            init.mask = Some(read_image(path, Mask::decode).await?);
+        }
+    }
+    request.width = args.width.unwrap_or(request.width);
+    request.height = args.height.unwrap_or(request.height);
     request.seed = args.seed;
 
     request.validate()?;
     // What runs, and why: auto's pick depends on free memory and the size.
     let plan = engine
-        .plan(args.width, args.height)
+        .plan(request.width, request.height)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     bars.println(format!("weights: {}", plan.reason));
 
-    let steps = bars.add(ProgressBar::new(args.steps as u64));
+    let steps = bars.add(ProgressBar::new(u64::from(args.steps)));
     steps.set_style(
         ProgressStyle::with_template("{msg:40!} {bar:30} {pos}/{len} steps {elapsed}")
             .expect("valid template"),
@@ -85,8 +106,13 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
                 let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
                 println!("{}", args.output.display());
                 println!("seed: {seed}");
+                let encode = if args.image.is_some() {
+                    format!(", VAE encode {}", ms(timings.vae_encode))
+                } else {
+                    String::new()
+                };
                 println!(
-                    "timings: load {}, text encoding {}, {} steps {} ({} each), VAE decode {}, total {}",
+                    "timings: load {}, text encoding {}{encode}, {} steps {} ({} each), VAE decode {}, total {}",
                     ms(timings.load),
                     ms(timings.text_encoding),
                     timings.steps.len(),
@@ -105,4 +131,17 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
         }
     }
     bail!("the engine stopped without an image")
+}
+
+/// An image file, read off the runtime's threads and decoded on the blocking
+/// pool; errors name the file.
+async fn read_image<T: Send + 'static>(
+    path: &std::path::Path,
+    decode: fn(&[u8]) -> Result<T, String>,
+) -> Result<T> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let decoded = tokio::task::spawn_blocking(move || decode(&bytes)).await?;
+    decoded.map_err(|reason| anyhow::anyhow!("{} {reason}", path.display()))
 }

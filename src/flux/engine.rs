@@ -156,7 +156,7 @@ impl MemoryReport {
         Self {
             limit_bytes: sizing.limit(),
             source: sizing.budget.source.clone(),
-            need_1024_bytes: sizing.need(1024, 1024, false),
+            need_1024_bytes: sizing.need(1024, 1024, false, false),
             largest_square: sizing.largest_square(),
         }
     }
@@ -351,18 +351,18 @@ impl FluxSchnell {
         Ok(plan.clone())
     }
 
-    /// Refuses an image that would not fit in memory, as `generate` would,
-    /// so that a server can answer before it starts a stream. Before the
-    /// model is planned every size passes.
-    pub fn check_size(&self, width: u32, height: u32) -> Result<(), FluxError> {
-        self.check_fits(width, height).map(drop)
+    /// Refuses an image (an edit's, with `edit`) that would not fit in
+    /// memory, as `generate` would, so that a server can answer before it
+    /// starts a stream. Before the model is planned every size passes.
+    pub fn check_size(&self, width: u32, height: u32, edit: bool) -> Result<(), FluxError> {
+        self.check_fits(width, height, edit).map(drop)
     }
 
     /// How a request's image will be decoded, or its refusal if it would
     /// not fit in memory either way.
-    fn check_fits(&self, width: u32, height: u32) -> Result<VaeDecode, FluxError> {
+    fn check_fits(&self, width: u32, height: u32, edit: bool) -> Result<VaeDecode, FluxError> {
         match self.inner.plan.get() {
-            Some((_, sizing)) => sizing.check(width, height),
+            Some((_, sizing)) => sizing.check(width, height, edit),
             None => Ok(VaeDecode::Whole),
         }
     }
@@ -395,6 +395,7 @@ impl FluxSchnell {
             low_memory: options.low_memory,
             cpu: options.device == DeviceChoice::Cpu,
             tiled_vae: false,
+            edit: false,
         };
         let budget = match options.memory_budget {
             Some(bytes) => MemoryBudget {
@@ -505,7 +506,8 @@ impl FluxSchnell {
                     return;
                 }
             };
-            let decode = match this.check_fits(request.width, request.height) {
+            let edit = request.init.is_some();
+            let decode = match this.check_fits(request.width, request.height, edit) {
                 Ok(decode) => decode,
                 Err(e) => {
                     let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
@@ -802,6 +804,7 @@ fn load(
             tokenizers,
             clip,
             decoder,
+            encoder: None,
             t5,
             flux,
             prompts: PromptCache::default(),

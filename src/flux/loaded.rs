@@ -13,7 +13,7 @@ use super::prompt_cache::PromptCache;
 use super::quant::{Quant, T5Quant};
 use super::text::{load_error, Clip, Tokenizers, T5};
 use super::transformer::Flux;
-use super::vae::Decoder;
+use super::vae::{Decoder, Encoder};
 use super::weights::{mmap, Named};
 use super::FluxError;
 
@@ -141,7 +141,14 @@ impl LocalModel {
         )
     }
 
-    /// The decoder half of the autoencoder; text-to-image never encodes.
+    /// The encoder half of the autoencoder, for edits.
+    pub fn load_encoder(&self) -> Result<Encoder, FluxError> {
+        let files = std::slice::from_ref(&self.files.vae);
+        let vb = mmap(files, self.dtype, &self.device)?;
+        Encoder::new(&self.vae_config, vb.pp("encoder")).map_err(|e| load_error(files, e))
+    }
+
+    /// The decoder half of the autoencoder.
     pub fn load_decoder(&self) -> Result<Decoder, FluxError> {
         let files = std::slice::from_ref(&self.files.vae);
         let vb = mmap(files, self.dtype, &self.device)?;
@@ -160,6 +167,8 @@ pub struct Resident {
     pub tokenizers: Tokenizers,
     pub clip: Option<Clip>,
     pub decoder: Option<Decoder>,
+    /// Loaded at the first edit, and kept from then on unless memory is short.
+    pub encoder: Option<Encoder>,
     pub t5: Option<T5>,
     pub flux: Option<Transformer>,
     /// Recent prompts' encodings (kept in low-memory mode too: they are

@@ -311,6 +311,8 @@ pub struct Workload {
     pub cpu: bool,
     /// The VAE decodes in tiles (`vae::Decoder::decode_tiled`).
     pub tiled_vae: bool,
+    /// An edit: the VAE's encoder runs on the image first.
+    pub edit: bool,
 }
 
 /// The peak memory of one choice of weights, in bytes.
@@ -318,7 +320,10 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let (quant, t5q) = plan;
     let s = work.dtype.size_in_bytes() as u64;
     let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
-    let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
+    // The encoder stays resident after the first edit; it is smaller than
+    // the decoder (34 M parameters against 50 M in FLUX's), and planned as
+    // large.
+    let always = scale(size.clip_params_bytes_f32) + 2 * scale(size.decoder_bytes_f32);
     let flux = size.flux.resident_bytes(quant, work.dtype, work.cpu);
     // T5 while it encodes (candle repacks on first use), and while it loads
     // (the renamed file in memory; nothing repacked yet).
@@ -351,6 +356,12 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
         vae_activations(size, w, h, s)
     };
 
+    let encode_act = if work.edit {
+        encoder_activations(size, w, h, s)
+    } else {
+        0
+    };
+
     let peak = if work.low_memory {
         // One part at a time: T5, CLIP, the transformer, the decoder.
         let clip = scale(size.clip_params_bytes_f32);
@@ -360,13 +371,14 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
             clip,
             flux + flux_act,
             decoder + vae_act,
+            decoder + encode_act,
         ]
         .into_iter()
         .max()
         .expect("not empty")
     } else {
         let loading = always + t5_load;
-        let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act);
+        let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act).max(encode_act);
         loading.max(running)
     };
     peak + OVERHEAD
@@ -378,6 +390,16 @@ fn vae_activations(size: &ModelSize, w: u64, h: u64, s: u64) -> u64 {
     let scores = 2 * (latent * latent * s).min(SCORE_BYTES as u64);
     (scores + latent * size.vae_top_channels * 4 * s).max(8 * size.vae_first_channels * w * h * s)
         + 2 * size.vae_top_channels * latent * s
+}
+
+/// The VAE encoder's activations for a `w`×`h` image: candle's 3×3
+/// convolutions at full resolution unfold their input ninefold (im2col),
+/// beside their input and output; then the mid-block attention at latent
+/// size, as the decoder's.
+fn encoder_activations(size: &ModelSize, w: u64, h: u64, s: u64) -> u64 {
+    let latent = (w / 8) * (h / 8);
+    let scores = 2 * (latent * latent * s).min(SCORE_BYTES as u64);
+    (scores + latent * size.vae_top_channels * 4 * s).max(12 * size.vae_first_channels * w * h * s)
 }
 
 /// Memory the device has to give, and where that figure came from.
@@ -535,6 +557,7 @@ mod tests {
             // copies depend on the machine's instruction set.
             cpu: false,
             tiled_vae: false,
+            edit: false,
         }
     }
 
@@ -651,12 +674,14 @@ pub struct Sizing {
 }
 
 impl Sizing {
-    /// The estimated peak for one `width`×`height` image.
-    pub fn need(&self, width: u32, height: u32, tiled_vae: bool) -> u64 {
+    /// The estimated peak for one `width`×`height` image (an edit's, with
+    /// `edit`).
+    pub fn need(&self, width: u32, height: u32, tiled_vae: bool, edit: bool) -> u64 {
         let work = Workload {
             width,
             height,
             tiled_vae,
+            edit,
             ..self.work
         };
         estimate_peak(&self.size, self.plan, &work)
@@ -668,16 +693,16 @@ impl Sizing {
     pub fn limit(&self) -> u64 {
         self.budget
             .bytes
-            .max(self.need(self.work.width, self.work.height, false))
+            .max(self.need(self.work.width, self.work.height, false, false))
     }
 
     /// How an image will be decoded: whole if it fits, else in tiles if
     /// that fits; an image that fits neither way is refused, before it runs.
-    pub fn check(&self, width: u32, height: u32) -> Result<VaeDecode, FluxError> {
-        if let Some(decode) = self.fits(width, height) {
+    pub fn check(&self, width: u32, height: u32, edit: bool) -> Result<VaeDecode, FluxError> {
+        if let Some(decode) = self.fits(width, height, edit) {
             return Ok(decode);
         }
-        let need = self.need(width, height, true);
+        let need = self.need(width, height, true, edit);
         let largest = match self.largest_square() {
             Some(side) => format!("the largest square image that fits is {side}×{side}"),
             None => "no image size fits".into(),
@@ -699,15 +724,15 @@ impl Sizing {
     pub fn largest_square(&self) -> Option<u32> {
         (super::MIN_SIDE..=super::MAX_SIDE)
             .step_by(16)
-            .take_while(|&side| self.fits(side, side).is_some())
+            .take_while(|&side| self.fits(side, side, false).is_some())
             .last()
     }
 
-    fn fits(&self, width: u32, height: u32) -> Option<VaeDecode> {
+    fn fits(&self, width: u32, height: u32, edit: bool) -> Option<VaeDecode> {
         let limit = self.limit();
-        if self.need(width, height, false) <= limit {
+        if self.need(width, height, false, edit) <= limit {
             Some(VaeDecode::Whole)
-        } else if self.need(width, height, true) <= limit {
+        } else if self.need(width, height, true, edit) <= limit {
             Some(VaeDecode::Tiled)
         } else {
             None

@@ -37,8 +37,8 @@ pub use memory::MemoryBudget;
 pub use pipeline::seeded_noise;
 pub use quant::{Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
 pub use request::{
-    random_seed, Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS,
-    MAX_SIDE, MAX_STEPS, MIN_SIDE,
+    random_seed, Component, GenerateEvent, GenerateRequest, Image, InitImage, Mask, Preview,
+    Timings, DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_INPUT_SIDE, MAX_SIDE, MAX_STEPS, MIN_SIDE,
 };
 pub use text::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
 

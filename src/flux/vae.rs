@@ -1,12 +1,14 @@
 //! The VAE's decoder, owned so that its mid-block attention is bounded in
 //! memory (`super::attention`) and a decode can stop between blocks when its
-//! client has gone.
+//! client has gone; and its encoder (image edits), owned for the same
+//! bounded attention.
 //!
 //! On the CPU in f32 it is `super::vae_cpu`'s channels-last decoder, several
 //! times faster there than candle's layers. Elsewhere it is the decoder half
 //! of candle-transformers 0.11's `models/flux/autoencoder.rs` (MIT or
 //! Apache-2.0, by the candle authors), line for line; in F32 it computes
-//! what candle's does (pinned below). The config type is candle's.
+//! what candle's does (pinned below). The encoder is that file's encoder
+//! half, line for line, on every device. The config type is candle's.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, Conv2d, GroupNorm, VarBuilder};
@@ -263,6 +265,133 @@ impl CandleDecoder {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    fn new(in_c: usize, vb: VarBuilder) -> Result<Self> {
+        let conv_cfg = candle_nn::Conv2dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        let conv = conv2d(in_c, in_c, 3, conv_cfg, vb.pp("conv"))?;
+        Ok(Self { conv })
+    }
+}
+
+impl Module for Downsample {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // Padded right and below only, as the original model was trained.
+        let xs = xs.pad_with_zeros(candle_core::D::Minus1, 0, 1)?;
+        let xs = xs.pad_with_zeros(candle_core::D::Minus2, 0, 1)?;
+        xs.apply(&self.conv)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DownBlock {
+    block: Vec<ResnetBlock>,
+    downsample: Option<Downsample>,
+}
+
+/// The VAE's encoder: RGB in [-1, 1] to the latent's mean (image edits).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    mid_block_1: ResnetBlock,
+    mid_attn_1: AttnBlock,
+    mid_block_2: ResnetBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    down: Vec<DownBlock>,
+    z_channels: usize,
+}
+
+impl Encoder {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let conv_cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let mut block_in = cfg.ch;
+        let conv_in = conv2d(cfg.in_channels, block_in, 3, conv_cfg, vb.pp("conv_in"))?;
+        let mut down = Vec::with_capacity(cfg.ch_mult.len());
+        for (i_level, ch_mult) in cfg.ch_mult.iter().enumerate() {
+            let vb_d = vb.pp("down").pp(i_level);
+            let in_ch_mult = if i_level == 0 {
+                1
+            } else {
+                cfg.ch_mult[i_level - 1]
+            };
+            block_in = cfg.ch * in_ch_mult;
+            let block_out = cfg.ch * ch_mult;
+            let mut block = Vec::with_capacity(cfg.num_res_blocks);
+            for i_block in 0..cfg.num_res_blocks {
+                block.push(ResnetBlock::new(
+                    block_in,
+                    block_out,
+                    vb_d.pp("block").pp(i_block),
+                )?);
+                block_in = block_out;
+            }
+            let downsample = if i_level != cfg.ch_mult.len() - 1 {
+                Some(Downsample::new(block_in, vb_d.pp("downsample"))?)
+            } else {
+                None
+            };
+            down.push(DownBlock { block, downsample });
+        }
+        let mid_block_1 = ResnetBlock::new(block_in, block_in, vb.pp("mid.block_1"))?;
+        let mid_attn_1 = AttnBlock::new(block_in, vb.pp("mid.attn_1"))?;
+        let mid_block_2 = ResnetBlock::new(block_in, block_in, vb.pp("mid.block_2"))?;
+        let conv_out = conv2d(block_in, 2 * cfg.z_channels, 3, conv_cfg, vb.pp("conv_out"))?;
+        let norm_out = group_norm(32, block_in, 1e-6, vb.pp("norm_out"))?;
+        Ok(Self {
+            conv_in,
+            mid_block_1,
+            mid_attn_1,
+            mid_block_2,
+            norm_out,
+            conv_out,
+            down,
+            z_channels: cfg.z_channels,
+        })
+    }
+
+    /// The latent distribution's mean for a `(b, 3, h, w)` image in
+    /// [-1, 1], before the model's shift and scale. candle's autoencoder
+    /// samples from the distribution instead; its spread is tiny, and the
+    /// mean keeps an edit reproducible from its seed alone.
+    pub fn encode(
+        &self,
+        xs: &Tensor,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Tensor>> {
+        let mut h = xs.apply(&self.conv_in)?;
+        for block in self.down.iter() {
+            for b in block.block.iter() {
+                if !keep_going() {
+                    return Ok(None);
+                }
+                h = h.apply(b)?
+            }
+            if let Some(ds) = block.downsample.as_ref() {
+                h = h.apply(ds)?
+            }
+        }
+        let moments = h
+            .apply(&self.mid_block_1)?
+            .apply(&self.mid_attn_1)?
+            .apply(&self.mid_block_2)?
+            .apply(&self.norm_out)?
+            .apply(&candle_nn::Activation::Swish)?
+            .apply(&self.conv_out)?;
+        moments.narrow(1, 0, self.z_channels).map(Some)
+    }
+}
+
 /// Latent pixels per side of a tile in [`Decoder::decode_tiled`] (512 image
 /// pixels), and of the overlap between neighbouring tiles.
 pub const TILE: usize = 64;
@@ -430,6 +559,37 @@ mod tests {
             assert!(stopped.is_none());
             assert_eq!(asked, 3, "stops at the first no");
         }
+    }
+
+    #[test]
+    fn encodes_to_the_mean_of_candles_encoder() {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let theirs = candle_vae::Encoder::new(&config(), vb.pp("encoder")).unwrap();
+        let ours = Encoder::new(&config(), vb.pp("encoder")).unwrap();
+        let image = Tensor::rand(-1f32, 1., (1, 3, 72, 56), &Device::Cpu).unwrap();
+        let moments = theirs.forward(&image).unwrap();
+        assert_eq!(moments.dims(), &[1, 32, 9, 7]);
+        let mean = moments.narrow(1, 0, 16).unwrap();
+        let latent = ours.encode(&image, &mut || true).unwrap().unwrap();
+        assert_eq!(latent.dims(), mean.dims());
+        let top = mean
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let err = max_abs_diff(&latent, &mean);
+        assert!(err < 1e-4 * top, "off by {err} (values up to {top})");
+        let mut asked = 0;
+        let stopped = ours
+            .encode(&image, &mut || {
+                asked += 1;
+                asked < 2
+            })
+            .unwrap();
+        assert!(stopped.is_none() && asked == 2, "stops at the first no");
     }
 
     #[test]

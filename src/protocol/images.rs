@@ -1,4 +1,5 @@
-//! `POST /v1/images/generations`: the request, its checks, and the answer.
+//! `POST /v1/images/generations` and `/v1/images/edits`: the request, its
+//! checks, and the answer.
 
 use std::fmt;
 use std::str::FromStr;
@@ -170,6 +171,10 @@ pub struct ImagesRequest {
     /// Extension: denoising steps (4 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
+    /// Extension, edits only: how much of the image to repaint, above 0 to
+    /// 1 (0.8 by default): the noise level its latent is brought to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// A field at fault, by its name on the wire, and why.
@@ -259,6 +264,9 @@ pub struct StageTimings {
     /// Loading weights for this request (0 once they are resident).
     pub load_ms: u64,
     pub text_encoding_ms: u64,
+    /// An edit's image through the VAE's encoder (0 for a generation).
+    #[serde(default)]
+    pub vae_encode_ms: u64,
     pub steps_ms: Vec<u64>,
     pub vae_decode_ms: u64,
     pub total_ms: u64,

@@ -51,6 +51,11 @@ pub enum StreamEvent {
     Partial(PartialImage),
     #[serde(rename = "image_generation.completed")]
     Completed(CompletedImage),
+    /// The same two for `/v1/images/edits`, under OpenAI's names for them.
+    #[serde(rename = "image_edit.partial_image")]
+    EditPartial(PartialImage),
+    #[serde(rename = "image_edit.completed")]
+    EditCompleted(CompletedImage),
     /// Extension: something the client should know (a truncated prompt, an
     /// ignored field).
     #[serde(rename = "warning")]
@@ -66,8 +71,28 @@ impl StreamEvent {
         match self {
             StreamEvent::Partial(_) => "image_generation.partial_image",
             StreamEvent::Completed(_) => "image_generation.completed",
+            StreamEvent::EditPartial(_) => "image_edit.partial_image",
+            StreamEvent::EditCompleted(_) => "image_edit.completed",
             StreamEvent::Warning { .. } => "warning",
             StreamEvent::Error { .. } => "error",
+        }
+    }
+
+    /// A partial image under the endpoint's name for it.
+    pub fn partial(edit: bool, image: PartialImage) -> Self {
+        if edit {
+            StreamEvent::EditPartial(image)
+        } else {
+            StreamEvent::Partial(image)
+        }
+    }
+
+    /// The finished image under the endpoint's name for it.
+    pub fn completed(edit: bool, image: CompletedImage) -> Self {
+        if edit {
+            StreamEvent::EditCompleted(image)
+        } else {
+            StreamEvent::Completed(image)
         }
     }
 
@@ -84,6 +109,8 @@ impl StreamEvent {
         let known = [
             "image_generation.partial_image",
             "image_generation.completed",
+            "image_edit.partial_image",
+            "image_edit.completed",
             "warning",
             "error",
         ];
@@ -139,6 +166,16 @@ mod tests {
         );
         assert_eq!(StreamEvent::parse(event.name(), &data), Ok(Some(event)));
         assert_eq!(StreamEvent::parse("image_edit.whatever", "{}"), Ok(None));
+        let StreamEvent::Partial(image) = partial() else {
+            unreachable!()
+        };
+        let edit = StreamEvent::partial(true, image);
+        assert_eq!(edit.name(), "image_edit.partial_image");
+        assert!(edit.data().contains(r#""type":"image_edit.partial_image""#));
+        assert_eq!(
+            StreamEvent::parse(edit.name(), &edit.data()),
+            Ok(Some(edit))
+        );
         let err = StreamEvent::parse(
             "image_generation.completed",
             r#"{"type":"image_generation.completed","b64_json":"x"}"#,

@@ -1,12 +1,12 @@
-//! `/v1`: OpenAI's Images API (`POST /v1/images/generations`), the images it
-//! serves by URL, and `GET /v1/models`.
+//! `/v1`: OpenAI's Images API (`POST /v1/images/generations` and
+//! `/v1/images/edits`), the images it serves by URL, and `GET /v1/models`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::errors::ApiError;
 use super::AppState;
-use crate::flux::{GenerateEvent, GenerateRequest, Image, Phase, Timings};
+use crate::flux::{GenerateEvent, GenerateRequest, Image, Mask, Phase, Timings};
 use crate::protocol::{
     partial_steps, CompletedImage, ImageData, ImagesRequest, ImagesResponse, Model, ModelList,
     OutputFormat, PartialImage, ResponseFormat, Size, StageTimings, StreamEvent, Usage,
@@ -59,9 +59,9 @@ impl Checked {
     }
 }
 
-/// The whole body, at most [`super::MAX_BODY`] bytes, within `timeout`: a
-/// client trickling its body cannot hold a connection (or a shutdown) open.
-async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
+/// The whole body, at most `limit` bytes, within `timeout`: a client
+/// trickling its body cannot hold a connection (or a shutdown) open.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let read = async {
         let mut stream = body.into_data_stream();
         let mut buf = BytesMut::new();
@@ -69,8 +69,8 @@ async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
             let chunk = chunk.map_err(|e| {
                 ApiError::invalid(None, format!("the request body could not be read: {e}"))
             })?;
-            if buf.len() + chunk.len() > super::MAX_BODY {
-                return Err(ApiError::too_large(super::MAX_BODY));
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::too_large(limit));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -82,7 +82,7 @@ async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
 }
 
 /// The request's fields OpenAI's clients send, as `ApiError`'s `param`.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "prompt",
     "model",
     "n",
@@ -99,36 +99,58 @@ const FIELDS: [&str; 16] = [
     "user",
     "seed",
     "steps",
+    "strength",
 ];
 
-fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
+/// The request from its fields, JSON's or a form's. The error names the
+/// field at fault (`n: invalid type: string "two", expected u32`), and
+/// `param` says it too.
+fn parse<'de, D: serde::Deserializer<'de, Error = serde_json::Error>>(
+    fields: D,
+) -> Result<ImagesRequest, ApiError> {
+    serde_path_to_error::deserialize(fields).map_err(|e| {
+        let path = e.path().to_string();
+        // Broken JSON is nobody's field, though the path says where it broke.
+        let param = FIELDS
+            .iter()
+            .copied()
+            .find(|f| *f == path)
+            .filter(|_| e.inner().is_data());
+        let message = match param {
+            Some(field) => format!("`{field}`: {}", e.inner()),
+            None => format!(
+                "the body is not valid JSON for this endpoint: {}",
+                e.inner()
+            ),
+        };
+        ApiError::invalid(param, message)
+    })
+}
+
+/// A generation's JSON body.
+fn parse_json(body: &[u8]) -> Result<ImagesRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             None,
             "the request body is empty: send JSON such as {\"prompt\": \"a red fox\", \"size\": \"1024x1024\"}",
         ));
     }
-    // The error names the field at fault (`n: invalid type: string "two",
-    // expected u32`), and `param` says it too.
-    let parsed: ImagesRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                // Broken JSON is nobody's field, though the path says where it broke.
-                let param = FIELDS
-                    .iter()
-                    .copied()
-                    .find(|f| *f == path)
-                    .filter(|_| e.inner().is_data());
-                let message = match param {
-                    Some(field) => format!("`{field}`: {}", e.inner()),
-                    None => format!(
-                        "the body is not valid JSON for this endpoint: {}",
-                        e.inner()
-                    ),
-                };
-                ApiError::invalid(param, message)
-            })?;
+    let parsed = parse(&mut serde_json::Deserializer::from_slice(body))?;
+    if parsed.strength.is_some() {
+        return Err(ApiError::invalid(
+            Some("strength"),
+            "`strength` is for edits: send the image to /v1/images/edits",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Checks a request, for a generation or (with `init`) an edit of an image.
+fn check(
+    state: &AppState,
+    parsed: ImagesRequest,
+    init: Option<(Image, Option<Mask>)>,
+) -> Result<Checked, ApiError> {
     parsed
         .check()
         .map_err(|e| ApiError::invalid(Some(e.field), e.message))?;
@@ -143,8 +165,25 @@ fn check(state: &AppState, body: Bytes) -> Result<Checked, ApiError> {
             ));
         }
     }
-    let (width, height) = parsed.pixels();
-    let mut request = GenerateRequest::new(parsed.prompt.clone()).size(width, height);
+    let mut request = GenerateRequest::new(parsed.prompt.clone());
+    match init {
+        None => {
+            let (width, height) = parsed.pixels();
+            request = request.size(width, height);
+        }
+        // `auto` (or no size) is the image's own proportions.
+        Some((image, mask)) => {
+            request = request.edit(image);
+            if let Some(Size::Pixels { width, height }) = parsed.size {
+                request = request.size(width, height);
+            }
+            let init = request.init.as_mut().expect("an edit");
+            init.strength = parsed
+                .strength
+                .map_or(crate::flux::DEFAULT_STRENGTH, |s| s as f32);
+            init.mask = mask;
+        }
+    }
     request.steps = parsed.steps.unwrap_or(crate::flux::DEFAULT_STEPS);
     request.seed = parsed.seed;
     request.validate().map_err(|e| ApiError::from_flux(&e))?;
@@ -191,28 +230,77 @@ fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
         .map_err(|_| ApiError::queue_full(state.max_queue))
 }
 
+/// Refuses what would not fit in memory: 400 now, streamed or not, rather
+/// than an error event after a 200.
+fn fits(state: &AppState, checked: &Checked) -> Result<(), ApiError> {
+    let request = &checked.request;
+    state
+        .engine
+        .check_size(request.width, request.height, request.init.is_some())
+        .map_err(|e| state.flux_error(&e))
+}
+
 pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    let body = match read_body(body, state.body_timeout).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
+    let checked = async {
+        let body = read_body(body, super::MAX_BODY, state.body_timeout).await?;
+        let checked = check(&state, parse_json(&body)?, None)?;
+        ready(&state)?;
+        fits(&state, &checked)?;
+        Ok::<_, ApiError>(checked)
     };
-    let checked = match check(&state, body) {
+    let checked = match checked.await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = ready(&state) {
-        return e.into_response();
-    }
-    // Too large for memory: 400 now, streamed or not, rather than an error
-    // event after a 200.
-    let (width, height) = (checked.request.width, checked.request.height);
-    if let Err(e) = state.engine.check_size(width, height) {
-        return state.flux_error(&e).into_response();
-    }
     let permit = match admit(&state) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    respond(state, checked, permit).await
+}
+
+/// `POST /v1/images/edits`: FLUX image-to-image, inpainting with a mask.
+pub async fn edits(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    // Ready and admitted before the body is read: an upload may be up to
+    // [`super::MAX_EDIT_BODY`], and no more are held at once than the
+    // queue admits.
+    let permit = match ready(&state).and_then(|()| admit(&state)) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let checked = async {
+        let body = read_body(body, super::MAX_EDIT_BODY, state.body_timeout).await?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let form = super::form::parse(content_type, body).await?;
+        let parsed = parse(serde_json::Value::Object(form.fields))?;
+        // Decoding a large upload takes a while: off the runtime's threads.
+        let (image, mask) = tokio::task::spawn_blocking(move || {
+            let image = Image::decode(&form.image)
+                .map_err(|reason| ApiError::invalid(Some("image"), format!("`image` {reason}")))?;
+            let mask = form
+                .mask
+                .map(|bytes| Mask::decode(&bytes))
+                .transpose()
+                .map_err(|reason| ApiError::invalid(Some("mask"), format!("`mask` {reason}")))?;
+            Ok::<_, ApiError>((image, mask))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("decoding the image: {e}")))??;
+        let checked = check(&state, parsed, Some((image, mask)))?;
+        fits(&state, &checked)?;
+        Ok::<_, ApiError>(checked)
+    };
+    match checked.await {
+        Ok(checked) => respond(state, checked, permit).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Runs a checked request that holds its queue place: the images in one
+/// answer, or a stream of events.
+async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphorePermit) -> Response {
     if checked.wire.stream {
         return stream(state, checked, permit).into_response();
     }
@@ -310,8 +398,9 @@ async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Done, 
 }
 
 /// Server-sent events with OpenAI's names: `image_generation.partial_image`
-/// after the steps [`partial_steps`] picks (each the step's preview), then
-/// `image_generation.completed`. Progress fields (`step`, `total_steps`,
+/// (`image_edit.partial_image` for an edit) after the steps
+/// [`partial_steps`] picks (each the step's preview), then
+/// `image_generation.completed` (`image_edit.completed`). Progress fields (`step`, `total_steps`,
 /// `progress`) are extensions.
 fn stream(
     state: Arc<AppState>,
@@ -322,6 +411,7 @@ fn stream(
     let (format, compression) = (checked.format, checked.wire.output_compression);
     let quality = checked.wire.quality_echo();
     let partials = checked.partial_steps;
+    let edit = checked.request.init.is_some();
     let errors = state.clone();
     let engine_events = state.engine.generate(checked.request);
     let events = engine_events
@@ -343,22 +433,25 @@ fn stream(
                         // sends nothing (and encodes nothing).
                         let partial_image_index = partial_index? as u32;
                         let png = preview.to_png().ok()?;
-                        StreamEvent::Partial(PartialImage {
-                            b64_json: b64(&png),
-                            created_at: unix_now(),
-                            size,
-                            quality,
-                            background: OPAQUE.into(),
-                            output_format: OutputFormat::Png,
-                            partial_image_index,
-                            step: index,
-                            total_steps: total,
-                            progress: index as f64 / total as f64,
-                            preview_size: Size::Pixels {
-                                width: preview.width,
-                                height: preview.height,
+                        StreamEvent::partial(
+                            edit,
+                            PartialImage {
+                                b64_json: b64(&png),
+                                created_at: unix_now(),
+                                size,
+                                quality,
+                                background: OPAQUE.into(),
+                                output_format: OutputFormat::Png,
+                                partial_image_index,
+                                step: index,
+                                total_steps: total,
+                                progress: index as f64 / total as f64,
+                                preview_size: Size::Pixels {
+                                    width: preview.width,
+                                    height: preview.height,
+                                },
                             },
-                        })
+                        )
                     }
                     GenerateEvent::Done {
                         image,
@@ -368,17 +461,20 @@ fn stream(
                     } => {
                         errors.metrics.image_done(&timings);
                         match encode(image, format, compression).await {
-                            Ok(bytes) => StreamEvent::Completed(CompletedImage {
-                                b64_json: b64(&bytes),
-                                created_at: unix_now(),
-                                size,
-                                quality,
-                                background: OPAQUE.into(),
-                                output_format: format,
-                                usage: Usage::new(prompt_tokens as u64, 1, size.pixels()),
-                                seed,
-                                timings: stage_timings(&timings),
-                            }),
+                            Ok(bytes) => StreamEvent::completed(
+                                edit,
+                                CompletedImage {
+                                    b64_json: b64(&bytes),
+                                    created_at: unix_now(),
+                                    size,
+                                    quality,
+                                    background: OPAQUE.into(),
+                                    output_format: format,
+                                    usage: Usage::new(prompt_tokens as u64, 1, size.pixels()),
+                                    seed,
+                                    timings: stage_timings(&timings),
+                                },
+                            ),
                             Err(e) => StreamEvent::Error { error: e.detail() },
                         }
                     }
@@ -404,6 +500,7 @@ fn stage_timings(t: &Timings) -> StageTimings {
     StageTimings {
         load_ms: ms(t.load),
         text_encoding_ms: ms(t.text_encoding),
+        vae_encode_ms: ms(t.vae_encode),
         steps_ms: t.steps.iter().map(|d| ms(*d)).collect(),
         vae_decode_ms: ms(t.vae_decode),
         total_ms: ms(t.total),

@@ -119,6 +119,9 @@ impl ApiError {
                     "steps" => "steps",
                     "seed" => "seed",
                     "prompt" => "prompt",
+                    "strength" => "strength",
+                    "image" => "image",
+                    "mask" => "mask",
                     _ => "request",
                 };
                 Self::invalid(Some(param), e.to_string())

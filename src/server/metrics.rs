@@ -30,6 +30,7 @@ struct StatusLabel {
 enum Stage {
     load,
     text_encoding,
+    vae_encode,
     step,
     vae_decode,
     total,
@@ -120,6 +121,9 @@ impl Metrics {
         };
         observe(Stage::load, timings.load);
         observe(Stage::text_encoding, timings.text_encoding);
+        if !timings.vae_encode.is_zero() {
+            observe(Stage::vae_encode, timings.vae_encode);
+        }
         for step in &timings.steps {
             observe(Stage::step, *step);
         }

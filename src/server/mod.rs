@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod errors;
+mod form;
 mod health;
 mod listen;
 mod metrics;
@@ -35,6 +36,10 @@ use crate::mirror::{Layout, Mirror};
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// An edit's body (its image and mask) above this is refused with 413:
+/// OpenAI's limit for an image.
+pub const MAX_EDIT_BODY: usize = 50 << 20;
 
 /// Without the API key, `/hub` serves only `*.json` files up to this size
 /// (tokenizers and configs, what the web page reads); the rest needs the key.
@@ -226,6 +231,7 @@ pub async fn router(
 
     let guarded = Router::new()
         .route("/v1/images/generations", post(api::generations))
+        .route("/v1/images/edits", post(api::edits))
         .route("/v1/models", get(api::models))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(

@@ -23,6 +23,19 @@ pub fn document() -> Value {
     let json_body = |schema: &schemars::Schema| json!({ "application/json": { "schema": schema } });
     let failure = |what: &str| json!({ "description": what, "content": json_body(&error) });
     let secured = json!([{ "bearer": [] }]);
+    // An edit: the same fields as a form, with the image and mask as files.
+    let edit_form = json!({ "multipart/form-data": { "schema": { "allOf": [request, {
+        "type": "object",
+        "required": ["image", "prompt"],
+        "properties": {
+            "image": { "type": "string", "format": "binary", "description": format!(
+                "The image to edit: png, jpeg or webp, at most {side}×{side} pixels (one `image[]` part is read the same). Without `size`, or with \"auto\", the answer keeps its proportions, the longer side at most 1024",
+                side = crate::flux::MAX_INPUT_SIDE,
+            )},
+            "mask": { "type": "string", "format": "binary", "description":
+                "Where to repaint, the image's size: its transparent pixels (alpha 0), or without an alpha channel its white ones. Without a mask, the whole image is repainted to `strength`" },
+        },
+    }]}}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -49,6 +62,25 @@ pub fn document() -> Value {
                     "400": failure("A field is invalid (`param` names it), or the image would not fit in memory"),
                     "401": failure("The API key is missing or wrong"),
                     "413": failure("The body is larger than 64 KiB"),
+                    "429": failure("The queue is full: try again after `Retry-After`"),
+                    "503": failure("The model is not ready yet"),
+                },
+            }},
+            "/v1/images/edits": { "post": {
+                "summary": "Edit an image from a prompt (image-to-image; inpainting with a mask)",
+                "security": secured,
+                "requestBody": { "required": true, "content": edit_form },
+                "responses": {
+                    "200": {
+                        "description": "The images; with `stream`, server-sent events (`image_edit.partial_image`, `image_edit.completed`) whose names are their `type`",
+                        "content": {
+                            "application/json": { "schema": response },
+                            "text/event-stream": { "schema": event },
+                        },
+                    },
+                    "400": failure("A field or file is invalid (`param` names it), or the image would not fit in memory"),
+                    "401": failure("The API key is missing or wrong"),
+                    "413": failure("The body is larger than 50 MiB"),
                     "429": failure("The queue is full: try again after `Retry-After`"),
                     "503": failure("The model is not ready yet"),
                 },
@@ -167,7 +199,7 @@ mod tests {
             "prompt": "x", "model": "m", "n": 1, "size": "auto", "response_format": "url",
             "output_format": "webp", "output_compression": 50, "stream": true,
             "partial_images": 2, "quality": "high", "background": "auto", "moderation": "low",
-            "style": "vivid", "user": "u", "seed": 1, "steps": 4
+            "style": "vivid", "user": "u", "seed": 1, "steps": 4, "strength": 0.5
         }))
         .unwrap();
         assert_eq!(properties(&doc, "ImagesRequest"), keys(&request));
@@ -220,7 +252,14 @@ mod tests {
             k.sort();
             k
         };
-        for event in [partial, completed] {
+        let edit_events = match (&partial, &completed) {
+            (StreamEvent::Partial(p), StreamEvent::Completed(c)) => [
+                StreamEvent::partial(true, p.clone()),
+                StreamEvent::completed(true, c.clone()),
+            ],
+            _ => unreachable!(),
+        };
+        for event in [partial, completed].into_iter().chain(edit_events) {
             let sent = keys(&event);
             let described = variants.iter().any(|v| {
                 variant_keys(v) == sent && v["properties"]["type"]["enum"][0] == event.name()
@@ -233,6 +272,7 @@ mod tests {
         }
         for path in [
             "/v1/images/generations",
+            "/v1/images/edits",
             "/v1/models",
             "/readyz",
             "/metrics",

@@ -4,12 +4,12 @@
 //! natively too.
 
 use super::sse::SseEvent;
-use crate::limits::{check_side, check_steps};
+use crate::limits::{check_side, check_steps, check_strength};
 use crate::protocol::{self, ErrorBody, ImagesRequest, OutputFormat, ResponseFormat, Size};
 pub use crate::protocol::{Readiness, Tokenizers};
 
 /// The form's settings, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Params {
     pub prompt: String,
     pub width: u32,
@@ -17,6 +17,8 @@ pub struct Params {
     pub steps: u32,
     /// `None`: the server picks one and reports it.
     pub seed: Option<u64>,
+    /// With an image to edit: how much of it to repaint.
+    pub strength: Option<f64>,
 }
 
 /// A form field at fault, by its element id, and why.
@@ -79,9 +81,36 @@ impl Params {
             height,
             steps,
             seed,
+            strength: None,
         })
     }
 
+    /// An edit, at the strength the form's text says.
+    pub fn with_strength(mut self, text: &str) -> Result<Self, FieldError> {
+        let strength: f64 = text.trim().parse().map_err(|_| {
+            FieldError::new("strength", format!("Strength: {text:?} is not a number."))
+        })?;
+        check_strength(strength as f32)
+            .map_err(|e| FieldError::new("strength", format!("Strength: {e}.")))?;
+        self.strength = Some(strength);
+        Ok(self)
+    }
+
+    /// An edit's text fields for `POST /v1/images/edits`, from the same
+    /// request as a generation's (the image goes beside them as a file).
+    pub fn form_fields(&self) -> Vec<(String, String)> {
+        let body = serde_json::to_value(self.request_body()).expect("requests always serialise");
+        let serde_json::Value::Object(fields) = body else {
+            unreachable!("a request is an object")
+        };
+        fields
+            .into_iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(text) => (name, text),
+                other => (name, other.to_string()),
+            })
+            .collect()
+    }
     /// The body of `POST /v1/images/generations`, streamed, one partial
     /// image per step.
     pub fn request_body(&self) -> ImagesRequest {
@@ -97,6 +126,7 @@ impl Params {
             response_format: Some(ResponseFormat::B64Json),
             output_format: Some(OutputFormat::Png),
             seed: self.seed,
+            strength: self.strength,
             ..Default::default()
         }
     }
@@ -125,12 +155,16 @@ impl StreamEvent {
     pub fn parse(event: &SseEvent) -> Result<Self, String> {
         Ok(
             match protocol::StreamEvent::parse(&event.event, &event.data)? {
-                Some(protocol::StreamEvent::Partial(p)) => StreamEvent::Partial {
-                    step: p.step,
-                    total: p.total_steps,
-                    png_b64: p.b64_json,
-                },
-                Some(protocol::StreamEvent::Completed(c)) => StreamEvent::Completed {
+                Some(protocol::StreamEvent::Partial(p) | protocol::StreamEvent::EditPartial(p)) => {
+                    StreamEvent::Partial {
+                        step: p.step,
+                        total: p.total_steps,
+                        png_b64: p.b64_json,
+                    }
+                }
+                Some(
+                    protocol::StreamEvent::Completed(c) | protocol::StreamEvent::EditCompleted(c),
+                ) => StreamEvent::Completed {
                     png_b64: c.b64_json,
                     seed: c.seed,
                 },
@@ -202,6 +236,8 @@ impl ApiFailure {
             Some("steps") => &["steps"],
             Some("prompt") => &["prompt"],
             Some("seed") => &["seed"],
+            Some("strength") => &["strength"],
+            Some("image" | "mask") => &["edit-image"],
             _ => &[],
         }
     }
@@ -221,6 +257,35 @@ impl ApiFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edit_sends_the_same_fields_as_text_with_its_strength() {
+        let params = Params::from_form("a fox", "512", "256", "2", "9")
+            .unwrap()
+            .with_strength(" 0.6 ")
+            .unwrap();
+        let fields: std::collections::HashMap<String, String> =
+            params.form_fields().into_iter().collect();
+        for (name, value) in [
+            ("prompt", "a fox"),
+            ("size", "512x256"),
+            ("steps", "2"),
+            ("seed", "9"),
+            ("stream", "true"),
+            ("strength", "0.6"),
+        ] {
+            assert_eq!(fields.get(name).map(String::as_str), Some(value), "{name}");
+        }
+        let base = Params::from_form("a fox", "512", "256", "2", "").unwrap();
+        for bad in ["0", "1.5", "lots"] {
+            let e = base.clone().with_strength(bad).unwrap_err();
+            assert_eq!(e.field, "strength", "{bad}");
+        }
+        assert!(!base
+            .form_fields()
+            .iter()
+            .any(|(name, _)| name == "strength"));
+    }
 
     #[test]
     fn the_form_is_checked_field_by_field() {

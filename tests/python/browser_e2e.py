@@ -9,6 +9,7 @@ Screenshots land in the artefacts folder.
 
 import os
 import sys
+import urllib.request
 from pathlib import Path
 
 from harness import Checks, Schnell, work_dir
@@ -129,6 +130,42 @@ def drive(driver, check, url, broken_url, serve, out):
     entry.find_element(By.CLASS_NAME, "reuse").click()
     form = [by_id(i).get_attribute("value") for i in ("prompt", "width", "height", "steps", "seed")]
     check("an entry's settings go back into the form", form == [PROMPT, "256", "320", "2", "7"], str(form))
+
+    # An edit: an image chosen in the page sets the size to its proportions,
+    # and Generate sends it to /v1/images/edits.
+    from PIL import Image
+    source = out / "edit-source.png"
+    Image.new("RGB", (600, 300), (30, 120, 200)).save(source)
+    driver.find_element(By.CSS_SELECTOR, "#edit-details summary").click()
+    by_id("edit-image").send_keys(str(source))
+    wait.until(lambda d: by_id("width").get_attribute("value") == "608")
+    check("a chosen image sets width and height to its proportions",
+          by_id("height").get_attribute("value") == "304", by_id("height").get_attribute("value"))
+    check("and it can be removed again", by_id("clear-image").is_displayed())
+    for field, value in (("strength", "7"), ("seed", "8")):
+        by_id(field).clear()
+        by_id(field).send_keys(value)
+    by_id("generate").click()
+    wait.until(lambda d: by_id("error").is_displayed())
+    error = by_id("error").text
+    check("a bad strength is refused in the page", error.startswith("Strength") and "(0, 1]" in error, error)
+    by_id("strength").clear()
+    by_id("strength").send_keys("0.7")
+    by_id("generate").click()
+    wait.until(lambda d: by_id("image").get_attribute("data-seed") == "8"
+               and d.execute_script("const i = document.getElementById('image');"
+                                    "return i.complete && i.naturalWidth > 0;"))
+    size = driver.execute_script(
+        "const i = document.getElementById('image'); return [i.naturalWidth, i.naturalHeight];")
+    check("the edited image shows at the image's proportions", size == [608, 304], str(size))
+    with urllib.request.urlopen(f"{url}/metrics") as r:
+        metrics = r.read().decode()
+    check("the server encoded the image (an edit, not a generation)",
+          'schnell_stage_seconds_count{stage="vae_encode"} 1' in metrics,
+          [line for line in metrics.splitlines() if "vae_encode" in line])
+    driver.save_screenshot(str(out / "e2e-edit.png"))
+    by_id("clear-image").click()
+    check("removing the image hides its button", not by_id("clear-image").is_displayed())
 
     # The server goes away: a plain message, no hang.
     serve.terminate()

@@ -119,6 +119,44 @@ def main(schnell: str) -> int:
         models = client.models.list()
         check("models.list names flux-schnell", [m.id for m in models.data] == ["flux-schnell"])
 
+        # Edits: the image and its mask uploaded as files, as the client sends them.
+        def png_file(image):
+            out = io.BytesIO()
+            image.save(out, "PNG")
+            return out.getvalue()
+        source = png_file(Image.new("RGB", (320, 256), (200, 40, 40)))
+        mask = Image.new("RGBA", (320, 256), (0, 0, 0, 255))
+        mask.paste((0, 0, 0, 0), (0, 0, 160, 256))  # repaint the left half
+        edited = client.images.edit(
+            image=("in.png", source, "image/png"),
+            mask=("mask.png", png_file(mask), "image/png"),
+            prompt="a red fox", n=2, output_format="jpeg",
+            extra_body={"steps": 2, "seed": 4, "strength": 0.6},
+        )
+        sizes = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))).size for d in edited.data]
+        check("images.edit gives n images at the image's own size",
+              sizes == [(320, 256)] * 2 and edited.size == "320x256", f"{sizes} {edited.size}")
+        check("as JPEG, with the seeds counting up",
+              edited.output_format == "jpeg"
+              and [d.model_extra.get("seed") for d in edited.data] == [4, 5],
+              repr(edited.data[0].model_extra.keys()))
+        check("usage counts both images' patches",
+              edited.usage.output_tokens == 2 * (320 // 16) * (256 // 16), repr(edited.usage))
+        stream = client.images.edit(
+            image=("in.png", source, "image/png"), prompt="a red fox", size="256x256",
+            stream=True, partial_images=1, extra_body={"steps": 2, "seed": 1},
+        )
+        kinds = [e.type for e in stream]
+        check("a streamed edit sends its partial image then the completed one",
+              kinds == ["image_edit.partial_image", "image_edit.completed"], str(kinds))
+        try:
+            client.images.edit(image=("in.png", source, "image/png"), prompt="x",
+                               extra_body={"strength": 1.5})
+            check("a bad strength is refused", False, "no error")
+        except Exception as e:  # noqa: BLE001 - the SDK's BadRequestError
+            check("a bad strength is refused",
+                  getattr(e, "status_code", None) == 400 and "strength" in str(e), repr(e))
+
         try:
             OpenAI(base_url=f"{url}/v1", api_key="sk-wrong").images.generate(prompt="x", size="256x256")
             check("a wrong key is refused", False, "no error")

@@ -167,6 +167,38 @@ impl TestServer {
             .unwrap()
     }
 
+    /// `POST /v1/images/edits` with a multipart body, as OpenAI's clients
+    /// send one: the text fields, then the files (each `(field, bytes)`).
+    pub async fn edit(&self, text: &[(&str, &str)], files: &[(&str, &[u8])]) -> reqwest::Response {
+        const BOUNDARY: &str = "schnell-test-boundary";
+        let mut body = Vec::new();
+        for (name, value) in text {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        for (name, bytes) in files {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\nContent-Type: image/png\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        self.http
+            .post(format!("{}/v1/images/edits", self.url))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.url))
@@ -199,6 +231,24 @@ impl TestServer {
 
 pub fn request(size: &str, seed: u64) -> Value {
     json!({ "prompt": "a red fox in the snow", "size": size, "steps": 2, "seed": seed })
+}
+
+/// An RGBA PNG, each pixel from `pixel(x, y)`.
+pub fn rgba_png(width: u32, height: u32, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| image::Rgba(pixel(x, y)));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A base64 PNG's pixels, RGB.
+pub fn png_pixels(b64: &str) -> image::RgbImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .unwrap()
+        .to_rgb8()
 }
 
 pub fn png_size(b64: &str) -> (u32, u32) {

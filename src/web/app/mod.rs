@@ -1,5 +1,6 @@
-//! The page: a prompt with live token counts, the settings, Generate with
-//! per-step previews, the result, and a history that survives a reload.
+//! The page: a prompt with live token counts, the settings, an optional
+//! image to edit, Generate with per-step previews, the result, and a
+//! history that survives a reload.
 //! Everything runs on the page's one thread; long waits are futures.
 
 mod dom;
@@ -88,6 +89,15 @@ impl App {
         listen(&self.ui.form, "submit", move |event| {
             event.prevent_default();
             spawn_local(app.clone().generate());
+        });
+        let app = self.clone();
+        listen(&self.ui.edit_image, "change", move |_| {
+            spawn_local(app.clone().image_chosen());
+        });
+        let app = self.clone();
+        listen(&self.ui.clear_image, "click", move |_| {
+            app.ui.edit_image.set_value("");
+            app.ui.clear_image.set_hidden(true);
         });
         let app = self.clone();
         listen(&self.ui.cancel, "click", move |_| {
@@ -269,6 +279,44 @@ impl App {
         set_fraction(&self.ui.status_progress, fraction);
     }
 
+    // --- an image to edit ---------------------------------------------
+
+    /// The image chosen to edit, if any.
+    fn edit_file(&self) -> Option<web_sys::File> {
+        self.ui.edit_image.files().and_then(|files| files.get(0))
+    }
+
+    /// An image was chosen (or the choice cleared): width and height take
+    /// its proportions, as the server would pick them
+    /// (`crate::limits::edit_size`); the person may still change them.
+    async fn image_chosen(self: Rc<Self>) {
+        self.clear_error();
+        let Some(file) = self.edit_file() else {
+            self.ui.clear_image.set_hidden(true);
+            return;
+        };
+        self.ui.clear_image.set_hidden(false);
+        let decoded = match net::window().create_image_bitmap_with_blob(&file) {
+            Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await,
+            Err(e) => Err(e),
+        };
+        match decoded.and_then(|b| b.dyn_into::<web_sys::ImageBitmap>()) {
+            Ok(bitmap) => {
+                let (width, height) = crate::limits::edit_size(bitmap.width(), bitmap.height());
+                bitmap.close();
+                self.ui.width.set_value(&width.to_string());
+                self.ui.height.set_value(&height.to_string());
+            }
+            Err(_) => self.show_error(
+                &format!(
+                    "{} cannot be read as an image: choose a png, jpeg or webp.",
+                    file.name()
+                ),
+                &["edit-image"],
+            ),
+        }
+    }
+
     // --- generation ---------------------------------------------------
 
     async fn generate(self: Rc<Self>) {
@@ -283,7 +331,11 @@ impl App {
             &ui.height.value(),
             &ui.steps.value(),
             &ui.seed.value(),
-        ) {
+        )
+        .and_then(|p| match self.edit_file() {
+            Some(_) => p.with_strength(&ui.strength.value()),
+            None => Ok(p),
+        }) {
             Ok(p) => p,
             Err(e) => return self.show_error(&e.message, &[e.field]),
         };
@@ -308,13 +360,31 @@ impl App {
         }
     }
 
-    /// Sends the request (again on 429) and follows its stream.
+    /// Sends the request (again on 429) and follows its stream: an edit
+    /// of the chosen image, or a generation.
     async fn run(
         self: &Rc<Self>,
         params: &Params,
         signal: &AbortSignal,
     ) -> Result<(), (String, &'static [&'static str])> {
-        let url = format!("{}/v1/images/generations", net::origin());
+        let edit = match self.edit_file() {
+            None => None,
+            Some(file) => {
+                let form = web_sys::FormData::new()
+                    .map_err(|_| ("This browser cannot send forms.".to_string(), &[][..]))?;
+                for (name, value) in params.form_fields() {
+                    let _ = form.append_with_str(&name, &value);
+                }
+                let _ = form.append_with_blob_and_filename("image", &file, &file.name());
+                Some(form)
+            }
+        };
+        let endpoint = if edit.is_some() {
+            "edits"
+        } else {
+            "generations"
+        };
+        let url = format!("{}/v1/images/{endpoint}", net::origin());
         let body =
             serde_json::to_string(&params.request_body()).expect("requests always serialise");
         let cancelled = || ("Cancelled.".to_string(), &[][..]);
@@ -322,8 +392,12 @@ impl App {
         loop {
             attempt += 1;
             set_text(&self.ui.progress_text, "Sending the request…");
-            let response = match net::post_json(&url, &body, &self.ui.api_key.value(), signal).await
-            {
+            let key = self.ui.api_key.value();
+            let sent = match &edit {
+                Some(form) => net::post_form(&url, form, &key, signal).await,
+                None => net::post_json(&url, &body, &key, signal).await,
+            };
+            let response = match sent {
                 Ok(r) => r,
                 Err(e) if e.aborted => return Err(cancelled()),
                 Err(e) => {
@@ -497,7 +571,16 @@ impl App {
 
     fn clear_error(&self) {
         self.ui.error.set_hidden(true);
-        for id in ["prompt", "width", "height", "steps", "seed", "api-key"] {
+        for id in [
+            "prompt",
+            "width",
+            "height",
+            "steps",
+            "seed",
+            "strength",
+            "edit-image",
+            "api-key",
+        ] {
             if let Some(field) = self.ui.field(id) {
                 let _ = field.remove_attribute("aria-invalid");
             }

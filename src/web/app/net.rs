@@ -64,6 +64,27 @@ pub async fn post_json(
     send(url, &init).await
 }
 
+/// `POST` a multipart form (an edit), with the API key when there is one.
+/// The browser writes the boundary into the content type itself.
+pub async fn post_form(
+    url: &str,
+    form: &web_sys::FormData,
+    api_key: &str,
+    signal: &AbortSignal,
+) -> Result<Response, NoAnswer> {
+    let headers = Headers::new().expect("Headers can be made");
+    let _ = headers.set("accept", "text/event-stream");
+    if !api_key.trim().is_empty() {
+        let _ = headers.set("authorization", &format!("Bearer {}", api_key.trim()));
+    }
+    let init = RequestInit::new();
+    init.set_method("POST");
+    init.set_headers(&headers);
+    init.set_body(form);
+    init.set_signal(Some(signal));
+    send(url, &init).await
+}
+
 /// The body as text; empty if it cannot be read.
 pub async fn text(response: &Response) -> String {
     match response.text() {
