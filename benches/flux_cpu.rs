@@ -5,7 +5,11 @@
 //! `cargo bench --bench flux_cpu` reports, at 256², 512² and 1024²: time per
 //! step, text encoding, VAE decode (medians over `SCHNELL_BENCH_RUNS`
 //! generations, 3 by default, after one warm-up) and the process's peak RSS.
-//! `SCHNELL_BENCH_SIDES=256,512` picks the sizes.
+//! `SCHNELL_BENCH_SIDES=256,512` picks the sizes. Then, at the first size,
+//! the prompt cache (a new prompt against a repeated one) and batching
+//! (one request for `n` = 4 images against four requests for one, each
+//! round a new prompt), and an edit's VAE encode at each size, after the
+//! peak RSS is taken.
 //!
 //! With `SCHNELL_BENCH_PYTHON` (a Python with torch and diffusers, such as
 //! the venv `scripts/cpu-peer-bench.sh` makes), the same run then times
@@ -17,12 +21,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use schnell::dev::{write_models, Size, WriteOptions};
 use schnell::flux::{
-    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Quant, QuantChoice, Timings,
+    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, Quant, QuantChoice, Timings,
 };
 use schnell::hub::HubClientBuilder;
 
@@ -62,7 +66,7 @@ fn main() {
     let cache = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     type Runs = Vec<Timings>;
-    let results: (Vec<(u32, Runs)>, (Runs, Runs)) = rt.block_on(async {
+    let engine = rt.block_on(async {
         let client = HubClientBuilder::new(cache.path())
             .endpoint(&hub.endpoint)
             .build()
@@ -75,23 +79,36 @@ fn main() {
             },
         );
         engine.prepare().await.unwrap();
-        let generate = |prompt: String, side: u32, seed: u64| {
-            let request = GenerateRequest::new(prompt)
-                .size(side, side)
-                .steps(steps)
-                .seed(seed);
-            let mut events = Box::pin(engine.generate(request));
-            async move {
-                while let Some(event) = events.next().await {
-                    match event {
-                        GenerateEvent::Done { timings, .. } => return timings,
-                        GenerateEvent::Failed { error } => panic!("{error}"),
-                        _ => {}
-                    }
+        engine
+    });
+    // `n` images of one request (edits of `init` if given); each image's timings.
+    let generate_with = |prompt: String, side: u32, seed: u64, n: u32, init: Option<Image>| {
+        let mut request = GenerateRequest::new(prompt);
+        if let Some(image) = init {
+            request = request.edit(image);
+        }
+        let request = request.size(side, side).steps(steps).seed(seed).images(n);
+        let mut events = Box::pin(engine.generate(request));
+        async move {
+            let mut done = Vec::new();
+            while let Some(event) = events.next().await {
+                match event {
+                    GenerateEvent::Done { timings, .. } => done.push(timings),
+                    GenerateEvent::Failed { error } => panic!("{error}"),
+                    _ => {}
                 }
-                panic!("the engine stopped")
             }
-        };
+            assert_eq!(done.len(), n as usize, "the engine stopped");
+            done
+        }
+    };
+    let generate_n =
+        |prompt: String, side: u32, seed: u64, n: u32| generate_with(prompt, side, seed, n, None);
+    let generate = |prompt: String, side: u32, seed: u64| {
+        let images = generate_n(prompt, side, seed, 1);
+        async move { images.await.remove(0) }
+    };
+    let results: (Vec<(u32, Runs)>, (Runs, Runs)) = rt.block_on(async {
         let mut results = Vec::new();
         for &side in &sides {
             // A warm-up run, then the measured ones; each its own prompt, so
@@ -119,8 +136,53 @@ fn main() {
     });
     let (results, (new_prompts, repeated)) = results;
     let peak = peak_rss();
-
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // Batching, at the first size: one request for 4 images, against four
+    // requests for 1 (whose prompt is encoded once, then cached); the wall
+    // time of each, and of its transformer passes, a new prompt each round.
+    let steps_ms = |t: &Timings| t.steps.iter().map(|d| ms(*d)).sum::<f64>();
+    type Measured = Vec<(f64, f64)>;
+    let (batched, one_by_one): (Measured, Measured) = rt.block_on(async {
+        let (mut batched, mut one_by_one) = (Vec::new(), Vec::new());
+        for round in 0..=runs {
+            let prompt = format!("a harbour in fog, watercolour, batch {round}");
+            let t = Instant::now();
+            let images = generate_n(prompt.clone(), sides[0], 1, 4).await;
+            // The batch's passes, shared by its images.
+            let together = (ms(t.elapsed()), steps_ms(&images[0]));
+            let (t, mut passes) = (Instant::now(), 0.0);
+            for seed in 1..=4 {
+                let image = generate(format!("{prompt}, one by one"), sides[0], seed).await;
+                passes += steps_ms(&image);
+            }
+            if round > 0 {
+                batched.push(together);
+                one_by_one.push((ms(t.elapsed()), passes));
+            }
+        }
+        (batched, one_by_one)
+    });
+    // An edit's VAE encode (candle's layers), at each size.
+    let encodes: Vec<(u32, f64)> = rt.block_on(async {
+        let mut encodes = Vec::new();
+        for &side in &sides {
+            let image = Image {
+                width: side,
+                height: side,
+                rgb: (0..side * side * 3).map(|i| (i % 251) as u8).collect(),
+            };
+            let mut times = Vec::new();
+            for round in 0..=runs {
+                let prompt = format!("the same harbour at night {round}");
+                let timings = generate_with(prompt, side, 1, 1, Some(image.clone())).await;
+                if round > 0 {
+                    times.push(ms(timings[0].vae_encode));
+                }
+            }
+            encodes.push((side, median(times.into_iter())));
+        }
+        encodes
+    });
     println!("model: {:?}", WriteOptions::for_size(size, None).sizes);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("threads: {threads}; medians of {runs} run(s) after a warm-up");
@@ -157,6 +219,24 @@ fn main() {
             median(runs.iter().map(|t| ms(t.total)))
         );
     }
+
+    let wall = |m: &Measured| median(m.iter().map(|p| p.0));
+    let passes = |m: &Measured| median(m.iter().map(|p| p.1));
+    println!(
+        "batching, {}²: n=4 in one request {:.0} ms, four n=1 requests {:.0} ms ({:.2}× the time); \
+         their transformer passes {:.0} ms and {:.0} ms ({:.2}×)",
+        sides[0],
+        wall(&batched),
+        wall(&one_by_one),
+        wall(&batched) / wall(&one_by_one),
+        passes(&batched),
+        passes(&one_by_one),
+        passes(&batched) / passes(&one_by_one),
+    );
+    for (side, encode) in encodes {
+        println!("an edit's VAE encode, {side}²: {encode:.0} ms");
+    }
+    println!("peak RSS after the batches and edits: {}", peak_rss());
 
     if let Some(python) = std::env::var_os("SCHNELL_BENCH_PYTHON") {
         peer(&python, models.path(), &ours, runs, threads);

@@ -47,6 +47,7 @@ mod native {
                         cpu,
                         tiled_vae: false,
                         edit: false,
+                        batch: 1,
                     },
                 ))
             };

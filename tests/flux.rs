@@ -127,6 +127,55 @@ async fn the_same_seed_gives_the_same_png_and_another_seed_another_image() {
 }
 
 #[tokio::test]
+async fn n_images_share_each_pass_and_match_the_same_seeds_one_by_one() {
+    let s = setup(TextEncoders::FluxRepo);
+    let steps_run = || {
+        s.engine
+            .stats()
+            .steps
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let singles: Vec<Image> = {
+        let mut images = Vec::new();
+        for seed in 30..33 {
+            images.push(
+                done(&run(&s.engine, small("a lighthouse", seed)).await)
+                    .0
+                    .clone(),
+            );
+        }
+        images
+    };
+    let before = steps_run();
+    let events = run(&s.engine, small("a lighthouse", 30).images(3)).await;
+    // Plenty of memory for three tiny images: one batch, two passes.
+    assert_eq!(steps_run() - before, 2, "one pass per step for the batch");
+    let batched: Vec<(&Image, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            GenerateEvent::Done { image, seed, .. } => Some((image, *seed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        batched.iter().map(|(_, seed)| *seed).collect::<Vec<_>>(),
+        [30, 31, 32]
+    );
+    for ((image, seed), single) in batched.iter().zip(&singles) {
+        // The same computation in one larger product: at most rounding apart.
+        let worst = image
+            .rgb
+            .iter()
+            .zip(&single.rgb)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "seed {seed}: off by {worst} levels");
+    }
+    assert_ne!(batched[0].0, batched[1].0, "each image its own noise");
+}
+
+#[tokio::test]
 async fn steps_arrive_one_by_one_before_done() {
     let s = setup(TextEncoders::FluxRepo);
     let events = run(&s.engine, small("a lighthouse at night", 1).steps(4)).await;

@@ -156,7 +156,7 @@ impl MemoryReport {
         Self {
             limit_bytes: sizing.limit(),
             source: sizing.budget.source.clone(),
-            need_1024_bytes: sizing.need(1024, 1024, false, false),
+            need_1024_bytes: sizing.need(1024, 1024, false, false, 1),
             largest_square: sizing.largest_square(),
         }
     }
@@ -238,9 +238,12 @@ enum Job {
     Generate {
         local: Arc<LocalFiles>,
         request: GenerateRequest,
-        seed: u64,
+        /// One per image.
+        seeds: Vec<u64>,
         /// Whole, or in tiles where the whole would not fit.
         decode: VaeDecode,
+        /// Images in each transformer pass, as many as fit.
+        batch: usize,
         events: mpsc::UnboundedSender<GenerateEvent>,
     },
 }
@@ -367,6 +370,20 @@ impl FluxSchnell {
         }
     }
 
+    /// How many of a request's images share each transformer pass.
+    fn batch_size(&self, request: &GenerateRequest, decode: VaeDecode) -> usize {
+        match self.inner.plan.get() {
+            Some((_, sizing)) => sizing.batch(
+                request.width,
+                request.height,
+                request.init.is_some(),
+                request.n,
+                decode,
+            ) as usize,
+            None => 1,
+        }
+    }
+
     async fn make_plan(&self, width: u32, height: u32) -> Result<(QuantPlan, Sizing), FluxError> {
         let options = &self.inner.options;
         let configs = self.safetensors_files();
@@ -396,6 +413,7 @@ impl FluxSchnell {
             cpu: options.device == DeviceChoice::Cpu,
             tiled_vae: false,
             edit: false,
+            batch: 1,
         };
         let budget = match options.memory_budget {
             Some(bytes) => MemoryBudget {
@@ -484,8 +502,9 @@ impl FluxSchnell {
             .map_err(|_| Arc::new(FluxError::EngineStopped))?
     }
 
-    /// Makes one image. The stream reports downloads and loading (the first
-    /// time), warnings, every step with a preview, then `Done` or `Failed`.
+    /// Makes the request's `n` images. The stream reports downloads and
+    /// loading (the first time), warnings, every step with a preview (of each
+    /// batch's first image), then a `Done` per image in order, or `Failed`.
     /// Dropping the stream cancels the request at the next step.
     pub fn generate(
         &self,
@@ -514,11 +533,11 @@ impl FluxSchnell {
                     return;
                 }
             };
-            let seed = request.seed.unwrap_or_else(super::request::random_seed);
             let job = Job::Generate {
                 local,
+                seeds: request.seeds(),
+                batch: this.batch_size(&request, decode),
                 request,
-                seed,
                 decode,
                 events,
             };
@@ -703,57 +722,66 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
             }
             Job::Generate {
                 request,
-                seed,
+                seeds,
                 decode,
+                batch,
                 events,
                 ..
             } => {
-                let mut emit = |event: GenerateEvent| events.send(event).is_ok();
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    pipeline::generate(
-                        model,
-                        resident,
-                        &request,
-                        (seed, decode),
-                        pipeline::Hooks {
-                            emit: &mut emit,
-                            on_step: &mut || {
-                                shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                let mut poisoned = false;
+                for seeds in seeds.chunks(batch.max(1)) {
+                    let mut emit = |event: GenerateEvent| events.send(event).is_ok();
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        pipeline::generate(
+                            model,
+                            resident,
+                            &request,
+                            (seeds, decode),
+                            pipeline::Hooks {
+                                emit: &mut emit,
+                                on_step: &mut || {
+                                    shared.stats.steps.fetch_add(1, Ordering::Relaxed);
+                                },
+                                cancelled: &|| events.is_closed(),
                             },
-                            cancelled: &|| events.is_closed(),
-                        },
-                    )
-                }));
-                let result = match result {
-                    Ok(r) => r,
-                    Err(panic) => {
-                        // The models may be in any state: load them again next time.
-                        loaded = None;
+                        )
+                    }));
+                    let result = result.unwrap_or_else(|panic| {
+                        poisoned = true;
                         Err(panicked("generation", panic))
-                    }
-                };
-                match result {
-                    Ok((image, mut timings, prompt_tokens)) => {
-                        // This request waited for the models to load: count it.
-                        if let Some(load) = load_time {
-                            timings.load += load;
-                            timings.total += load;
+                    });
+                    match result {
+                        Ok((images, prompt_tokens)) => {
+                            for ((image, mut timings), &seed) in images.into_iter().zip(seeds) {
+                                // This image waited for the models to load: count it.
+                                if let Some(load) = load_time.take() {
+                                    timings.load += load;
+                                    timings.total += load;
+                                }
+                                shared.stats.images.fetch_add(1, Ordering::Relaxed);
+                                let _ = events.send(GenerateEvent::Done {
+                                    image,
+                                    seed,
+                                    timings,
+                                    prompt_tokens,
+                                });
+                            }
                         }
-                        shared.stats.images.fetch_add(1, Ordering::Relaxed);
-                        let _ = events.send(GenerateEvent::Done {
-                            image,
-                            seed,
-                            timings,
-                            prompt_tokens,
-                        });
+                        Err(e) => {
+                            if let FluxError::Cancelled = e {
+                                shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!("request cancelled");
+                            } else {
+                                let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
+                            }
+                            break;
+                        }
                     }
-                    Err(FluxError::Cancelled) => {
-                        shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!("request cancelled");
-                    }
-                    Err(e) => {
-                        let _ = events.send(GenerateEvent::Failed { error: Arc::new(e) });
-                    }
+                }
+                if poisoned {
+                    // After a panic the models may be in any state: load
+                    // them again next time.
+                    loaded = None;
                 }
             }
         }

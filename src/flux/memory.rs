@@ -313,6 +313,8 @@ pub struct Workload {
     pub tiled_vae: bool,
     /// An edit: the VAE's encoder runs on the image first.
     pub edit: bool,
+    /// Images in each transformer pass (at least 1).
+    pub batch: u32,
 }
 
 /// The peak memory of one choice of weights, in bytes.
@@ -340,8 +342,11 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     // 4h for the MLP).
     let scores = |bytes: u64| 2 * bytes.min(SCORE_BYTES as u64);
     let mlp_wide = 7 * size.flux_width;
-    let flux_act =
-        scores(size.flux_heads * tokens * tokens * flux_s) + 4 * tokens * mlp_wide * flux_s;
+    // A batch's images each have their own activations; the scores' row
+    // blocks span every image and head, under the same cap.
+    let batch = u64::from(work.batch.max(1));
+    let flux_act = scores(batch * size.flux_heads * tokens * tokens * flux_s)
+        + batch * 4 * tokens * mlp_wide * flux_s;
     let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4;
     // The VAE: its mid-block attention at latent size, or about eight
     // full-resolution tensors as wide as its last block (norms, activations
@@ -357,7 +362,10 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     };
 
     let encode_act = if work.edit {
-        encoder_activations(size, w, h, s)
+        // On the CPU in f32 the encoder is `vae_cpu`'s, which, as its
+        // decoder, makes no unfolded copies.
+        let owned = work.cpu && work.dtype == DType::F32;
+        encoder_activations(size, w, h, s, if owned { 8 } else { 12 })
     } else {
         0
     };
@@ -392,14 +400,16 @@ fn vae_activations(size: &ModelSize, w: u64, h: u64, s: u64) -> u64 {
         + 2 * size.vae_top_channels * latent * s
 }
 
-/// The VAE encoder's activations for a `w`×`h` image: candle's 3×3
-/// convolutions at full resolution unfold their input ninefold (im2col),
-/// beside their input and output; then the mid-block attention at latent
-/// size, as the decoder's.
-fn encoder_activations(size: &ModelSize, w: u64, h: u64, s: u64) -> u64 {
+/// The VAE encoder's activations for a `w`×`h` image: `maps` full-resolution
+/// tensors as wide as its first block (candle's 3×3 convolutions unfold
+/// their input ninefold (im2col) beside their input and output: 12; the
+/// channels-last encoder's, as the decoder's: 8); or the mid-block attention
+/// at latent size, as the decoder's.
+fn encoder_activations(size: &ModelSize, w: u64, h: u64, s: u64, maps: u64) -> u64 {
     let latent = (w / 8) * (h / 8);
     let scores = 2 * (latent * latent * s).min(SCORE_BYTES as u64);
-    (scores + latent * size.vae_top_channels * 4 * s).max(12 * size.vae_first_channels * w * h * s)
+    (scores + latent * size.vae_top_channels * 4 * s)
+        .max(maps * size.vae_first_channels * w * h * s)
 }
 
 /// Memory the device has to give, and where that figure came from.
@@ -558,6 +568,7 @@ mod tests {
             cpu: false,
             tiled_vae: false,
             edit: false,
+            batch: 1,
         }
     }
 
@@ -661,6 +672,38 @@ mod tests {
         // F32 embedding), CLIP and the VAE: between 10 and 13 GB.
         assert!((10e9..13e9).contains(&(small as f64)), "{small}");
     }
+
+    #[test]
+    fn a_batch_takes_as_many_images_as_fit_and_an_edit_plans_its_encoder() {
+        let plan = (Quant::Q4_0, T5Quant::Q4KS);
+        let sizing = |gb: f64| Sizing {
+            size: real(),
+            plan,
+            work: work(1024, false),
+            budget: budget(gb),
+        };
+        let s = sizing(0.0);
+        let need: Vec<u64> = (1..=4)
+            .map(|b| s.need(1024, 1024, false, false, b))
+            .collect();
+        // Until the transformer's activations outgrow the VAE's (decoded one
+        // image at a time), a batch costs nothing more; then each image does.
+        assert!(
+            need.windows(2).all(|p| p[1] >= p[0]) && need[2] > need[1],
+            "{need:?}"
+        );
+        // A budget between two images' need and three's: batches of two.
+        let between = (need[1] + need[2]) as f64 / 2.0 / GB;
+        let s = sizing(between);
+        assert_eq!(s.batch(1024, 1024, false, 4, VaeDecode::Whole), 2);
+        assert_eq!(s.batch(1024, 1024, false, 1, VaeDecode::Whole), 1);
+        assert_eq!(
+            sizing(1e3).batch(1024, 1024, false, 10, VaeDecode::Whole),
+            10
+        );
+        // An edit runs the encoder at full resolution: it needs more.
+        assert!(s.need(1024, 1024, false, true, 1) > s.need(1024, 1024, false, false, 1));
+    }
 }
 
 /// What the engine planned for: the model, the weights, and the memory
@@ -674,14 +717,15 @@ pub struct Sizing {
 }
 
 impl Sizing {
-    /// The estimated peak for one `width`×`height` image (an edit's, with
-    /// `edit`).
-    pub fn need(&self, width: u32, height: u32, tiled_vae: bool, edit: bool) -> u64 {
+    /// The estimated peak for `batch` `width`×`height` images in each pass
+    /// (an edit's, with `edit`).
+    pub fn need(&self, width: u32, height: u32, tiled_vae: bool, edit: bool, batch: u32) -> u64 {
         let work = Workload {
             width,
             height,
             tiled_vae,
             edit,
+            batch,
             ..self.work
         };
         estimate_peak(&self.size, self.plan, &work)
@@ -693,7 +737,7 @@ impl Sizing {
     pub fn limit(&self) -> u64 {
         self.budget
             .bytes
-            .max(self.need(self.work.width, self.work.height, false, false))
+            .max(self.need(self.work.width, self.work.height, false, false, 1))
     }
 
     /// How an image will be decoded: whole if it fits, else in tiles if
@@ -702,7 +746,7 @@ impl Sizing {
         if let Some(decode) = self.fits(width, height, edit) {
             return Ok(decode);
         }
-        let need = self.need(width, height, true, edit);
+        let need = self.need(width, height, true, edit, 1);
         let largest = match self.largest_square() {
             Some(side) => format!("the largest square image that fits is {side}×{side}"),
             None => "no image size fits".into(),
@@ -728,11 +772,21 @@ impl Sizing {
             .last()
     }
 
+    /// How many of `n` images may share each transformer pass: as many as
+    /// fit, decoded as `decode` says (at least one: that one was checked).
+    pub fn batch(&self, width: u32, height: u32, edit: bool, n: u32, decode: VaeDecode) -> u32 {
+        let tiled = decode == VaeDecode::Tiled;
+        (1..=n.max(1))
+            .rev()
+            .find(|&b| self.need(width, height, tiled, edit, b) <= self.limit())
+            .unwrap_or(1)
+    }
+
     fn fits(&self, width: u32, height: u32, edit: bool) -> Option<VaeDecode> {
         let limit = self.limit();
-        if self.need(width, height, false, edit) <= limit {
+        if self.need(width, height, false, edit, 1) <= limit {
             Some(VaeDecode::Whole)
-        } else if self.need(width, height, true, edit) <= limit {
+        } else if self.need(width, height, true, edit, 1) <= limit {
             Some(VaeDecode::Tiled)
         } else {
             None

@@ -5,6 +5,7 @@ mod attention;
 mod config;
 mod cpu_ops;
 mod device;
+mod edit;
 mod engine;
 mod error;
 mod files;

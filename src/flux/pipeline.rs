@@ -9,11 +9,12 @@ use candle_transformers::models::flux::sampling::{get_schedule, unpack, State};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 
+use super::edit::{encode_init, Edit};
 use super::loaded::{LocalModel, Resident, Transformer};
 use super::memory::VaeDecode;
 use super::preview::latent_preview;
 use super::prompt_cache::{Embeddings, PromptKey};
-use super::request::{Component, GenerateEvent, GenerateRequest, Image, InitImage, Timings};
+use super::request::{Component, GenerateEvent, GenerateRequest, Image, Timings};
 use super::text::PromptTokens;
 use super::vae::Decoder;
 use super::FluxError;
@@ -28,15 +29,18 @@ pub struct Hooks<'a> {
     pub cancelled: &'a dyn Fn() -> bool,
 }
 
-/// Makes one image, and says how many of the prompt's tokens T5 read. Events
-/// go out as they happen; each `Step` right after its transformer pass.
+/// Makes one image per seed in one batch (each transformer pass takes them
+/// all), and says how many of the prompt's tokens T5 read. Events go out as
+/// they happen; each `Step` right after its transformer pass, with the first
+/// image's preview. Each image's timings share the batch's stages but its
+/// own VAE decode, and end when it is decoded.
 pub fn generate(
     model: &LocalModel,
     resident: &mut Resident,
     request: &GenerateRequest,
-    (seed, vae_decode): (u64, VaeDecode),
+    (seeds, vae_decode): (&[u64], VaeDecode),
     hooks: Hooks,
-) -> Result<(Image, Timings, usize), FluxError> {
+) -> Result<(Vec<(Image, Timings)>, usize), FluxError> {
     let Hooks {
         emit,
         on_step,
@@ -78,8 +82,13 @@ pub fn generate(
     };
 
     let (width, height) = (request.width as usize, request.height as usize);
-    let noise = seeded_noise(seed, width, height, device, dtype)?;
+    let noise = seeds
+        .iter()
+        .map(|&seed| seeded_noise(seed, width, height, device, dtype))
+        .collect::<Result<Vec<_>, _>>()?;
     let compute = FluxError::compute;
+    let noise = Tensor::cat(&noise, 0).map_err(compute("noise"))?;
+    let batch = seeds.len();
     let state = State::new(
         &t5_emb.to_dtype(dtype).map_err(compute("denoising"))?,
         &clip_emb.to_dtype(dtype).map_err(compute("denoising"))?,
@@ -90,15 +99,22 @@ pub fn generate(
 
     let edit = match &request.init {
         None => None,
-        Some(init) => Some(encode_init(
-            model,
-            resident,
-            init,
-            (width, height),
-            &mut say,
-            &mut timings,
-            cancelled,
-        )?),
+        Some(init) => {
+            let mut edit = encode_init(
+                model,
+                resident,
+                init,
+                (width, height),
+                &mut say,
+                &mut timings,
+                cancelled,
+            )?;
+            // The same image under every seed's noise.
+            let each = |t: &Tensor| t.repeat(batch).map_err(compute("denoising"));
+            edit.latent = each(&edit.latent)?;
+            edit.mask = edit.mask.as_ref().map(each).transpose()?;
+            Some(edit)
+        }
     };
 
     let mut borrowed_flux = None;
@@ -160,7 +176,8 @@ pub fn generate(
         }
         img = next;
         on_step();
-        let preview = latent_preview(&x0, width, height)?;
+        let first = x0.narrow(0, 0, 1).map_err(compute("preview"))?;
+        let preview = latent_preview(&first, width, height)?;
         timings.steps.push(t.elapsed());
         say(GenerateEvent::Step {
             index: i as u32 + 1,
@@ -179,139 +196,26 @@ pub fn generate(
         &mut say,
         &mut timings,
     )?;
-    let t = Instant::now();
-    let image = decode(
-        decoder,
-        &model.vae_config,
-        model.dtype,
-        &img,
-        (width, height),
-        vae_decode,
-        cancelled,
-    )?;
-    timings.vae_decode = t.elapsed();
-    timings.total = start.elapsed();
-    Ok((image, timings, tokens.t5_read))
-}
-
-/// An edit's image as the transformer sees it.
-struct Edit {
-    /// The image's latent, packed, in the transformer's dtype.
-    latent: Tensor,
-    strength: f32,
-    /// Packed like the latent: 1 repaints, 0 keeps the image.
-    mask: Option<Tensor>,
-}
-
-/// The image resized to the request's size, through the VAE's encoder, and
-/// packed; with its mask at the latent's resolution, packed the same way.
-/// The encoder stays resident from the first edit on, except in low-memory
-/// mode (where nothing but the tokenizers does: no decoder either).
-fn encode_init(
-    model: &LocalModel,
-    resident: &mut Resident,
-    init: &InitImage,
-    (width, height): (usize, usize),
-    say: &mut impl FnMut(GenerateEvent) -> Result<(), FluxError>,
-    timings: &mut Timings,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<Edit, FluxError> {
-    let (device, dtype) = (&model.device, model.flux_dtype());
-    if resident.decoder.is_some() && resident.encoder.is_none() {
-        let mut loaded = None;
-        resident_or_load(
-            None,
-            &mut loaded,
-            Component::VaeEncoder,
-            || model.load_encoder(),
-            say,
-            timings,
+    // One image at a time: the decoder's activations are the largest of all.
+    let mut images = Vec::with_capacity(batch);
+    for i in 0..batch {
+        let t = Instant::now();
+        let latent = img.narrow(0, i, 1).map_err(compute("VAE decoding"))?;
+        let image = decode(
+            decoder,
+            &model.vae_config,
+            model.dtype,
+            &latent,
+            (width, height),
+            vae_decode,
+            cancelled,
         )?;
-        resident.encoder = loaded;
+        let mut own = timings.clone();
+        own.vae_decode = t.elapsed();
+        own.total = start.elapsed();
+        images.push((image, own));
     }
-    let mut borrowed = None;
-    let encoder = resident_or_load(
-        resident.encoder.as_mut(),
-        &mut borrowed,
-        Component::VaeEncoder,
-        || model.load_encoder(),
-        say,
-        timings,
-    )?;
-    let t = Instant::now();
-    let (w, h) = (width as u32, height as u32);
-    let source =
-        image::RgbImage::from_raw(init.image.width, init.image.height, init.image.rgb.clone())
-            .ok_or_else(|| FluxError::InvalidRequest {
-                field: "image",
-                reason: "is not an RGB image of its size".into(),
-            })?;
-    // Lanczos, as diffusers' image processor resizes.
-    let pixels = image::imageops::resize(&source, w, h, image::imageops::FilterType::Lanczos3);
-    let cfg = &model.vae_config;
-    let run = || -> candle_core::Result<Option<Tensor>> {
-        let values: Vec<f32> = pixels
-            .as_raw()
-            .iter()
-            .map(|&v| f32::from(v) / 127.5 - 1.0)
-            .collect();
-        let x = Tensor::from_vec(values, (height, width, 3), &Device::Cpu)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .to_device(device)?
-            .to_dtype(model.dtype)?;
-        let mut keep_going = || !cancelled();
-        let Some(mean) = encoder.encode(&x, &mut keep_going)? else {
-            return Ok(None);
-        };
-        let latent = ((mean.to_dtype(DType::F32)? - cfg.shift_factor)? * cfg.scale_factor)?;
-        pack(&latent)?.to_dtype(dtype).map(Some)
-    };
-    let latent = run()
-        .map_err(FluxError::compute("VAE encoding"))?
-        .ok_or(FluxError::Cancelled)?;
-    let mask = init
-        .mask
-        .as_ref()
-        .map(|mask| {
-            let gray = image::GrayImage::from_raw(mask.width, mask.height, mask.repaint.clone())
-                .ok_or_else(|| FluxError::InvalidRequest {
-                    field: "mask",
-                    reason: "is not a mask of its size".into(),
-                })?;
-            let (lw, lh) = (w / 8, h / 8);
-            let small =
-                image::imageops::resize(&gray, lw, lh, image::imageops::FilterType::Triangle);
-            let weights: Vec<f32> = small
-                .as_raw()
-                .iter()
-                .map(|&v| f32::from(v) / 255.0)
-                .collect();
-            let packed = || {
-                let m = Tensor::from_vec(weights, (1, 1, lh as usize, lw as usize), &Device::Cpu)?
-                    .broadcast_as((1, 16, lh as usize, lw as usize))?
-                    .contiguous()?;
-                pack(&m)?.to_device(device)?.to_dtype(dtype)
-            };
-            packed().map_err(FluxError::compute("mask"))
-        })
-        .transpose()?;
-    timings.vae_encode = t.elapsed();
-    Ok(Edit {
-        latent,
-        strength: init.strength,
-        mask,
-    })
-}
-
-/// `(b, c, h, w)` → `(b, h/2 · w/2, 4c)`: 2×2 patches, as the transformer
-/// reads latents (the inverse of candle's `unpack`).
-fn pack(latent: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = latent.dims4()?;
-    latent
-        .reshape((b, c, h / 2, 2, w / 2, 2))?
-        .permute((0, 2, 4, 1, 3, 5))?
-        .reshape((b, h / 2 * w / 2, c * 4))
+    Ok((images, tokens.t5_read))
 }
 
 /// The prompt through T5 and CLIP. Every part stays resident unless memory
@@ -358,7 +262,7 @@ fn encode_prompt(
 
 /// A part kept loaded, or loaded now into `borrowed` (so it is freed when
 /// the caller drops that), with the load announced and timed.
-fn resident_or_load<'a, T>(
+pub(super) fn resident_or_load<'a, T>(
     resident: Option<&'a mut T>,
     borrowed: &'a mut Option<T>,
     component: Component,
@@ -435,33 +339,4 @@ fn decode(
         height: height as u32,
         rgb,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packing_is_the_states_and_unpack_undoes_it() {
-        let latent = Tensor::randn(0f32, 1., (2, 16, 8, 12), &Device::Cpu).unwrap();
-        let packed = pack(&latent).unwrap();
-        assert_eq!(packed.dims(), &[2, 4 * 6, 64]);
-        // The transformer reads the noise as `State` packs it; an edit's
-        // latent must be packed the same way.
-        let t5 = Tensor::zeros((1, 3, 8), DType::F32, &Device::Cpu).unwrap();
-        let clip = Tensor::zeros((1, 4), DType::F32, &Device::Cpu).unwrap();
-        let state = State::new(&t5, &clip, &latent).unwrap();
-        let same = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert_eq!(same(&packed, &state.img), 0.0);
-        assert_eq!(same(&unpack(&packed, 64, 96).unwrap(), &latent), 0.0);
-    }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FluxError;
 use crate::hub::HubEvent;
-use crate::protocol::OutputFormat;
+use crate::protocol::{OutputFormat, MAX_IMAGES};
 
 use crate::limits::{check_seed, check_side, check_steps, check_strength, MAX_SEED};
 pub use crate::limits::{DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MIN_SIDE};
@@ -27,6 +27,10 @@ pub struct GenerateRequest {
     /// Accepted for compatibility and ignored: schnell is guidance-distilled.
     #[serde(default)]
     pub guidance: Option<f64>,
+    /// Images to make, 1 to [`MAX_IMAGES`], their seeds counting up from the
+    /// first; as many at a time in each transformer pass as memory allows.
+    #[serde(default = "one")]
+    pub n: u32,
     /// An image to edit (image-to-image); none for text-to-image.
     #[serde(skip)]
     pub init: Option<InitImage>,
@@ -121,6 +125,9 @@ fn default_side() -> u32 {
 fn default_steps() -> u32 {
     DEFAULT_STEPS
 }
+fn one() -> u32 {
+    1
+}
 
 impl GenerateRequest {
     pub fn new(prompt: impl Into<String>) -> Self {
@@ -131,6 +138,7 @@ impl GenerateRequest {
             steps: default_steps(),
             seed: None,
             guidance: None,
+            n: 1,
             init: None,
         }
     }
@@ -163,11 +171,23 @@ impl GenerateRequest {
         self
     }
 
+    /// `n` images, seeds counting up from the first.
+    pub fn images(mut self, n: u32) -> Self {
+        self.n = n;
+        self
+    }
+
     /// Checks every field; the error names the field and what would be valid.
     pub fn validate(&self) -> Result<(), FluxError> {
         for (field, value) in [("width", self.width), ("height", self.height)] {
             check_side(field, value)
                 .map_err(|reason| FluxError::InvalidRequest { field, reason })?;
+        }
+        if !(1..=MAX_IMAGES).contains(&self.n) {
+            return Err(FluxError::InvalidRequest {
+                field: "n",
+                reason: format!("{} is outside 1 to {MAX_IMAGES}", self.n),
+            });
         }
         check_steps(self.steps).map_err(|reason| FluxError::InvalidRequest {
             field: "steps",
@@ -227,6 +247,16 @@ impl GenerateRequest {
 /// back exactly the seed that made its image.
 pub fn random_seed() -> u64 {
     rand::random::<u64>() & MAX_SEED
+}
+
+impl GenerateRequest {
+    /// Each image's seed: the request's (else a random one), counting up.
+    pub fn seeds(&self) -> Vec<u64> {
+        let first = self.seed.unwrap_or_else(random_seed);
+        std::iter::successors(Some(first), |&s| Some(crate::limits::next_seed(s)))
+            .take(self.n as usize)
+            .collect()
+    }
 }
 
 /// Which model part is being loaded.

@@ -7,8 +7,9 @@
 //! times faster there than candle's layers. Elsewhere it is the decoder half
 //! of candle-transformers 0.11's `models/flux/autoencoder.rs` (MIT or
 //! Apache-2.0, by the candle authors), line for line; in F32 it computes
-//! what candle's does (pinned below). The encoder is that file's encoder
-//! half, line for line, on every device. The config type is candle's.
+//! what candle's does (pinned below). The encoder is likewise
+//! `super::vae_cpu`'s on the CPU in f32, elsewhere that file's encoder half,
+//! line for line. The config type is candle's.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, group_norm, Conv2d, GroupNorm, VarBuilder};
@@ -296,9 +297,48 @@ struct DownBlock {
     downsample: Option<Downsample>,
 }
 
-/// The VAE's encoder: RGB in [-1, 1] to the latent's mean (image edits).
+/// The VAE's encoder (image edits), on whichever layers suit its device and
+/// dtype, as [`Decoder`].
 #[derive(Debug, Clone)]
-pub struct Encoder {
+pub enum Encoder {
+    Candle(Box<CandleEncoder>),
+    Cpu(Box<super::vae_cpu::Encoder>),
+}
+
+impl Encoder {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if vb.device().is_cpu() && vb.dtype() == DType::F32 {
+            Ok(Self::Cpu(Box::new(super::vae_cpu::Encoder::new(cfg, vb)?)))
+        } else {
+            Self::candle(cfg, vb)
+        }
+    }
+
+    /// candle's layers, whatever the device.
+    pub fn candle(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self::Candle(Box::new(CandleEncoder::new(cfg, vb)?)))
+    }
+
+    /// The latent distribution's mean for a `(b, 3, h, w)` image in
+    /// [-1, 1], before the model's shift and scale. candle's autoencoder
+    /// samples from the distribution instead; its spread is tiny, and the
+    /// mean keeps an edit reproducible from its seed alone. `keep_going` is
+    /// asked between blocks, and `None` comes back at the first no.
+    pub fn encode(
+        &self,
+        xs: &Tensor,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Self::Candle(e) => e.encode(xs, keep_going),
+            Self::Cpu(e) => e.encode(xs, keep_going),
+        }
+    }
+}
+
+/// The encoder on candle's layers.
+#[derive(Debug, Clone)]
+pub struct CandleEncoder {
     conv_in: Conv2d,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
@@ -309,8 +349,8 @@ pub struct Encoder {
     z_channels: usize,
 }
 
-impl Encoder {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+impl CandleEncoder {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let conv_cfg = candle_nn::Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -360,15 +400,7 @@ impl Encoder {
         })
     }
 
-    /// The latent distribution's mean for a `(b, 3, h, w)` image in
-    /// [-1, 1], before the model's shift and scale. candle's autoencoder
-    /// samples from the distribution instead; its spread is tiny, and the
-    /// mean keeps an edit reproducible from its seed alone.
-    pub fn encode(
-        &self,
-        xs: &Tensor,
-        keep_going: &mut dyn FnMut() -> bool,
-    ) -> Result<Option<Tensor>> {
+    fn encode(&self, xs: &Tensor, keep_going: &mut dyn FnMut() -> bool) -> Result<Option<Tensor>> {
         let mut h = xs.apply(&self.conv_in)?;
         for block in self.down.iter() {
             for b in block.block.iter() {
@@ -566,13 +598,17 @@ mod tests {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
         let theirs = candle_vae::Encoder::new(&config(), vb.pp("encoder")).unwrap();
-        let ours = Encoder::new(&config(), vb.pp("encoder")).unwrap();
-        let image = Tensor::rand(-1f32, 1., (1, 3, 72, 56), &Device::Cpu).unwrap();
+        let on_candle = Encoder::candle(&config(), vb.pp("encoder")).unwrap();
+        let owned = Encoder::new(&config(), vb.pp("encoder")).unwrap();
+        assert!(
+            matches!(owned, Encoder::Cpu(_)),
+            "f32 on the CPU is the owned one"
+        );
+        // Two images: each its own latent.
+        let image = Tensor::rand(-1f32, 1., (2, 3, 72, 56), &Device::Cpu).unwrap();
         let moments = theirs.forward(&image).unwrap();
-        assert_eq!(moments.dims(), &[1, 32, 9, 7]);
+        assert_eq!(moments.dims(), &[2, 32, 9, 7]);
         let mean = moments.narrow(1, 0, 16).unwrap();
-        let latent = ours.encode(&image, &mut || true).unwrap().unwrap();
-        assert_eq!(latent.dims(), mean.dims());
         let top = mean
             .abs()
             .unwrap()
@@ -580,16 +616,29 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let err = max_abs_diff(&latent, &mean);
-        assert!(err < 1e-4 * top, "off by {err} (values up to {top})");
-        let mut asked = 0;
-        let stopped = ours
-            .encode(&image, &mut || {
-                asked += 1;
-                asked < 2
-            })
-            .unwrap();
-        assert!(stopped.is_none() && asked == 2, "stops at the first no");
+        for (encoder, what) in [
+            (&on_candle, "on candle's layers"),
+            (&owned, "channels-last"),
+        ] {
+            let latent = encoder.encode(&image, &mut || true).unwrap().unwrap();
+            assert_eq!(latent.dims(), mean.dims());
+            let err = max_abs_diff(&latent, &mean);
+            assert!(
+                err < 1e-4 * top,
+                "{what}: off by {err} (values up to {top})"
+            );
+            let mut asked = 0;
+            let stopped = encoder
+                .encode(&image, &mut || {
+                    asked += 1;
+                    asked < 2
+                })
+                .unwrap();
+            assert!(
+                stopped.is_none() && asked == 2,
+                "{what}: stops at the first no"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The VAE's decoder on the CPU in f32, channels-last, on `super::cpu_ops`:
-//! the same blocks in the same order as `super::vae::Decoder` (candle's),
-//! from the same tensors, within f32 rounding of its output (pinned below).
+//! The VAE's decoder and encoder on the CPU in f32, channels-last, on
+//! `super::cpu_ops`: the same blocks in the same order as
+//! `super::vae`'s candle ones, from the same tensors, within f32 rounding of
+//! their output (pinned there).
 //!
 //! Each block drops what it no longer needs as it goes, and the norm before
 //! the second convolution works in place, so no more is alive at once than
@@ -10,7 +11,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{init, Init, VarBuilder};
 use candle_transformers::models::flux::autoencoder::Config;
 
-use super::cpu_ops::{attention, Conv1x1, Conv3x3, FeatureMap, GroupNorm};
+use super::cpu_ops::{attention, Conv1x1, Conv3x3, FeatureMap, GroupNorm, Resample};
 
 const GROUPS: usize = 32;
 const EPS: f64 = 1e-6;
@@ -120,14 +121,14 @@ impl ResnetBlock {
 
     fn forward(&self, x: FeatureMap) -> FeatureMap {
         let normed = self.norm1.forward(&x, true);
-        let mut h = self.conv1.forward(&normed, false, None);
+        let mut h = self.conv1.forward(&normed, Resample::Same, None);
         drop(normed);
         self.norm2.forward_in_place(&mut h, true);
         let shortcut = match &self.nin_shortcut {
             None => x,
             Some(conv) => conv.forward(&x, None),
         };
-        self.conv2.forward(&h, false, Some(&shortcut))
+        self.conv2.forward(&h, Resample::Same, Some(&shortcut))
     }
 }
 
@@ -214,7 +215,7 @@ impl Decoder {
         z: FeatureMap,
         keep_going: &mut dyn FnMut() -> bool,
     ) -> Option<FeatureMap> {
-        let h = self.conv_in.forward(&z, false, None);
+        let h = self.conv_in.forward(&z, Resample::Same, None);
         let mut h = self.mid_block_1.forward(h);
         if !keep_going() {
             return None;
@@ -228,10 +229,122 @@ impl Decoder {
                 h = b.forward(h);
             }
             if let Some(conv) = &block.upsample {
-                h = conv.forward(&h, true, None);
+                h = conv.forward(&h, Resample::Up, None);
             }
         }
         self.norm_out.forward_in_place(&mut h, true);
-        Some(self.conv_out.forward(&h, false, None))
+        Some(self.conv_out.forward(&h, Resample::Same, None))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DownBlock {
+    block: Vec<ResnetBlock>,
+    /// Padded below and right, stride 2 (`Resample::Down`).
+    downsample: Option<Conv3x3>,
+}
+
+/// The encoder: `super::vae::CandleEncoder`'s blocks, channels-last.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv_in: Conv3x3,
+    down: Vec<DownBlock>,
+    mid_block_1: ResnetBlock,
+    mid_attn_1: AttnBlock,
+    mid_block_2: ResnetBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv3x3,
+    z_channels: usize,
+}
+
+impl Encoder {
+    /// From the tensors candle's encoder reads, with the same names.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let conv_in = conv3x3(cfg.in_channels, cfg.ch, vb.pp("conv_in"))?;
+        let mut block_in = cfg.ch;
+        let mut down = Vec::with_capacity(cfg.ch_mult.len());
+        for (level, mult) in cfg.ch_mult.iter().enumerate() {
+            let vb = vb.pp("down").pp(level);
+            block_in = cfg.ch
+                * if level == 0 {
+                    1
+                } else {
+                    cfg.ch_mult[level - 1]
+                };
+            let block_out = cfg.ch * mult;
+            let mut block = Vec::with_capacity(cfg.num_res_blocks);
+            for i in 0..cfg.num_res_blocks {
+                block.push(ResnetBlock::new(block_in, block_out, vb.pp("block").pp(i))?);
+                block_in = block_out;
+            }
+            let downsample = if level + 1 != cfg.ch_mult.len() {
+                Some(conv3x3(block_in, block_in, vb.pp("downsample").pp("conv"))?)
+            } else {
+                None
+            };
+            down.push(DownBlock { block, downsample });
+        }
+        Ok(Self {
+            conv_in,
+            down,
+            mid_block_1: ResnetBlock::new(block_in, block_in, vb.pp("mid.block_1"))?,
+            mid_attn_1: AttnBlock::new(block_in, vb.pp("mid.attn_1"))?,
+            mid_block_2: ResnetBlock::new(block_in, block_in, vb.pp("mid.block_2"))?,
+            norm_out: group_norm(block_in, vb.pp("norm_out"))?,
+            conv_out: conv3x3(block_in, 2 * cfg.z_channels, vb.pp("conv_out"))?,
+            z_channels: cfg.z_channels,
+        })
+    }
+
+    /// The latent's mean for a `(b, 3, h, w)` image, as
+    /// `super::vae::Encoder::encode`; `keep_going` is asked where it asks.
+    pub fn encode(
+        &self,
+        image: &Tensor,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Tensor>> {
+        let (batch, ..) = image.dims4()?;
+        let mut latents = Vec::with_capacity(batch);
+        for i in 0..batch {
+            let x = image.get(i)?.permute((1, 2, 0))?;
+            let (h, w, c) = x.dims3()?;
+            let x = FeatureMap::new(h, w, c, x.flatten_all()?.to_vec1()?);
+            let moments = self.encode_one(x, keep_going);
+            super::cpu_ops::release_scratch();
+            let Some(moments) = moments else {
+                return Ok(None);
+            };
+            let moments = Tensor::from_vec(
+                moments.data,
+                (moments.h, moments.w, moments.c),
+                image.device(),
+            )?;
+            latents.push(moments.narrow(2, 0, self.z_channels)?.permute((2, 0, 1))?);
+        }
+        Tensor::stack(&latents, 0).map(Some)
+    }
+
+    fn encode_one(
+        &self,
+        x: FeatureMap,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Option<FeatureMap> {
+        let mut h = self.conv_in.forward(&x, Resample::Same, None);
+        drop(x);
+        for block in &self.down {
+            for b in &block.block {
+                if !keep_going() {
+                    return None;
+                }
+                h = b.forward(h);
+            }
+            if let Some(conv) = &block.downsample {
+                h = conv.forward(&h, Resample::Down, None);
+            }
+        }
+        h = self.mid_block_1.forward(h);
+        h = self.mid_block_2.forward(self.mid_attn_1.forward(h));
+        self.norm_out.forward_in_place(&mut h, true);
+        Some(self.conv_out.forward(&h, Resample::Same, None))
     }
 }

@@ -186,10 +186,11 @@ fn check(
     }
     request.steps = parsed.steps.unwrap_or(crate::flux::DEFAULT_STEPS);
     request.seed = parsed.seed;
+    request.n = parsed.image_count();
     request.validate().map_err(|e| ApiError::from_flux(&e))?;
     let partial_steps = partial_steps(request.steps, parsed.partial_images);
     Ok(Checked {
-        n: parsed.image_count(),
+        n: request.n,
         as_url: parsed.response_format == Some(ResponseFormat::Url),
         format: parsed.output_format.unwrap_or_default(),
         partial_steps,
@@ -308,17 +309,13 @@ async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphoreP
     // which cancels the job at its next step, and frees the queue place.
     let _permit = permit;
     let mut data = Vec::new();
-    let mut request = checked.request.clone();
-    let mut seed = request.seed.unwrap_or_else(crate::flux::random_seed);
     let mut prompt_tokens = 0;
-    for _ in 0..checked.n {
-        request.seed = Some(seed);
-        let done = match run_to_end(&state, request.clone()).await {
-            Ok(done) => done,
-            Err(e) => return e.into_response(),
-        };
+    let all_done = match run_to_end(&state, checked.request.clone()).await {
+        Ok(done) => done,
+        Err(e) => return e.into_response(),
+    };
+    for done in all_done {
         prompt_tokens = done.prompt_tokens;
-        state.metrics.image_done(&done.timings);
         let compression = checked.wire.output_compression;
         let encoded = match encode(done.image, checked.format, compression).await {
             Ok(bytes) => bytes,
@@ -346,7 +343,6 @@ async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphoreP
             item.b64_json = Some(base64::engine::general_purpose::STANDARD.encode(&encoded));
         }
         data.push(item);
-        seed = crate::limits::next_seed(seed);
     }
     let size = checked.size();
     Json(ImagesResponse {
@@ -373,7 +369,10 @@ struct Done {
     prompt_tokens: usize,
 }
 
-async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Done, ApiError> {
+/// The request's `n` images, in order (batched in the engine as memory allows).
+async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Vec<Done>, ApiError> {
+    let n = request.n as usize;
+    let mut all = Vec::with_capacity(n);
     let mut events = std::pin::pin!(state.engine.generate(request));
     while let Some(event) = events.next().await {
         match event {
@@ -383,12 +382,16 @@ async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Done, 
                 timings,
                 prompt_tokens,
             } => {
-                return Ok(Done {
+                state.metrics.image_done(&timings);
+                all.push(Done {
                     image,
                     seed,
                     timings,
                     prompt_tokens,
-                })
+                });
+                if all.len() == n {
+                    return Ok(all);
+                }
             }
             GenerateEvent::Failed { error } => return Err(state.flux_error(&error)),
             _ => {}

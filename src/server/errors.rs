@@ -120,6 +120,7 @@ impl ApiError {
                     "seed" => "seed",
                     "prompt" => "prompt",
                     "strength" => "strength",
+                    "n" => "n",
                     "image" => "image",
                     "mask" => "mask",
                     _ => "request",

@@ -1,4 +1,4 @@
-//! The VAE decoder's layers on channels-last maps.
+//! The VAE's layers on channels-last maps.
 
 use rayon::prelude::*;
 
@@ -22,6 +22,21 @@ impl FeatureMap {
     fn pixel(&self, y: usize, x: usize) -> &[f32] {
         &self.data[(y * self.w + x) * self.c..][..self.c]
     }
+}
+
+/// Where a 3×3 convolution reads and writes, against its input's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// Padding 1, stride 1: the input's size (most of the VAE's).
+    Same,
+    /// Of the input upsampled ×2 by nearest neighbour (read in place, never
+    /// made): the decoder's upsampling.
+    Up,
+    /// Padded by one below and to the right, stride 2: half the input's
+    /// size (the encoder's downsampling). Each output pixel is the
+    /// odd-indexed one of a `Same` convolution (its window is the same
+    /// nine pixels, the zero padding included), so only those are written.
+    Down,
 }
 
 /// Pixels per rayon task in the passes over whole feature maps.
@@ -84,35 +99,43 @@ impl Conv3x3 {
         u
     }
 
-    /// The convolution of `x`, or of `x` upsampled ×2 by nearest neighbour
-    /// (read in place, never made), plus `residual` if given.
+    /// The convolution of `x`, resampled as `resample` says, plus
+    /// `residual` if given.
     pub fn forward(
         &self,
         x: &FeatureMap,
-        upsample: bool,
+        resample: Resample,
         residual: Option<&FeatureMap>,
     ) -> FeatureMap {
         assert_eq!(x.c, self.cin, "a convolution's input channels");
         let (cin, cout) = (self.cin, self.cout);
+        let upsample = resample == Resample::Up;
+        let down = resample == Resample::Down;
+        // The stride-1 convolution computed, and the output kept of it.
         let (h, w) = if upsample {
             (2 * x.h, 2 * x.w)
         } else {
             (x.h, x.w)
         };
+        if down {
+            assert!(h % 2 == 0 && w % 2 == 0, "downsampling an even {h}×{w} map");
+        }
+        let (out_h, out_w, rows_per_tile) = if down { (h / 2, w / 2, 1) } else { (h, w, 2) };
         if let Some(r) = residual {
-            assert_eq!((r.h, r.w, r.c), (h, w, cout), "a residual's shape");
+            assert_eq!((r.h, r.w, r.c), (out_h, out_w, cout), "a residual's shape");
         }
         let u = self.transformed_weights();
         // Tiles of 2×2 output pixels, taken a band of tile rows per task.
         let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
         let band = band_rows(tiles_h, tiles_w, cin.max(cout));
-        let mut out = vec![0f32; h * w * cout];
-        out.par_chunks_mut(2 * band * w * cout)
+        let mut out = vec![0f32; out_h * out_w * cout];
+        out.par_chunks_mut(rows_per_tile * band * out_w * cout)
             .enumerate()
             .for_each(|(task, out)| {
                 let band = Band {
                     x,
                     upsample,
+                    down,
                     h,
                     w,
                     ty0: task * band,
@@ -122,11 +145,11 @@ impl Conv3x3 {
                 SCRATCH
                     .with_borrow_mut(|scratch| winograd_band(&band, &u, &self.bias, out, scratch));
                 if let Some(r) = residual {
-                    let start = 2 * band.ty0 * w * cout;
+                    let start = rows_per_tile * band.ty0 * out_w * cout;
                     add_assign(out, &r.data[start..start + out.len()]);
                 }
             });
-        FeatureMap::new(h, w, cout, out)
+        FeatureMap::new(out_h, out_w, cout, out)
     }
 }
 
@@ -134,7 +157,10 @@ impl Conv3x3 {
 struct Band<'a> {
     x: &'a FeatureMap,
     upsample: bool,
-    /// The output's size (the input's, or twice it when upsampled).
+    /// Only each tile's odd pixel is written (`Resample::Down`).
+    down: bool,
+    /// The stride-1 convolution's size (the input's, or twice it when
+    /// upsampled).
     h: usize,
     w: usize,
     /// The first tile row, and how many.
@@ -200,6 +226,11 @@ multiversion! {
         for (t, m) in m.chunks_exact(16 * cout).enumerate() {
             let (ty, tx) = (t / band.tiles_w, t % band.tiles_w);
             output_transform(m, bias, y, rows, cout);
+            if band.down {
+                // The tile's odd pixel, (1, 1), is the output's (ty, tx).
+                out[(ty * (band.w / 2) + tx) * cout..][..cout].copy_from_slice(&y[3 * cout..][..cout]);
+                continue;
+            }
             for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                 let (oy, ox) = (2 * ty + i, 2 * tx + j);
                 if 2 * band.ty0 + oy < band.h && ox < band.w {
@@ -530,7 +561,7 @@ mod tests {
             );
             let ours = Conv3x3::new(cout, cin, vec(&weight), vec(&bias));
             let expected = to_map(&conv.forward(&x).unwrap());
-            let got = ours.forward(&to_map(&x), false, None);
+            let got = ours.forward(&to_map(&x), Resample::Same, None);
             let err = relative_error(&got, &expected);
             assert!(err < 1e-5, "{cin}→{cout} at {h}×{w}: off by {err}");
 
@@ -538,12 +569,41 @@ mod tests {
             let up = x.upsample_nearest2d(2 * h, 2 * w).unwrap();
             let residual = randn(&[1, cout, 2 * h, 2 * w]);
             let expected = to_map(&(conv.forward(&up).unwrap() + &residual).unwrap());
-            let got = ours.forward(&to_map(&x), true, Some(&to_map(&residual)));
+            let got = ours.forward(&to_map(&x), Resample::Up, Some(&to_map(&residual)));
             let err = relative_error(&got, &expected);
             assert!(
                 err < 1e-5,
                 "upsampled {cin}→{cout} at {h}×{w}: off by {err}"
             );
+        }
+    }
+
+    #[test]
+    fn downsampling_is_candles_padded_stride_2_convolution() {
+        // The encoder's: zero-padded below and right, then stride 2.
+        for (cin, cout, h, w) in [(3, 5, 8, 10), (16, 32, 4, 4), (40, 24, 14, 6), (8, 8, 2, 2)] {
+            let x = randn(&[1, cin, h, w]);
+            let weight = randn(&[cout, cin, 3, 3]);
+            let bias = randn(&[cout]);
+            let conv = candle_nn::Conv2d::new(
+                weight.clone(),
+                Some(bias.clone()),
+                candle_nn::Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                },
+            );
+            let padded = x
+                .pad_with_zeros(3, 0, 1)
+                .unwrap()
+                .pad_with_zeros(2, 0, 1)
+                .unwrap();
+            let expected = to_map(&conv.forward(&padded).unwrap());
+            let ours = Conv3x3::new(cout, cin, vec(&weight), vec(&bias));
+            let got = ours.forward(&to_map(&x), Resample::Down, None);
+            assert_eq!((got.h, got.w, got.c), (h / 2, w / 2, cout));
+            let err = relative_error(&got, &expected);
+            assert!(err < 1e-5, "{cin}→{cout} at {h}×{w}: off by {err}");
         }
     }
 

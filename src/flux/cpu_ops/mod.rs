@@ -64,7 +64,7 @@ mod linear;
 mod transformer_ops;
 
 pub use attention::{attention, attention_merged_heads, attention_tensors};
-pub use conv::{Conv1x1, Conv3x3, FeatureMap, GroupNorm};
+pub use conv::{Conv1x1, Conv3x3, FeatureMap, GroupNorm, Resample};
 pub use linear::{linear, linear_gated_residual, linear_gelu};
 pub use transformer_ops::{heads_norm_rope, layer_norm_modulate, softmax_last_dim};
 

@@ -253,7 +253,10 @@ pub fn layer_norm_modulate(
     eps: f64,
 ) -> candle_core::Result<candle_core::Tensor> {
     let op = LayerNormModulate { eps: eps as f32 };
-    x.apply_op3_no_bwd(shift, scale, &op)
+    // A batch's image rows narrowed from the joint sequence skip the text
+    // rows between items: such a view is copied; a single item's is read
+    // in place.
+    super::with_even_rows(x)?.apply_op3_no_bwd(shift, scale, &op)
 }
 
 #[cfg(test)]
@@ -357,6 +360,12 @@ mod tests {
         let got = layer_norm_modulate(&x, &shift, &scale, 1e-6).unwrap();
         let err = crate::flux::test_util::max_abs_diff(&got, &expected);
         assert!(err < 1e-4, "off by {err}");
+        // A batch's image rows, narrowed from a longer joint sequence: the
+        // items' rows are not evenly spaced, and the result is the same.
+        let joint = Tensor::cat(&[&randn(&[2, 3, 67]), &x], 1).unwrap();
+        let narrowed = joint.narrow(1, 3, 7).unwrap();
+        let got = layer_norm_modulate(&narrowed, &shift, &scale, 1e-6).unwrap();
+        assert_eq!(crate::flux::test_util::max_abs_diff(&got, &expected), err);
         // candle's f32 norm, for scale: within its own rounding of the same.
         let candles = x
             .apply(&norm)
