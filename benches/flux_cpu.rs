@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use schnell::dev::{write_models, Size, WriteOptions};
 use schnell::flux::{
-    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, Quant, QuantChoice, Timings,
+    EngineOptions, FluxSchnell, GenerateEvent, GenerateRequest, Image, InitImage, Quant,
+    QuantChoice, Timings,
 };
 use schnell::hub::HubClientBuilder;
 
@@ -85,7 +86,8 @@ fn main() {
     let generate_with = |prompt: String, side: u32, seed: u64, n: u32, init: Option<Image>| {
         let mut request = GenerateRequest::new(prompt);
         if let Some(image) = init {
-            request = request.edit(image);
+            let init = InitImage::new(image, None, schnell::flux::DEFAULT_STRENGTH).unwrap();
+            request = request.edit(init);
         }
         let request = request.size(side, side).steps(steps).seed(seed).images(n);
         let mut events = Box::pin(engine.generate(request));
@@ -162,8 +164,8 @@ fn main() {
         }
         (batched, one_by_one)
     });
-    // An edit's VAE encode (candle's layers), at each size.
-    let encodes: Vec<(u32, f64)> = rt.block_on(async {
+    // An edit's VAE encode, at each size.
+    let encodes: Vec<(u32, f64, f64)> = rt.block_on(async {
         let mut encodes = Vec::new();
         for &side in &sides {
             let image = Image {
@@ -171,15 +173,17 @@ fn main() {
                 height: side,
                 rgb: (0..side * side * 3).map(|i| (i % 251) as u8).collect(),
             };
-            let mut times = Vec::new();
+            let (mut times, mut loads) = (Vec::new(), Vec::new());
             for round in 0..=runs {
                 let prompt = format!("the same harbour at night {round}");
                 let timings = generate_with(prompt, side, 1, 1, Some(image.clone())).await;
                 if round > 0 {
                     times.push(ms(timings[0].vae_encode));
+                    // The encoder, loaded for each edit.
+                    loads.push(ms(timings[0].load));
                 }
             }
-            encodes.push((side, median(times.into_iter())));
+            encodes.push((side, median(times.into_iter()), median(loads.into_iter())));
         }
         encodes
     });
@@ -233,8 +237,10 @@ fn main() {
         passes(&one_by_one),
         passes(&batched) / passes(&one_by_one),
     );
-    for (side, encode) in encodes {
-        println!("an edit's VAE encode, {side}²: {encode:.0} ms");
+    for (side, encode, load) in encodes {
+        println!(
+            "an edit's VAE encode, {side}²: {encode:.0} ms (and {load:.0} ms loading the encoder)"
+        );
     }
     println!("peak RSS after the batches and edits: {}", peak_rss());
 

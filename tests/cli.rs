@@ -276,6 +276,15 @@ fn generate_makes_a_png_from_tiny_models_with_both_text_encoder_sets() {
     );
     let img = image::open(work.path().join("edit.png")).unwrap();
     assert_eq!((img.width(), img.height()), (256, 288));
+    // One side given: the other keeps the image's proportions.
+    let out = edit(&["--width", "512"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(work.path().join("edit.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (512, 576));
     let small = work.path().join("small-mask.png");
     image::RgbaImage::new(64, 64).save(&small).unwrap();
     let out = edit(&["--mask", small.to_str().unwrap()]);

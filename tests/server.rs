@@ -244,7 +244,10 @@ async fn edits_start_from_the_image_to_their_strength_and_keep_what_the_mask_kee
     assert_eq!(body["data"][0]["seed"], 5);
     assert_eq!(body["usage"]["output_tokens"], (320 / 16) * (256 / 16));
     assert!(
-        body["data"][0]["timings"]["vae_encode_ms"].is_u64(),
+        body["data"][0]["timings"]["vae_encode_ms"]
+            .as_u64()
+            .unwrap()
+            > 0,
         "{body}"
     );
     let image = |body: &Value| png_pixels(body["data"][0]["b64_json"].as_str().unwrap());
@@ -307,6 +310,8 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
     let s = ready(ServerConfig::default()).await;
     let input = rgba_png(256, 256, |x, y| [x as u8, y as u8, 0, 255]);
     let small_mask = rgba_png(128, 128, |_, _| [0, 0, 0, 0]);
+    // Beyond the decoder's side limit: refused before any pixel is decoded.
+    let too_wide = rgba_png(schnell::flux::MAX_INPUT_SIDE + 1, 1, |_, _| [0; 4]);
     let refused = |r: reqwest::Response| async move {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let body: Value = r.json().await.unwrap();
@@ -355,6 +360,12 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
             "invalid type",
         ),
         (vec![], vec![("image", &input[..])], "prompt", "required"),
+        (
+            vec![prompt],
+            vec![("image", &too_wide[..])],
+            "image",
+            "larger than 4096×4096",
+        ),
     ] {
         let (got, message) = refused(s.edit(&text, &files).await).await;
         assert_eq!(got, param, "{message}");
@@ -374,6 +385,18 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
     body["strength"] = json!(0.5);
     let (param, _) = refused(s.post(body).await).await;
     assert_eq!(param, "strength");
+    // An upload beyond the limit is refused as it arrives, and frees its place.
+    let huge = vec![0u8; schnell::server::MAX_EDIT_BODY + 1];
+    let r = s.edit(&[prompt], &[("image", &huge)]).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("50 MiB"),
+        "{body}"
+    );
     s.queue_drains().await;
 }
 
@@ -397,6 +420,9 @@ async fn size_auto_is_1024_square() {
 async fn metrics_count_requests_stages_and_images() {
     let s = ready(ServerConfig::default()).await;
     assert_eq!(s.post(request("256x256", 1)).await.status(), StatusCode::OK);
+    // Two images in one batch: one pass a step for both.
+    let two = json!({ "prompt": "x", "size": "256x256", "steps": 1, "n": 2 });
+    assert_eq!(s.post(two).await.status(), StatusCode::OK);
     let bad = s.post(json!({ "prompt": "x", "n": 99 })).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let r = s.get("/metrics").await;
@@ -416,12 +442,13 @@ async fn metrics_count_requests_stages_and_images() {
     };
     assert_eq!(value("schnell_http_requests_total{status=\"400\"}"), 1.0);
     assert!(value("schnell_http_requests_total{status=\"200\"}") >= 1.0);
-    assert_eq!(value("schnell_images_total"), 1.0);
-    // Two steps of one image, in the step histogram.
-    assert_eq!(value("schnell_stage_seconds_count{stage=\"step\"}"), 2.0);
+    assert_eq!(value("schnell_images_total"), 3.0);
+    // Two steps of one image and the batch's one, in the step histogram;
+    // a decode per image.
+    assert_eq!(value("schnell_stage_seconds_count{stage=\"step\"}"), 3.0);
     assert_eq!(
         value("schnell_stage_seconds_count{stage=\"vae_decode\"}"),
-        1.0
+        3.0
     );
     assert_eq!(value("schnell_queue_capacity"), 16.0);
     assert!(value("schnell_model_downloaded_bytes") > 0.0);

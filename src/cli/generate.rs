@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, Mask};
+use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, InitImage, Mask};
+use schnell::limits::{MAX_SIDE, MIN_SIDE};
 
 use super::{progress::DownloadBars, EngineArgs, HubArgs};
 
@@ -19,8 +20,8 @@ pub struct GenerateArgs {
     /// Where to write the PNG.
     #[arg(short, long, default_value = "schnell.png")]
     output: PathBuf,
-    /// Multiple of 16, 256 to 2048 [default: 1024, or with --image its
-    /// proportions, the longer side at most 1024].
+    /// Multiple of 16, 256 to 2048 [default: 1024; with --image its
+    /// proportions, the longer side at most 1024, or to go with --height].
     #[arg(long)]
     width: Option<u32>,
     /// Multiple of 16, 256 to 2048 [default: as for --width].
@@ -53,12 +54,25 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
     let engine = FluxSchnell::new(args.hub.client(&bars)?, args.engine.options()?);
     let mut request = GenerateRequest::new(&args.prompt).steps(args.steps);
     if let Some(path) = &args.image {
-        request = request.edit(read_image(path, Image::decode).await?);
-    }
-    if let Some(init) = &mut request.init {
-        init.strength = args.strength;
-        if let Some(path) = &args.mask {
-            init.mask = Some(read_image(path, Mask::decode).await?);
+        let image = read_image(path, Image::decode).await?;
+        let mask = match &args.mask {
+            Some(path) => Some(read_image(path, Mask::decode).await?),
+            None => None,
+        };
+        let strength = args.strength;
+        let init =
+            tokio::task::spawn_blocking(move || InitImage::new(image, mask, strength)).await??;
+        let (w, h) = (init.image.width, init.image.height);
+        request = request.edit(init);
+        // One side given: the other keeps the image's proportions.
+        let other = |given: u32, a: u32, b: u32| {
+            let side = f64::from(given) * f64::from(b) / f64::from(a);
+            (((side / 16.0).round() as u32) * 16).clamp(MIN_SIDE, MAX_SIDE)
+        };
+        match (args.width, args.height) {
+            (Some(width), None) => request.height = other(width, w, h),
+            (None, Some(height)) => request.width = other(height, h, w),
+            _ => {}
         }
     }
     request.width = args.width.unwrap_or(request.width);

@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// Time a client has to send a request's headers, and again its body.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     header_timeout: Duration,
+    /// Time a client has to send an edit's body (its image, up to 50 MiB).
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
+    upload_timeout: Duration,
     /// Close a connection with no request in flight after this long.
     #[arg(long, value_parser = parse_duration, default_value = "75s")]
     idle_timeout: Duration,
@@ -96,6 +99,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             hub_cache,
             public_url: args.public_url,
             body_timeout: args.header_timeout,
+            upload_timeout: args.upload_timeout,
             image_dir: args.image_dir,
             image_dir_max: args.image_dir_max,
             ..Default::default()

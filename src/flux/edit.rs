@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::loaded::{LocalModel, Resident};
+use super::init_image::InitImage;
+use super::loaded::LocalModel;
 use super::pipeline::resident_or_load;
-use super::request::{Component, GenerateEvent, InitImage, Timings};
+use super::request::{Component, GenerateEvent, Timings};
 use super::FluxError;
 
 /// An edit's image as the transformer sees it.
@@ -22,11 +23,11 @@ pub struct Edit {
 
 /// The image resized to the request's size, through the VAE's encoder, and
 /// packed; with its mask at the latent's resolution, packed the same way.
-/// The encoder stays resident from the first edit on, except in low-memory
-/// mode (where nothing but the tokenizers does: no decoder either).
+/// The encoder is loaded for this (from the mapped file: about 0.1 GB, a
+/// fraction of a second) and freed after it, so that it costs no memory to
+/// those who never edit.
 pub fn encode_init(
     model: &LocalModel,
-    resident: &mut Resident,
     init: &InitImage,
     (width, height): (usize, usize),
     say: &mut impl FnMut(GenerateEvent) -> Result<(), FluxError>,
@@ -34,21 +35,9 @@ pub fn encode_init(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Edit, FluxError> {
     let (device, dtype) = (&model.device, model.flux_dtype());
-    if resident.decoder.is_some() && resident.encoder.is_none() {
-        let mut loaded = None;
-        resident_or_load(
-            None,
-            &mut loaded,
-            Component::VaeEncoder,
-            || model.load_encoder(),
-            say,
-            timings,
-        )?;
-        resident.encoder = loaded;
-    }
     let mut borrowed = None;
     let encoder = resident_or_load(
-        resident.encoder.as_mut(),
+        None,
         &mut borrowed,
         Component::VaeEncoder,
         || model.load_encoder(),
@@ -58,7 +47,12 @@ pub fn encode_init(
     let t = Instant::now();
     let (w, h) = (width as u32, height as u32);
     let source =
-        image::RgbImage::from_raw(init.image.width, init.image.height, init.image.rgb.clone())
+        // The pixels read in place: a queued edit's image is not copied.
+        image::ImageBuffer::<image::Rgb<u8>, &[u8]>::from_raw(
+            init.image.width,
+            init.image.height,
+            &init.image.rgb[..],
+        )
             .ok_or_else(|| FluxError::InvalidRequest {
                 field: "image",
                 reason: "is not an RGB image of its size".into(),
@@ -91,11 +85,15 @@ pub fn encode_init(
         .mask
         .as_ref()
         .map(|mask| {
-            let gray = image::GrayImage::from_raw(mask.width, mask.height, mask.repaint.clone())
-                .ok_or_else(|| FluxError::InvalidRequest {
-                    field: "mask",
-                    reason: "is not a mask of its size".into(),
-                })?;
+            let gray = image::ImageBuffer::<image::Luma<u8>, &[u8]>::from_raw(
+                mask.width,
+                mask.height,
+                &mask.repaint[..],
+            )
+            .ok_or_else(|| FluxError::InvalidRequest {
+                field: "mask",
+                reason: "is not a mask of its size".into(),
+            })?;
             let (lw, lh) = (w / 8, h / 8);
             let small =
                 image::imageops::resize(&gray, lw, lh, image::imageops::FilterType::Triangle);

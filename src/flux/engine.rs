@@ -729,6 +729,8 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                 ..
             } => {
                 let mut poisoned = false;
+                // An edit's image, encoded by the first batch for the rest.
+                let mut encoded = None;
                 for seeds in seeds.chunks(batch.max(1)) {
                     let mut emit = |event: GenerateEvent| events.send(event).is_ok();
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -737,6 +739,7 @@ fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, shared: Arc<Sh
                             resident,
                             &request,
                             (seeds, decode),
+                            &mut encoded,
                             pipeline::Hooks {
                                 emit: &mut emit,
                                 on_step: &mut || {
@@ -832,7 +835,6 @@ fn load(
             tokenizers,
             clip,
             decoder,
-            encoder: None,
             t5,
             flux,
             prompts: PromptCache::default(),

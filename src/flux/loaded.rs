@@ -141,7 +141,7 @@ impl LocalModel {
         )
     }
 
-    /// The encoder half of the autoencoder, for edits.
+    /// The encoder half of the autoencoder, for an edit (never kept).
     pub fn load_encoder(&self) -> Result<Encoder, FluxError> {
         let files = std::slice::from_ref(&self.files.vae);
         let vb = mmap(files, self.dtype, &self.device)?;
@@ -167,8 +167,6 @@ pub struct Resident {
     pub tokenizers: Tokenizers,
     pub clip: Option<Clip>,
     pub decoder: Option<Decoder>,
-    /// Loaded at the first edit, and kept from then on unless memory is short.
-    pub encoder: Option<Encoder>,
     pub t5: Option<T5>,
     pub flux: Option<Transformer>,
     /// Recent prompts' encodings (kept in low-memory mode too: they are

@@ -322,10 +322,7 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let (quant, t5q) = plan;
     let s = work.dtype.size_in_bytes() as u64;
     let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
-    // The encoder stays resident after the first edit; it is smaller than
-    // the decoder (34 M parameters against 50 M in FLUX's), and planned as
-    // large.
-    let always = scale(size.clip_params_bytes_f32) + 2 * scale(size.decoder_bytes_f32);
+    let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
     let flux = size.flux.resident_bytes(quant, work.dtype, work.cpu);
     // T5 while it encodes (candle repacks on first use), and while it loads
     // (the renamed file in memory; nothing repacked yet).
@@ -361,17 +358,22 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
         vae_activations(size, w, h, s)
     };
 
-    let encode_act = if work.edit {
-        // On the CPU in f32 the encoder is `vae_cpu`'s, which, as its
-        // decoder, makes no unfolded copies.
+    // An edit loads the encoder for its image, beside everything else, and
+    // frees it: its weights (fewer than the decoder's: 34 M parameters
+    // against 50 M in FLUX's; planned as many) and activations. On the CPU
+    // in f32 the encoder is `vae_cpu`'s, which, as its decoder, makes no
+    // unfolded copies.
+    let encode = if work.edit {
         let owned = work.cpu && work.dtype == DType::F32;
-        encoder_activations(size, w, h, s, if owned { 8 } else { 12 })
+        scale(size.decoder_bytes_f32)
+            + encoder_activations(size, w, h, s, if owned { 8 } else { 12 })
     } else {
         0
     };
 
     let peak = if work.low_memory {
-        // One part at a time: T5, CLIP, the transformer, the decoder.
+        // One part at a time: T5, CLIP, an edit's encoder, the
+        // transformer, the decoder.
         let clip = scale(size.clip_params_bytes_f32);
         let decoder = scale(size.decoder_bytes_f32);
         [
@@ -379,14 +381,14 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
             clip,
             flux + flux_act,
             decoder + vae_act,
-            decoder + encode_act,
+            encode,
         ]
         .into_iter()
         .max()
         .expect("not empty")
     } else {
         let loading = always + t5_load;
-        let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act).max(encode_act);
+        let running = always + t5 + flux + flux_act.max(t5_act).max(vae_act).max(encode);
         loading.max(running)
     };
     peak + OVERHEAD

@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod files;
 pub(crate) mod gguf;
+mod init_image;
 mod loaded;
 pub mod memory;
 mod pipeline;
@@ -34,12 +35,13 @@ pub use engine::{
 };
 pub use error::FluxError;
 pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};
+pub use init_image::{InitImage, Mask, MAX_INPUT_SIDE};
 pub use memory::MemoryBudget;
 pub use pipeline::seeded_noise;
 pub use quant::{Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
 pub use request::{
-    random_seed, Component, GenerateEvent, GenerateRequest, Image, InitImage, Mask, Preview,
-    Timings, DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_INPUT_SIDE, MAX_SIDE, MAX_STEPS, MIN_SIDE,
+    random_seed, Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS,
+    DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MIN_SIDE,
 };
 pub use text::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
 

@@ -34,11 +34,15 @@ pub struct Hooks<'a> {
 /// they happen; each `Step` right after its transformer pass, with the first
 /// image's preview. Each image's timings share the batch's stages but its
 /// own VAE decode, and end when it is decoded.
+///
+/// An edit's image is encoded into `encoded` by the first batch of a
+/// request, and read from there by the rest.
 pub fn generate(
     model: &LocalModel,
     resident: &mut Resident,
     request: &GenerateRequest,
     (seeds, vae_decode): (&[u64], VaeDecode),
+    encoded: &mut Option<Edit>,
     hooks: Hooks,
 ) -> Result<(Vec<(Image, Timings)>, usize), FluxError> {
     let Hooks {
@@ -100,20 +104,24 @@ pub fn generate(
     let edit = match &request.init {
         None => None,
         Some(init) => {
-            let mut edit = encode_init(
-                model,
-                resident,
-                init,
-                (width, height),
-                &mut say,
-                &mut timings,
-                cancelled,
-            )?;
+            if encoded.is_none() {
+                *encoded = Some(encode_init(
+                    model,
+                    init,
+                    (width, height),
+                    &mut say,
+                    &mut timings,
+                    cancelled,
+                )?);
+            }
+            let once = encoded.as_ref().expect("encoded above");
             // The same image under every seed's noise.
             let each = |t: &Tensor| t.repeat(batch).map_err(compute("denoising"));
-            edit.latent = each(&edit.latent)?;
-            edit.mask = edit.mask.as_ref().map(each).transpose()?;
-            Some(edit)
+            Some(Edit {
+                latent: each(&once.latent)?,
+                strength: once.strength,
+                mask: once.mask.as_ref().map(each).transpose()?,
+            })
         }
     };
 
@@ -213,6 +221,7 @@ pub fn generate(
         let mut own = timings.clone();
         own.vae_decode = t.elapsed();
         own.total = start.elapsed();
+        own.shared_passes = i > 0;
         images.push((image, own));
     }
     Ok((images, tokens.t5_read))

@@ -8,6 +8,7 @@ use super::FluxError;
 use crate::hub::HubEvent;
 use crate::protocol::{OutputFormat, MAX_IMAGES};
 
+use super::init_image::InitImage;
 use crate::limits::{check_seed, check_side, check_steps, check_strength, MAX_SEED};
 pub use crate::limits::{DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MIN_SIDE};
 
@@ -36,89 +37,6 @@ pub struct GenerateRequest {
     pub init: Option<InitImage>,
 }
 
-/// What an edit starts from: the image, how much of it to repaint, and where.
-#[derive(Clone, Debug, PartialEq)]
-pub struct InitImage {
-    /// Any size: it is resized to the request's.
-    pub image: Image,
-    /// The noise level the image's latent is brought to before denoising,
-    /// in (0, 1]; the request's steps run from there to 0 on schnell's
-    /// linear schedule (as ComfyUI's `denoise` does).
-    pub strength: f32,
-    /// Where to repaint; everywhere without one.
-    pub mask: Option<Mask>,
-}
-
-/// Where an edit repaints, one weight a pixel: 255 repaints, 0 keeps the
-/// image; between, a blend. The same size as the image it masks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mask {
-    pub width: u32,
-    pub height: u32,
-    pub repaint: Vec<u8>,
-}
-
-/// The largest side of an uploaded image or mask, and the most its decoding
-/// may allocate: beyond them it is refused before it is decoded.
-pub const MAX_INPUT_SIDE: u32 = 8192;
-const MAX_INPUT_ALLOC: u64 = 1 << 30;
-
-/// An uploaded image file (png, jpeg or webp), decoded within the limits.
-fn decode_upload(bytes: &[u8]) -> Result<image::DynamicImage, String> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) => {}
-        Some(other) => return Err(format!("is a {other:?} image: send a png, jpeg or webp")),
-        None => return Err("is not a png, jpeg or webp image".into()),
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_INPUT_SIDE);
-    limits.max_image_height = Some(MAX_INPUT_SIDE);
-    limits.max_alloc = Some(MAX_INPUT_ALLOC);
-    reader.limits(limits);
-    reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => {
-            format!("is larger than {MAX_INPUT_SIDE}×{MAX_INPUT_SIDE} pixels")
-        }
-        e => format!("cannot be decoded: {e}"),
-    })
-}
-
-impl Image {
-    /// An uploaded png, jpeg or webp, as RGB (any transparency dropped).
-    /// The error says what is wrong with the file, for the caller to name it.
-    pub fn decode(bytes: &[u8]) -> Result<Image, String> {
-        let rgb = decode_upload(bytes)?.to_rgb8();
-        Ok(Image {
-            width: rgb.width(),
-            height: rgb.height(),
-            rgb: rgb.into_raw(),
-        })
-    }
-}
-
-impl Mask {
-    /// A mask file as OpenAI's API reads it: with an alpha channel, its
-    /// transparent pixels are repainted (alpha 0 repaints, 255 keeps).
-    /// Without one, its white pixels are (diffusers' inpainting masks).
-    pub fn decode(bytes: &[u8]) -> Result<Mask, String> {
-        let decoded = decode_upload(bytes)?;
-        let (width, height) = (decoded.width(), decoded.height());
-        let repaint = if decoded.color().has_alpha() {
-            decoded.to_rgba8().pixels().map(|p| 255 - p.0[3]).collect()
-        } else {
-            decoded.to_luma8().into_raw()
-        };
-        Ok(Mask {
-            width,
-            height,
-            repaint,
-        })
-    }
-}
-
 fn default_side() -> u32 {
     1024
 }
@@ -143,15 +61,11 @@ impl GenerateRequest {
         }
     }
 
-    /// An edit of `image`, at [`DEFAULT_STRENGTH`], without a mask, at the
-    /// size [`crate::limits::edit_size`] picks for it.
-    pub fn edit(mut self, image: Image) -> Self {
-        (self.width, self.height) = crate::limits::edit_size(image.width, image.height);
-        self.init = Some(InitImage {
-            image,
-            strength: DEFAULT_STRENGTH,
-            mask: None,
-        });
+    /// An edit of `init`'s image, at the size [`crate::limits::edit_size`]
+    /// picks for it (change it with [`GenerateRequest::size`] after).
+    pub fn edit(mut self, init: InitImage) -> Self {
+        (self.width, self.height) = crate::limits::edit_size(init.image.width, init.image.height);
+        self.init = Some(init);
         self
     }
 
@@ -298,6 +212,9 @@ pub struct Timings {
     pub steps: Vec<Duration>,
     pub vae_decode: Duration,
     pub total: Duration,
+    /// One of a batch's images after its first: its load, encodings and
+    /// steps are the first's, shared (metrics count them once).
+    pub shared_passes: bool,
 }
 
 /// What a generation reports, in order: downloads and loading (first request

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::errors::ApiError;
 use super::AppState;
-use crate::flux::{GenerateEvent, GenerateRequest, Image, Mask, Phase, Timings};
+use crate::flux::{GenerateEvent, GenerateRequest, Image, InitImage, Mask, Phase, Timings};
 use crate::protocol::{
     partial_steps, CompletedImage, ImageData, ImagesRequest, ImagesResponse, Model, ModelList,
     OutputFormat, PartialImage, ResponseFormat, Size, StageTimings, StreamEvent, Usage,
@@ -43,7 +43,6 @@ struct Checked {
     /// As sent, for what the answer echoes.
     wire: ImagesRequest,
     request: GenerateRequest,
-    n: u32,
     as_url: bool,
     format: OutputFormat,
     /// The steps after which a stream sends a partial image.
@@ -102,6 +101,11 @@ const FIELDS: [&str; 17] = [
     "strength",
 ];
 
+/// A field's name as `ApiError`'s `param`, if it is one of the request's.
+pub(super) fn field_param(name: &str) -> Option<&'static str> {
+    FIELDS.iter().copied().find(|f| *f == name)
+}
+
 /// The request from its fields, JSON's or a form's. The error names the
 /// field at fault (`n: invalid type: string "two", expected u32`), and
 /// `param` says it too.
@@ -111,11 +115,7 @@ fn parse<'de, D: serde::Deserializer<'de, Error = serde_json::Error>>(
     serde_path_to_error::deserialize(fields).map_err(|e| {
         let path = e.path().to_string();
         // Broken JSON is nobody's field, though the path says where it broke.
-        let param = FIELDS
-            .iter()
-            .copied()
-            .find(|f| *f == path)
-            .filter(|_| e.inner().is_data());
+        let param = field_param(&path).filter(|_| e.inner().is_data());
         let message = match param {
             Some(field) => format!("`{field}`: {}", e.inner()),
             None => format!(
@@ -149,7 +149,7 @@ fn parse_json(body: &[u8]) -> Result<ImagesRequest, ApiError> {
 fn check(
     state: &AppState,
     parsed: ImagesRequest,
-    init: Option<(Image, Option<Mask>)>,
+    init: Option<InitImage>,
 ) -> Result<Checked, ApiError> {
     parsed
         .check()
@@ -172,16 +172,11 @@ fn check(
             request = request.size(width, height);
         }
         // `auto` (or no size) is the image's own proportions.
-        Some((image, mask)) => {
-            request = request.edit(image);
+        Some(init) => {
+            request = request.edit(init);
             if let Some(Size::Pixels { width, height }) = parsed.size {
                 request = request.size(width, height);
             }
-            let init = request.init.as_mut().expect("an edit");
-            init.strength = parsed
-                .strength
-                .map_or(crate::flux::DEFAULT_STRENGTH, |s| s as f32);
-            init.mask = mask;
         }
     }
     request.steps = parsed.steps.unwrap_or(crate::flux::DEFAULT_STEPS);
@@ -190,7 +185,6 @@ fn check(
     request.validate().map_err(|e| ApiError::from_flux(&e))?;
     let partial_steps = partial_steps(request.steps, parsed.partial_images);
     Ok(Checked {
-        n: request.n,
         as_url: parsed.response_format == Some(ResponseFormat::Url),
         format: parsed.output_format.unwrap_or_default(),
         partial_steps,
@@ -262,22 +256,34 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
 
 /// `POST /v1/images/edits`: FLUX image-to-image, inpainting with a mask.
 pub async fn edits(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    // Ready and admitted before the body is read: an upload may be up to
-    // [`super::MAX_EDIT_BODY`], and no more are held at once than the
-    // queue admits.
-    let permit = match ready(&state).and_then(|()| admit(&state)) {
+    // At most [`super::MAX_UPLOADS`] bodies (each up to
+    // [`super::MAX_EDIT_BODY`]) are read and decoded at once, beside the
+    // queue, so that slow uploads never hold its places.
+    let upload = match ready(&state).and_then(|()| {
+        state
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::uploads_full(super::MAX_UPLOADS))
+    }) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let checked = async {
-        let body = read_body(body, super::MAX_EDIT_BODY, state.body_timeout).await?;
+        let body = read_body(body, super::MAX_EDIT_BODY, state.upload_timeout).await?;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let form = super::form::parse(content_type, body).await?;
         let parsed = parse(serde_json::Value::Object(form.fields))?;
+        let strength = parsed
+            .strength
+            .map_or(crate::flux::DEFAULT_STRENGTH, |s| s as f32);
         // Decoding a large upload takes a while: off the runtime's threads.
-        let (image, mask) = tokio::task::spawn_blocking(move || {
+        // The upload's place goes with it, so a client that leaves meanwhile
+        // does not let more decodes start than there are places.
+        let init = tokio::task::spawn_blocking(move || {
+            let _upload = upload;
             let image = Image::decode(&form.image)
                 .map_err(|reason| ApiError::invalid(Some("image"), format!("`image` {reason}")))?;
             let mask = form
@@ -285,16 +291,20 @@ pub async fn edits(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
                 .map(|bytes| Mask::decode(&bytes))
                 .transpose()
                 .map_err(|reason| ApiError::invalid(Some("mask"), format!("`mask` {reason}")))?;
-            Ok::<_, ApiError>((image, mask))
+            InitImage::new(image, mask, strength).map_err(|e| ApiError::from_flux(&e))
         })
         .await
         .map_err(|e| ApiError::internal(format!("decoding the image: {e}")))??;
-        let checked = check(&state, parsed, Some((image, mask)))?;
+        let checked = check(&state, parsed, Some(init))?;
         fits(&state, &checked)?;
         Ok::<_, ApiError>(checked)
     };
-    match checked.await {
-        Ok(checked) => respond(state, checked, permit).await,
+    let checked = match checked.await {
+        Ok(checked) => checked,
+        Err(e) => return e.into_response(),
+    };
+    match admit(&state) {
+        Ok(permit) => respond(state, checked, permit).await,
         Err(e) => e.into_response(),
     }
 }
@@ -308,16 +318,28 @@ async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphoreP
     // Dropping this future (the client went away) drops the engine's stream,
     // which cancels the job at its next step, and frees the queue place.
     let _permit = permit;
-    let mut data = Vec::new();
-    let mut prompt_tokens = 0;
-    let all_done = match run_to_end(&state, checked.request.clone()).await {
+    let (mut data, mut prompt_tokens) = (Vec::new(), 0);
+    let n = checked.request.n;
+    // The request moves to the engine; an edit's image is not copied.
+    let Checked {
+        wire,
+        request,
+        as_url,
+        format,
+        ..
+    } = checked;
+    let size = Size::Pixels {
+        width: request.width,
+        height: request.height,
+    };
+    let all_done = match run_to_end(&state, request).await {
         Ok(done) => done,
         Err(e) => return e.into_response(),
     };
     for done in all_done {
         prompt_tokens = done.prompt_tokens;
-        let compression = checked.wire.output_compression;
-        let encoded = match encode(done.image, checked.format, compression).await {
+        let compression = wire.output_compression;
+        let encoded = match encode(done.image, format, compression).await {
             Ok(bytes) => bytes,
             Err(e) => return e.into_response(),
         };
@@ -326,8 +348,8 @@ async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphoreP
             timings: stage_timings(&done.timings),
             ..Default::default()
         };
-        if checked.as_url {
-            let name = match state.images.put(encoded, checked.format).await {
+        if as_url {
+            let name = match state.images.put(encoded, format).await {
                 Ok(name) => name,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot keep an image");
@@ -344,15 +366,14 @@ async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphoreP
         }
         data.push(item);
     }
-    let size = checked.size();
     Json(ImagesResponse {
         created: unix_now(),
         data,
         background: OPAQUE.into(),
-        output_format: checked.format,
-        quality: checked.wire.quality_echo(),
+        output_format: format,
+        quality: wire.quality_echo(),
         size,
-        usage: Usage::new(prompt_tokens as u64, checked.n.into(), size.pixels()),
+        usage: Usage::new(prompt_tokens as u64, n.into(), size.pixels()),
         model: state.model.id.to_string(),
     })
     .into_response()

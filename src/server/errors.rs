@@ -44,7 +44,7 @@ impl ApiError {
     pub fn too_large(limit: usize) -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the request body is larger than {} KiB", limit / 1024),
+            message: format!("the request body is larger than {}", byte_size(limit)),
             kind: "invalid_request_error",
             param: None,
             code: Some("request_too_large"),
@@ -84,6 +84,17 @@ impl ApiError {
             kind: "rate_limit_error",
             param: None,
             code: Some("queue_full"),
+            retry_after: Some(2),
+        }
+    }
+
+    pub fn uploads_full(max: usize) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("{max} edits are uploading already; retry shortly"),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("uploads_full"),
             retry_after: Some(2),
         }
     }
@@ -182,5 +193,13 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+/// A body limit in words: KiB below a MiB, else MiB.
+pub fn byte_size(bytes: usize) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{} MiB", bytes >> 20)
     }
 }

@@ -29,6 +29,11 @@ const TYPED: [&str; 7] = [
     "stream",
 ];
 
+/// The most parts a form may have, and the longest a text part may be (a
+/// generation's whole body may be no longer).
+const MAX_PARTS: usize = 64;
+const MAX_TEXT: usize = super::MAX_BODY;
+
 fn unreadable(e: multer::Error) -> ApiError {
     ApiError::invalid(None, format!("the multipart body cannot be read: {e}"))
 }
@@ -46,13 +51,33 @@ pub async fn parse(content_type: Option<&str>, body: Bytes) -> Result<EditForm, 
     let whole = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(whole, boundary);
     let (mut images, mut mask, mut fields) = (Vec::new(), None, Map::new());
+    let mut parts = 0;
     while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(ApiError::invalid(
+                None,
+                format!("the form has more than {MAX_PARTS} parts"),
+            ));
+        }
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "image" | "image[]" => images.push(field.bytes().await.map_err(unreadable)?),
+            "mask" if mask.is_some() => {
+                return Err(ApiError::invalid(
+                    Some("mask"),
+                    "send one `mask`: it masks the one image",
+                ))
+            }
             "mask" => mask = Some(field.bytes().await.map_err(unreadable)?),
             _ => {
                 let text = field.text().await.map_err(unreadable)?;
+                if text.len() > MAX_TEXT {
+                    return Err(ApiError::invalid(
+                        super::api::field_param(&name),
+                        format!("`{name}` is longer than {} KiB", MAX_TEXT >> 10),
+                    ));
+                }
                 let value = if TYPED.contains(&name.as_str()) {
                     serde_json::from_str(text.trim()).unwrap_or(Value::String(text))
                 } else {
@@ -135,6 +160,20 @@ mod tests {
         let (ct, b) = body(&[("image", Some("a"), b"1"), ("image", Some("b"), b"2")]);
         let e = parse(Some(&ct), b).await.err().unwrap();
         assert!(e.message.contains("sent 2"), "{}", e.message);
+        let (ct, b) = body(&[("mask", Some("a"), b"1"), ("mask", Some("b"), b"2")]);
+        let e = parse(Some(&ct), b).await.err().unwrap();
+        assert_eq!(e.param, Some("mask"));
+        let long = vec![b'a'; MAX_TEXT + 1];
+        let (ct, b) = body(&[("prompt", None, &long)]);
+        let e = parse(Some(&ct), b).await.err().unwrap();
+        assert_eq!(
+            (e.param, e.message.contains("64 KiB")),
+            (Some("prompt"), true)
+        );
+        let many: Vec<(&str, Option<&str>, &[u8])> = vec![("x", None, b"1"); MAX_PARTS + 1];
+        let (ct, b) = body(&many);
+        let e = parse(Some(&ct), b).await.err().unwrap();
+        assert!(e.message.contains("more than 64 parts"), "{}", e.message);
         let e = parse(Some("application/json"), Bytes::from_static(b"{}"))
             .await
             .err()

@@ -119,13 +119,16 @@ impl Metrics {
                 .get_or_create(&StageLabel { stage })
                 .observe(d.as_secs_f64())
         };
-        observe(Stage::load, timings.load);
-        observe(Stage::text_encoding, timings.text_encoding);
-        if !timings.vae_encode.is_zero() {
-            observe(Stage::vae_encode, timings.vae_encode);
-        }
-        for step in &timings.steps {
-            observe(Stage::step, *step);
+        // A batch's later images share the first's stages: counted once.
+        if !timings.shared_passes {
+            observe(Stage::load, timings.load);
+            observe(Stage::text_encoding, timings.text_encoding);
+            if !timings.vae_encode.is_zero() {
+                observe(Stage::vae_encode, timings.vae_encode);
+            }
+            for step in &timings.steps {
+                observe(Stage::step, *step);
+            }
         }
         observe(Stage::vae_decode, timings.vae_decode);
         observe(Stage::total, timings.total);

@@ -41,6 +41,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// OpenAI's limit for an image.
 pub const MAX_EDIT_BODY: usize = 50 << 20;
 
+/// Edits whose bodies are read and decoded at once; more get 429. Apart
+/// from the queue, so that slow uploads never hold its places, and few, so
+/// that their bodies and decoded images stay within a few hundred MB.
+pub const MAX_UPLOADS: usize = 4;
+
 /// Without the API key, `/hub` serves only `*.json` files up to this size
 /// (tokenizers and configs, what the web page reads); the rest needs the key.
 pub const PUBLIC_HUB_JSON_MAX: u64 = 16 << 20;
@@ -126,6 +131,8 @@ pub struct ServerConfig {
     /// A request body must arrive within this (see
     /// [`ServeOptions::header_timeout`]).
     pub body_timeout: Duration,
+    /// An edit's body (up to [`MAX_EDIT_BODY`]) must arrive within this.
+    pub upload_timeout: Duration,
     /// Keep `response_format: "url"` images in this folder (which replicas
     /// may share) instead of in memory.
     pub image_dir: Option<PathBuf>,
@@ -144,6 +151,7 @@ impl Default for ServerConfig {
             public_url: None,
             image_ttl: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(120),
             image_dir: None,
             image_dir_max: 1_000_000_000,
         }
@@ -162,6 +170,9 @@ pub struct AppState {
     /// Takes local paths out of what clients see.
     redact: Redactor,
     body_timeout: Duration,
+    upload_timeout: Duration,
+    /// [`MAX_UPLOADS`] places for edits' bodies.
+    uploads: Arc<Semaphore>,
     started: u64,
     metrics: metrics::Metrics,
 }
@@ -222,6 +233,8 @@ pub async fn router(
         public_url,
         redact,
         body_timeout: config.body_timeout,
+        upload_timeout: config.upload_timeout,
+        uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

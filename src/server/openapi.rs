@@ -36,6 +36,23 @@ pub fn document() -> Value {
                 "Where to repaint, the image's size: its transparent pixels (alpha 0), or without an alpha channel its white ones. Without a mask, the whole image is repainted to `strength`" },
         },
     }]}}});
+    // The two image endpoints answer alike: images, or a stream of events.
+    let images_answer = |events: &str, bad: &str, limit: usize| {
+        json!({
+            "200": {
+                "description": format!("The images; with `stream`, server-sent events{events} whose names are their `type`"),
+                "content": {
+                    "application/json": { "schema": response },
+                    "text/event-stream": { "schema": event },
+                },
+            },
+            "400": failure(&format!("{bad} is invalid (`param` names it), or the image would not fit in memory")),
+            "401": failure("The API key is missing or wrong"),
+            "413": failure(&format!("The body is larger than {}", super::errors::byte_size(limit))),
+            "429": failure("The queue is full: try again after `Retry-After`"),
+            "503": failure("The model is not ready yet"),
+        })
+    };
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -51,39 +68,17 @@ pub fn document() -> Value {
                 "summary": "Make images from a prompt",
                 "security": secured,
                 "requestBody": { "required": true, "content": json_body(&request) },
-                "responses": {
-                    "200": {
-                        "description": "The images; with `stream`, server-sent events whose names are their `type`",
-                        "content": {
-                            "application/json": { "schema": response },
-                            "text/event-stream": { "schema": event },
-                        },
-                    },
-                    "400": failure("A field is invalid (`param` names it), or the image would not fit in memory"),
-                    "401": failure("The API key is missing or wrong"),
-                    "413": failure("The body is larger than 64 KiB"),
-                    "429": failure("The queue is full: try again after `Retry-After`"),
-                    "503": failure("The model is not ready yet"),
-                },
+                "responses": images_answer("", "A field", super::MAX_BODY),
             }},
             "/v1/images/edits": { "post": {
                 "summary": "Edit an image from a prompt (image-to-image; inpainting with a mask)",
                 "security": secured,
                 "requestBody": { "required": true, "content": edit_form },
-                "responses": {
-                    "200": {
-                        "description": "The images; with `stream`, server-sent events (`image_edit.partial_image`, `image_edit.completed`) whose names are their `type`",
-                        "content": {
-                            "application/json": { "schema": response },
-                            "text/event-stream": { "schema": event },
-                        },
-                    },
-                    "400": failure("A field or file is invalid (`param` names it), or the image would not fit in memory"),
-                    "401": failure("The API key is missing or wrong"),
-                    "413": failure("The body is larger than 50 MiB"),
-                    "429": failure("The queue is full: try again after `Retry-After`"),
-                    "503": failure("The model is not ready yet"),
-                },
+                "responses": images_answer(
+                    " (`image_edit.partial_image`, `image_edit.completed`)",
+                    "A field or file",
+                    super::MAX_EDIT_BODY,
+                ),
             }},
             "/v1/models": { "get": {
                 "summary": "The model this server runs",

@@ -393,10 +393,11 @@ impl App {
             attempt += 1;
             set_text(&self.ui.progress_text, "Sending the request…");
             let key = self.ui.api_key.value();
-            let sent = match &edit {
-                Some(form) => net::post_form(&url, form, &key, signal).await,
-                None => net::post_json(&url, &body, &key, signal).await,
+            let payload = match &edit {
+                Some(form) => net::Body::Form(form),
+                None => net::Body::Json(&body),
             };
+            let sent = net::post(&url, payload, &key, signal).await;
             let response = match sent {
                 Ok(r) => r,
                 Err(e) if e.aborted => return Err(cancelled()),

@@ -43,32 +43,18 @@ pub async fn get(url: &str) -> Result<Response, NoAnswer> {
     send(url, &init).await
 }
 
-/// `POST` a JSON body, with the API key when there is one.
-pub async fn post_json(
-    url: &str,
-    body: &str,
-    api_key: &str,
-    signal: &AbortSignal,
-) -> Result<Response, NoAnswer> {
-    let headers = Headers::new().expect("Headers can be made");
-    let _ = headers.set("content-type", "application/json");
-    let _ = headers.set("accept", "text/event-stream");
-    if !api_key.trim().is_empty() {
-        let _ = headers.set("authorization", &format!("Bearer {}", api_key.trim()));
-    }
-    let init = RequestInit::new();
-    init.set_method("POST");
-    init.set_headers(&headers);
-    init.set_body(&body.into());
-    init.set_signal(Some(signal));
-    send(url, &init).await
+/// What a request's body is.
+pub enum Body<'a> {
+    Json(&'a str),
+    /// A multipart form (an edit): the browser writes the boundary into the
+    /// content type itself.
+    Form(&'a web_sys::FormData),
 }
 
-/// `POST` a multipart form (an edit), with the API key when there is one.
-/// The browser writes the boundary into the content type itself.
-pub async fn post_form(
+/// `POST` a body, asking for a stream, with the API key when there is one.
+pub async fn post(
     url: &str,
-    form: &web_sys::FormData,
+    body: Body<'_>,
     api_key: &str,
     signal: &AbortSignal,
 ) -> Result<Response, NoAnswer> {
@@ -79,8 +65,14 @@ pub async fn post_form(
     }
     let init = RequestInit::new();
     init.set_method("POST");
+    match body {
+        Body::Json(text) => {
+            let _ = headers.set("content-type", "application/json");
+            init.set_body(&text.into());
+        }
+        Body::Form(form) => init.set_body(form),
+    }
     init.set_headers(&headers);
-    init.set_body(form);
     init.set_signal(Some(signal));
     send(url, &init).await
 }
