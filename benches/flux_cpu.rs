@@ -74,10 +74,7 @@ fn main() {
             .unwrap();
         let engine = FluxSchnell::new(
             client,
-            EngineOptions {
-                quant: QuantChoice::Fixed(Quant::None),
-                ..Default::default()
-            },
+            EngineOptions::default().quant(QuantChoice::Fixed(Quant::None)),
         );
         engine.prepare().await.unwrap();
         engine

@@ -7,13 +7,15 @@
 #     prometheus_client (its parser reads /metrics) and selenium (drives
 #     ChromeDriver in the end-to-end browser test);
 #   - Debian's chromium, chromium-driver and nginx (the replicas test);
-#     wasm-bindgen-cli at the exact wasm-bindgen version in Cargo.lock;
-#     wasm-pack (browser tests) and Trunk 0.21.14 (builds the web app), both
-#     from crates.io;
+#     wasm-bindgen-cli at the exact wasm-bindgen version in Cargo.lock (its
+#     test runner drives the browser tests) and Trunk 0.21.14 (builds the web
+#     app), both from crates.io, built at opt-level 1 (tools, not products:
+#     half the build time);
 #   - last, scripts/build-cuda.sh installs CUDA 13.0's toolkit wheels from
 #     PyPI into ~/.cache/schnell-cuda and builds the CUDA binary.
 # Nothing downloads a browser or a tool at run time.
 # CARGO_TARGET_DIR is honoured, so CI can keep one build between runs.
+# Each step's time is printed at the end, pass or fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,13 +26,35 @@ RUN_TMP="$(mktemp -d)"
 export TMPDIR="$RUN_TMP"
 mirror_pid=""
 cleanup() {
+    local status=$?
     if [ -n "$mirror_pid" ]; then kill "$mirror_pid" 2>/dev/null || true; fi
     rm -rf "$RUN_TMP"
+    report_times
+    return "$status"
 }
 trap cleanup EXIT
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step's name and its start, for the table printed at the end.
+STEP_NAMES=()
+STEP_STARTS=()
+step() {
+    printf '\n== %s\n' "$*"
+    STEP_NAMES+=("$*")
+    STEP_STARTS+=("$(date +%s)")
+}
+report_times() {
+    local now i next
+    now="$(date +%s)"
+    [ "${#STEP_NAMES[@]}" -gt 0 ] || return 0
+    printf '\n== time per step\n'
+    for i in "${!STEP_NAMES[@]}"; do
+        next="${STEP_STARTS[$((i + 1))]:-$now}"
+        printf '%6ss  %s\n' "$((next - STEP_STARTS[i]))" "${STEP_NAMES[i]:0:100}"
+    done
+    printf '%6ss  in all\n' "$((now - STEP_STARTS[0]))"
+}
 
+step "checking the tools"
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     step "installing the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
@@ -50,30 +74,34 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null || !
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver nginx-light
 fi
 
+# The tools are built at opt-level 1: they process a few files, and a full
+# release build of them took twice as long.
+tool_profile=(env CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16)
 WBG_VERSION="$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')"
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WBG_VERSION" ]; then
     step "installing wasm-bindgen-cli $WBG_VERSION (matches Cargo.lock)"
-    cargo install wasm-bindgen-cli --version "$WBG_VERSION"
-fi
-
-if ! command -v wasm-pack >/dev/null; then
-    step "installing wasm-pack"
-    cargo install --locked wasm-pack
+    # Not --locked: its lock file pins a webpki-roots that crates.io yanked.
+    "${tool_profile[@]}" cargo install wasm-bindgen-cli --version "$WBG_VERSION"
 fi
 
 TRUNK_VERSION=0.21.14 # 0.22 needs a newer rustc
 if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then
     step "installing trunk $TRUNK_VERSION"
-    cargo install --locked trunk --version "$TRUNK_VERSION"
+    "${tool_profile[@]}" cargo install --locked trunk --version "$TRUNK_VERSION"
 fi
 
 # Trunk builds offline (Trunk.toml): every crate, for every target, first.
 cargo fetch --locked
 
-step "native: unit, integration and CLI tests (benchmarks run as smoke tests)"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+step "native: unit, integration and CLI tests, examples built (benchmarks run as smoke tests)"
 cargo test --locked --all-targets
 
-step "browser: huggingface_file over fetch + Cache API, the SSE reader and token counts, in headless Chromium"
+step "native: the README's and the docs' Rust examples (doc-tests)"
+cargo test --locked --doc
+
+step "the test mirror (tiny random-weight models), for the examples and the browser tests"
 mirror_dir="$(mktemp -d)"
 mirror_out="$mirror_dir/url"
 cargo run --locked --quiet --example test_mirror -- "$mirror_dir/files" >"$mirror_out" &
@@ -83,25 +111,50 @@ for _ in $(seq 1 600); do
     kill -0 "$mirror_pid" 2>/dev/null || { echo "the test mirror did not start" >&2; exit 1; }
     sleep 0.5
 done
-# wasm-pack finds chromedriver on PATH and reads webdriver.json (headless flags).
-SCHNELL_TEST_MIRROR="$(head -1 "$mirror_out")" WASM_BINDGEN_TEST_TIMEOUT=120 \
-    wasm-pack test --headless --chrome --mode no-install -- --locked --test wasm_hub --test wasm_web
+MIRROR_URL="$(head -1 "$mirror_out")"
+
+step "examples/ on the tiny models: generate (one-shot and stream), fetch files, embed the server"
+examples_dir="$(mktemp -d)"
+for example in generate_image generate_stream fetch_files embed_server; do
+    echo "-- cargo run --example $example"
+    (cd "$examples_dir" && HF_ENDPOINT="$MIRROR_URL" HF_HUB_CACHE="$examples_dir/cache" HF_TOKEN= \
+        cargo run --locked --quiet --manifest-path "$OLDPWD/Cargo.toml" --example "$example")
+done
+for png in image.png; do
+    [ -s "$examples_dir/$png" ] || { echo "the generate examples wrote no $png" >&2; exit 1; }
+done
+
+step "browser: huggingface_file over fetch + Cache API, the SSE reader and token counts, in headless Chromium"
+# wasm-bindgen's own test runner (from wasm-bindgen-cli) drives Chromium
+# through ChromeDriver, with the capabilities in webdriver.json (headless).
+SCHNELL_TEST_MIRROR="$MIRROR_URL" WASM_BINDGEN_TEST_TIMEOUT=120 \
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    CHROMEDRIVER="$(command -v chromedriver)" \
+    cargo test --locked --target wasm32-unknown-unknown --test wasm_hub --test wasm_web
 kill "$mirror_pid" 2>/dev/null || true
+mirror_pid=""
 
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-
-step "browser: the web app, built by Trunk and driven end to end against schnell serve"
-trunk build --release --dist "$target_dir/dist"
+step "browser: the web app, built by Trunk (the dev profile the browser tests built) and driven end to end against schnell serve"
+trunk build --dist "$target_dir/dist"
 "$VENV/bin/python" tests/python/browser_e2e.py "$target_dir/debug/schnell" "$target_dir/dist" "$target_dir/artefacts"
 
-step "Python huggingface_hub and schnell share one cache"
-"$VENV/bin/python" tests/python/interop.py "$target_dir/debug/schnell"
-
-step "the official openai Python client against schnell serve"
-"$VENV/bin/python" tests/python/openai_client.py "$target_dir/debug/schnell"
-
-step "two schnell serve replicas behind nginx, as the README sets them up; one is killed mid-load"
-"$VENV/bin/python" tests/python/nginx_replicas.py "$target_dir/debug/schnell"
+# These three start their own servers on free ports and mostly wait on them:
+# they run side by side, each into its own log, printed in turn.
+step "side by side: Python huggingface_hub shares schnell's cache; the official openai client; two replicas behind nginx, one killed mid-load"
+logs="$(mktemp -d)"
+pids=()
+names=(interop openai_client nginx_replicas)
+for name in "${names[@]}"; do
+    "$VENV/bin/python" "tests/python/$name.py" "$target_dir/debug/schnell" >"$logs/$name.log" 2>&1 &
+    pids+=($!)
+done
+failed=0
+for i in "${!names[@]}"; do
+    if wait "${pids[i]}"; then result=passed; else result=FAILED; failed=1; fi
+    printf -- '-- tests/python/%s.py: %s\n' "${names[i]}" "$result"
+    cat "$logs/${names[i]}.log"
+done
+[ "$failed" = 0 ] || exit 1
 
 step "CUDA: scripts/build-cuda.sh builds --features cuda (toolkit from PyPI); the binary runs against a stub driver"
 # Its own build folder (~/.cache/schnell-cuda-target), kept between runs.

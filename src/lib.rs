@@ -1,10 +1,8 @@
-//! schnell: FLUX.1-schnell text-to-image, as a native server and a browser client.
-//!
-//! The heart of the crate is [`hub`]: one async way to get a Hugging Face Hub file,
-//! the same call on every target. Natively it is backed by tokio, reqwest and the
-//! standard Hugging Face cache; in the browser by `fetch` and the Cache API.
-//!
-//! Target-specific code is chosen here, at module boundaries, and nowhere else.
+// The crate's front page is the README, so that every Rust block in it is a
+// doc-test: it compiles (and runs, unless it needs the real weights).
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+// Target-specific code is chosen here, at module boundaries, and nowhere else.
 
 pub mod hub;
 pub mod limits;

@@ -40,10 +40,7 @@ fn setup_with(dir: &Path, options: EngineOptions, token: Option<&str>) -> Setup 
 fn setup(encoders: TextEncoders) -> Setup {
     setup_with(
         tiny_models(),
-        EngineOptions {
-            text_encoders: encoders,
-            ..Default::default()
-        },
+        EngineOptions::default().text_encoders(encoders),
         None,
     )
 }
@@ -117,25 +114,13 @@ async fn the_same_seed_gives_the_same_png_and_another_seed_another_image() {
     random.seed = Some(seed);
     let again = run(&s.engine, random).await;
     assert_eq!(image, done(&again).0);
-    assert_eq!(
-        s.engine
-            .stats()
-            .loads
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "models load once"
-    );
+    assert_eq!(s.engine.stats().loads, 1, "models load once");
 }
 
 #[tokio::test]
 async fn n_images_share_each_pass_and_match_the_same_seeds_one_by_one() {
     let s = setup(TextEncoders::FluxRepo);
-    let steps_run = || {
-        s.engine
-            .stats()
-            .steps
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let steps_run = || s.engine.stats().steps;
     let singles: Vec<Image> = {
         let mut images = Vec::new();
         for seed in 30..33 {
@@ -213,11 +198,7 @@ async fn dropping_the_stream_cancels_between_steps() {
     // Jobs run in order: once this one is done, the cancelled one has stopped.
     let after = run(&s.engine, small("next", 4)).await;
     done(&after);
-    let steps = s
-        .engine
-        .stats()
-        .steps
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let steps = s.engine.stats().steps;
     assert!(steps < 50, "the cancelled request ran {} steps", steps - 2);
 }
 
@@ -330,13 +311,7 @@ async fn two_first_requests_at_once_load_the_models_once() {
     );
     done(&a);
     done(&b);
-    assert_eq!(
-        s.engine
-            .stats()
-            .loads
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(s.engine.stats().loads, 1);
 }
 
 #[tokio::test]
@@ -344,10 +319,7 @@ async fn low_memory_mode_makes_the_same_image() {
     let resident = setup(TextEncoders::FluxRepo);
     let frugal = setup_with(
         tiny_models(),
-        EngineOptions {
-            low_memory: true,
-            ..Default::default()
-        },
+        EngineOptions::default().low_memory(true),
         None,
     );
     let a = run(&resident.engine, small("a castle", 9)).await;

@@ -19,11 +19,9 @@ async fn an_image_beyond_the_memory_limit_is_refused_with_the_largest_that_fits(
     // A budget of one byte: the limit is what the plan was made for (1024²,
     // with the weights forced). Larger images fit only by decoding in tiles,
     // up to a point.
-    let options = EngineOptions {
-        quant: QuantChoice::Fixed(Quant::None),
-        memory_budget: Some(1),
-        ..EngineOptions::default()
-    };
+    let options = EngineOptions::default()
+        .quant(QuantChoice::Fixed(Quant::None))
+        .memory_budget(Some(1));
     let s = start_with_engine(options, ServerConfig::default(), true, |_| {}).await;
     let ready: Value = s.get("/readyz").await.json().await.unwrap();
     let memory = &ready["memory"];

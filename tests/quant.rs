@@ -40,11 +40,9 @@ fn setup_in(dir: &Path, options: EngineOptions) -> Setup {
 }
 
 fn with(quant: Quant, t5: Option<T5Quant>) -> EngineOptions {
-    EngineOptions {
-        quant: QuantChoice::Fixed(quant),
-        t5_quant: t5,
-        ..Default::default()
-    }
+    EngineOptions::default()
+        .quant(QuantChoice::Fixed(quant))
+        .t5_quant(t5)
 }
 
 fn small(seed: u64) -> GenerateRequest {
@@ -228,10 +226,7 @@ async fn a_renamed_tensor_is_named_with_its_file() {
 async fn auto_picks_by_the_memory_budget_and_an_explicit_type_wins() {
     // The tiny model's needs, planned for 256×256: a budget far above them
     // runs full precision; none at all fails before any weight is fetched.
-    let roomy = EngineOptions {
-        memory_budget: Some(64 << 30),
-        ..Default::default()
-    };
+    let roomy = EngineOptions::default().memory_budget(Some(64 << 30));
     let s = setup_in(tiny_models(), roomy);
     image(&s.engine, 1).await;
     let weights = s.engine.status().weights.unwrap();
@@ -242,10 +237,7 @@ async fn auto_picks_by_the_memory_budget_and_an_explicit_type_wins() {
         weights.reason
     );
 
-    let starved = EngineOptions {
-        memory_budget: Some(1 << 20),
-        ..Default::default()
-    };
+    let starved = EngineOptions::default().memory_budget(Some(1 << 20));
     let s = setup_in(tiny_models(), starved);
     let err = outcome(&s.engine, small(1)).await.unwrap_err();
     assert!(
@@ -257,10 +249,7 @@ async fn auto_picks_by_the_memory_budget_and_an_explicit_type_wins() {
         "nothing is downloaded for a plan that failed"
     );
 
-    let explicit = EngineOptions {
-        memory_budget: Some(1 << 20),
-        ..with(Quant::Q2K, None)
-    };
+    let explicit = with(Quant::Q2K, None).memory_budget(Some(1 << 20));
     let s = setup_in(tiny_models(), explicit);
     image(&s.engine, 1).await;
     assert_eq!(s.engine.status().weights.unwrap().transformer, Quant::Q2K);

@@ -87,10 +87,7 @@ async fn a_start_that_failed_on_the_hub_recovers_on_its_own() {
     })
     .await;
     let engine = s.engine.clone();
-    let policy = RetryPolicy {
-        first: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-    };
+    let policy = RetryPolicy::new(Duration::from_millis(50), Duration::from_millis(200));
     let preparing = tokio::spawn(async move { engine.prepare_until_ready(policy).await });
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -125,10 +122,7 @@ async fn a_start_that_cannot_mend_is_not_retried() {
         *hub.faults.require_token.lock().unwrap() = Some("another token".into())
     })
     .await;
-    let policy = RetryPolicy {
-        first: Duration::from_millis(10),
-        max: Duration::from_millis(10),
-    };
+    let policy = RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(10));
     let result = tokio::time::timeout(
         Duration::from_secs(60),
         s.engine.prepare_until_ready(policy),

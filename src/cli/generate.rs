@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, InitImage, Mask};
 use schnell::limits::{MAX_SIDE, MIN_SIDE};
@@ -93,58 +92,54 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
             .expect("valid template"),
     );
     steps.set_message("waiting for the model");
-    let mut events = std::pin::pin!(engine.generate(request));
-    while let Some(event) = events.next().await {
-        match event {
-            GenerateEvent::Download(e) => bars.on(e),
+    let made = engine
+        .generate_images_with(request, |event| match event {
+            GenerateEvent::Download(e) => bars.on(e.clone()),
             GenerateEvent::Loading { component } => {
                 steps.set_message(format!("loading {component:?}"))
             }
             GenerateEvent::Warning { message } => bars.println(format!("warning: {message}")),
             GenerateEvent::Step { index, .. } => {
                 steps.set_message("denoising");
-                steps.set_position(index as u64);
+                steps.set_position(u64::from(*index));
             }
-            GenerateEvent::Done {
-                image,
-                seed,
-                timings,
-                ..
-            } => {
-                steps.finish_with_message("done");
-                bars.finish();
-                let png = image.to_png()?;
-                tokio::fs::write(&args.output, png)
-                    .await
-                    .with_context(|| format!("writing {}", args.output.display()))?;
-                let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
-                println!("{}", args.output.display());
-                println!("seed: {seed}");
-                let encode = if args.image.is_some() {
-                    format!(", VAE encode {}", ms(timings.vae_encode))
-                } else {
-                    String::new()
-                };
-                println!(
-                    "timings: load {}, text encoding {}{encode}, {} steps {} ({} each), VAE decode {}, total {}",
-                    ms(timings.load),
-                    ms(timings.text_encoding),
-                    timings.steps.len(),
-                    ms(timings.steps.iter().sum()),
-                    ms(timings.steps.iter().sum::<Duration>() / timings.steps.len().max(1) as u32),
-                    ms(timings.vae_decode),
-                    ms(timings.total)
-                );
-                return Ok(());
-            }
-            GenerateEvent::Failed { error } => {
-                steps.abandon();
-                bars.finish();
-                bail!("{error}");
-            }
+            _ => {}
+        })
+        .await;
+    let made = match made {
+        Ok(mut generation) => generation.images.swap_remove(0),
+        Err(error) => {
+            steps.abandon();
+            bars.finish();
+            bail!("{error}");
         }
-    }
-    bail!("the engine stopped without an image")
+    };
+    steps.finish_with_message("done");
+    bars.finish();
+    let (timings, seed) = (&made.timings, made.seed);
+    let png = made.image.to_png()?;
+    tokio::fs::write(&args.output, png)
+        .await
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    println!("{}", args.output.display());
+    println!("seed: {seed}");
+    let encode = if args.image.is_some() {
+        format!(", VAE encode {}", ms(timings.vae_encode))
+    } else {
+        String::new()
+    };
+    println!(
+        "timings: load {}, text encoding {}{encode}, {} steps {} ({} each), VAE decode {}, total {}",
+        ms(timings.load),
+        ms(timings.text_encoding),
+        timings.steps.len(),
+        ms(timings.steps.iter().sum()),
+        ms(timings.steps.iter().sum::<Duration>() / timings.steps.len().max(1) as u32),
+        ms(timings.vae_decode),
+        ms(timings.total)
+    );
+    Ok(())
 }
 
 /// An image file, read off the runtime's threads and decoded on the blocking

@@ -150,15 +150,14 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn options(&self) -> Result<EngineOptions> {
-        let options = EngineOptions {
-            device: self.device,
-            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
-            text_encoders: self.text_encoders,
-            low_memory: self.low_memory,
-            quant: self.quant,
-            t5_quant: self.t5_quant,
-            memory_budget: self.memory_budget,
-        };
+        let options = EngineOptions::default()
+            .device(self.device)
+            .dtype(self.dtype.as_deref().map(parse_dtype).transpose()?)
+            .text_encoders(self.text_encoders)
+            .low_memory(self.low_memory)
+            .quant(self.quant)
+            .t5_quant(self.t5_quant)
+            .memory_budget(self.memory_budget);
         // A dtype the device cannot run is refused before anything starts.
         options.resolved_dtype()?;
         Ok(options)

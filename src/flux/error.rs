@@ -2,6 +2,7 @@ use crate::hub::HubError;
 
 /// Everything that can go wrong making an image. File problems name the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FluxError {
     #[error("invalid request: `{field}` {reason}")]
     InvalidRequest { field: &'static str, reason: String },

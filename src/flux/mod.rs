@@ -1,49 +1,45 @@
 //! FLUX.1-schnell with candle: files through the hub, configs from the files,
 //! one engine thread for all compute.
 
-mod attention;
-mod config;
-mod cpu_ops;
-mod device;
-mod edit;
-mod engine;
 mod error;
-mod files;
-pub(crate) mod gguf;
-mod init_image;
-mod loaded;
-pub mod memory;
-mod pipeline;
-mod preview;
-mod prompt_cache;
-mod quant;
-mod request;
-mod text;
-pub(crate) mod transformer;
-mod vae;
-mod vae_cpu;
-mod weights;
-pub(crate) use weights::Named;
+pub(crate) mod model;
+pub(crate) mod plan;
+pub(crate) mod request;
+pub(crate) mod run;
+pub(crate) mod weights;
 
-pub use config::{
-    check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
+// For `dev` (random models) until it names the rooms itself.
+pub(crate) use model::transformer;
+pub(crate) use weights::gguf;
+pub(crate) use weights::named::Named;
+
+pub use error::FluxError;
+pub use plan::choice::{QuantChoice, QuantPlan};
+pub use plan::device::{
+    backend_reports, parse_dtype, BackendReport, DeviceChoice, COMPILED_BACKENDS,
 };
-pub use device::{backend_reports, parse_dtype, BackendReport, DeviceChoice, COMPILED_BACKENDS};
-pub use engine::{
+pub use plan::memory;
+pub use plan::memory::MemoryBudget;
+pub use request::generate::{
+    random_seed, GenerateRequest, DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MIN_SIDE,
+};
+pub use request::init_image::{InitImage, Mask, MAX_INPUT_SIDE};
+pub use request::output::{
+    Component, GenerateEvent, Generated, Generation, Image, Preview, Timings,
+};
+pub use run::engine::{
     EngineOptions, EngineStats, EngineStatus, FileProgress, FluxSchnell, MemoryReport, NextAttempt,
     Phase, RetryPolicy, PLANNED_SIDE,
 };
-pub use error::FluxError;
-pub use files::{ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS};
-pub use init_image::{InitImage, Mask, MAX_INPUT_SIDE};
-pub use memory::MemoryBudget;
-pub use pipeline::seeded_noise;
-pub use quant::{Quant, QuantChoice, QuantPlan, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
-pub use request::{
-    random_seed, Component, GenerateEvent, GenerateRequest, Image, Preview, Timings, DEFAULT_STEPS,
-    DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MIN_SIDE,
+pub use run::pipeline::seeded_noise;
+pub use weights::config::{
+    check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
 };
-pub use text::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
+pub use weights::files::{
+    ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS,
+};
+pub use weights::quant::{Quant, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
+pub use weights::tokenizers::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
 
 /// What the numerical tests of owned layers share.
 #[cfg(test)]
@@ -62,5 +58,33 @@ pub(crate) mod test_util {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+}
+
+/// Compile-time checks that what users share across threads and tasks can
+/// be: the engine, the client, every error, the events and the stream.
+#[allow(dead_code)]
+mod thread_safety {
+    use super::*;
+
+    const fn send_sync<T: Send + Sync + 'static>() {}
+    const _: () = {
+        send_sync::<FluxSchnell>();
+        send_sync::<crate::hub::HubClient>();
+        send_sync::<crate::hub::HubError>();
+        send_sync::<FluxError>();
+        send_sync::<GenerateEvent>();
+        send_sync::<Generated>();
+        send_sync::<Generation>();
+        send_sync::<EngineStatus>();
+        send_sync::<EngineStats>();
+    };
+
+    fn streams_and_futures_are_send(engine: &FluxSchnell) {
+        fn send_static<T: Send + 'static>(_: T) {}
+        fn send<T: Send>(_: T) {}
+        send_static(engine.generate(GenerateRequest::new("")));
+        send(engine.generate_image(GenerateRequest::new("")));
+        send(engine.generate_images(GenerateRequest::new("")));
     }
 }

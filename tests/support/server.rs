@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -225,7 +224,7 @@ impl TestServer {
     }
 
     pub fn steps_run(&self) -> u64 {
-        self.engine.stats().steps.load(Ordering::Relaxed)
+        self.engine.stats().steps
     }
 }
 
