@@ -1,8 +1,9 @@
 use super::tiles::{ramp, tile_starts};
 use super::*;
-use candle_core::{DType, Device};
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::flux::autoencoder as candle_vae;
+use candle_transformers::models::flux::autoencoder::Config;
 
 use crate::flux::test_util::max_abs_diff;
 
