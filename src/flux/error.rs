@@ -4,45 +4,76 @@ use crate::hub::HubError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FluxError {
+    /// A request's field is out of range or malformed.
     #[error("invalid request: `{field}` {reason}")]
-    InvalidRequest { field: &'static str, reason: String },
-
-    #[error(transparent)]
-    Hub(#[from] HubError),
-
-    #[error("{file}: {}{reason}", if field.is_empty() { String::new() } else { format!("field `{field}`: ") })]
-    Config {
-        file: String,
-        field: String,
+    InvalidRequest {
+        /// The field at fault, as the request names it.
+        field: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
 
-    #[error("{file}: cannot load: {reason}")]
-    Load { file: String, reason: String },
+    /// A file could not be fetched from the Hub or the cache.
+    #[error(transparent)]
+    Hub(#[from] HubError),
 
+    /// A config file is malformed or does not fit the model.
+    #[error("{file}: {}{reason}", if field.is_empty() { String::new() } else { format!("field `{field}`: ") })]
+    Config {
+        /// The file, as `repo/path`.
+        file: String,
+        /// The key at fault; empty when the file as a whole is.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A weight file could not be read or does not hold what the model needs.
+    #[error("{file}: cannot load: {reason}")]
+    Load {
+        /// The file, with the command that verifies it where it may be damaged.
+        file: String,
+        /// What is wrong (a missing tensor, a wrong shape or dtype, …).
+        reason: String,
+    },
+
+    /// The device cannot be opened or is not compiled in.
     #[error("device: {0}")]
     Device(String),
 
+    /// The dtype cannot run on the device.
     #[error("dtype: {0}")]
     Dtype(String),
 
+    /// No choice of weights fits the device's memory.
     #[error("memory: {0}")]
     Memory(String),
 
     /// A request that would not fit in memory, refused before it runs.
     #[error("{width}×{height} is too large for this server's memory: {reason}")]
     TooLarge {
+        /// The requested width in pixels.
         width: u32,
+        /// The requested height in pixels.
         height: u32,
+        /// The memory figures behind the refusal.
         reason: String,
     },
 
+    /// candle failed while running the model.
     #[error("{stage} failed: {reason}")]
-    Compute { stage: &'static str, reason: String },
+    Compute {
+        /// The stage that failed (text encoding, denoising, VAE decoding, …).
+        stage: &'static str,
+        /// candle's message.
+        reason: String,
+    },
 
+    /// The request's client went away and it was stopped.
     #[error("the request was cancelled")]
     Cancelled,
 
+    /// The engine's thread is gone (it panicked, or the engine was dropped).
     #[error("the generation engine has stopped")]
     EngineStopped,
 }

@@ -1,5 +1,16 @@
 //! FLUX.1-schnell with candle: files through the hub, configs from the files,
-//! one engine thread for all compute.
+//! one engine thread for all compute. Start at [`FluxSchnell`].
+//!
+//! The rooms, each importing only those listed before it:
+//! - `error`: [`FluxError`];
+//! - `weights`: which files a model needs, their configs, memory maps,
+//!   GGUF and tokenizers;
+//! - `model`: the networks (transformer, text encoders, VAE) and the owned
+//!   CPU layers;
+//! - `plan`: the device, `--quant auto`'s choice and the memory estimates;
+//! - `request`: what a caller asks for and gets back;
+//! - `run`: the engine thread, the loaded models, the pipeline, edits,
+//!   previews and the prompt cache.
 
 mod error;
 pub(crate) mod model;
@@ -10,6 +21,7 @@ pub(crate) mod weights;
 
 // For `dev` (random models) until it names the rooms itself.
 pub(crate) use model::transformer;
+pub(crate) use weights::config::{clip_text_config, flux_config, t5_config, vae_config};
 pub(crate) use weights::gguf;
 pub(crate) use weights::named::Named;
 
@@ -32,14 +44,11 @@ pub use run::engine::{
     Phase, RetryPolicy, PLANNED_SIDE,
 };
 pub use run::pipeline::seeded_noise;
-pub use weights::config::{
-    check_coupling, clip_text_config, flux_config, t5_config, vae_config, ConfigSource,
-};
+pub use weights::config::ConfigSource;
 pub use weights::files::{
     ModelDescription, ModelFiles, TextEncoders, FLUX_REPO, FLUX_SCHNELL, MODELS,
 };
 pub use weights::quant::{Quant, T5Quant, FLUX_GGUF_REPO, T5_GGUF_REPO};
-pub use weights::tokenizers::{PromptTokens, Tokenizers, CLIP_TOKENS, T5_TOKENS};
 
 /// What the numerical tests of owned layers share.
 #[cfg(test)]

@@ -15,14 +15,24 @@ pub const MAX_PARTIAL_IMAGES: u32 = 3;
 /// `size`: `"auto"` (1024×1024 here) or `"WIDTHxHEIGHT"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Size {
+    /// `"auto"`: 1024×1024 for a generation; an edit keeps its input image's
+    /// proportions.
     Auto,
-    Pixels { width: u32, height: u32 },
+    /// `"WIDTHxHEIGHT"`: an explicit size in pixels.
+    Pixels {
+        /// The width in pixels.
+        width: u32,
+        /// The height in pixels.
+        height: u32,
+    },
 }
 
 impl Size {
     /// The side `"auto"` stands for.
     pub const AUTO_SIDE: u32 = 1024;
 
+    /// The width and height in pixels, `"auto"` counting as
+    /// [`Self::AUTO_SIDE`] square.
     pub fn pixels(self) -> (u32, u32) {
         match self {
             Size::Auto => (Self::AUTO_SIDE, Self::AUTO_SIDE),
@@ -93,8 +103,10 @@ impl<'de> Deserialize<'de> for Size {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
+    /// `"b64_json"` (the default): each image inline, base64, in `b64_json`.
     #[default]
     B64Json,
+    /// `"url"`: each image kept by the server for a while and linked from `url`.
     Url,
 }
 
@@ -102,14 +114,19 @@ pub enum ResponseFormat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
+    /// `"png"` (the default): lossless PNG; `output_compression` is ignored.
     #[default]
     Png,
+    /// `"jpeg"` (`"jpg"` is read too): JPEG at `output_compression` quality.
     #[serde(alias = "jpg")]
     Jpeg,
+    /// `"webp"`: WebP, lossless at `output_compression` 100 (the default).
     Webp,
 }
 
 impl OutputFormat {
+    /// The format's name on the wire, also the file extension of images
+    /// served by URL: `"png"`, `"jpeg"` or `"webp"`.
     pub fn name(self) -> &'static str {
         match self {
             OutputFormat::Png => "png",
@@ -118,6 +135,7 @@ impl OutputFormat {
         }
     }
 
+    /// The MIME type of an image in this format, such as `"image/png"`.
     pub fn content_type(self) -> &'static str {
         match self {
             OutputFormat::Png => "image/png",
@@ -131,22 +149,31 @@ impl OutputFormat {
 /// as OpenAI-compatible servers commonly do.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesRequest {
+    /// The text describing the image wanted: required and not blank (the
+    /// model reads at most 256 T5 tokens of it).
     #[serde(default)]
     pub prompt: String,
+    /// The model to use: this server's model id or its Hugging Face
+    /// repository; absent means the server's model, anything else is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// 1 to [`MAX_IMAGES`]; the seeds count up from the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// The images' size; absent means `"auto"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
+    /// How the images are returned; absent means `"b64_json"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// The images' file format; absent means `"png"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<OutputFormat>,
     /// 0–100 for jpeg and webp (100: webp's lossless); ignored for png.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_compression: Option<u8>,
+    /// Whether to answer with server-sent events (partial images, then the
+    /// final one) rather than one JSON body; false when absent. Needs `n` = 1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
     /// With `stream`: 0 to [`MAX_PARTIAL_IMAGES`] partial images, spread
@@ -159,10 +186,16 @@ pub struct ImagesRequest {
     /// Accepted without effect: the images are opaque, and say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<String>,
+    /// OpenAI's content-moderation level (`"auto"` or `"low"`); accepted
+    /// without effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moderation: Option<String>,
+    /// OpenAI's DALL·E 3 style (`"vivid"` or `"natural"`); accepted without
+    /// effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style: Option<String>,
+    /// An identifier for the end user, as in OpenAI's API; accepted without
+    /// effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Extension: the first image's seed, at most 2^53 − 1.
@@ -180,7 +213,9 @@ pub struct ImagesRequest {
 /// A field at fault, by its name on the wire, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
+    /// The field's name on the wire, which the error answer gives as `param`.
     pub field: &'static str,
+    /// Why the field was refused, for the error answer's `message`.
     pub message: String,
 }
 
@@ -231,10 +266,13 @@ impl ImagesRequest {
         Ok(())
     }
 
+    /// How many images are asked for: `n`, or 1 when it is absent.
     pub fn image_count(&self) -> u32 {
         self.n.unwrap_or(1)
     }
 
+    /// The width and height asked for, in pixels: `size`, with absent or
+    /// `"auto"` counting as 1024×1024.
     pub fn pixels(&self) -> (u32, u32) {
         self.size.unwrap_or(Size::Auto).pixels()
     }
@@ -263,12 +301,16 @@ pub fn partial_steps(steps: u32, partial_images: Option<u32>) -> Vec<u32> {
 pub struct StageTimings {
     /// Loading weights for this request (0 once they are resident).
     pub load_ms: u64,
+    /// The prompt through T5 and CLIP, in ms (0 when the prompt cache had it).
     pub text_encoding_ms: u64,
     /// An edit's image through the VAE's encoder (0 for a generation).
     #[serde(default)]
     pub vae_encode_ms: u64,
+    /// Each denoising step (one transformer pass), in ms, in order.
     pub steps_ms: Vec<u64>,
+    /// The final latent through the VAE's decoder, in ms.
     pub vae_decode_ms: u64,
+    /// From the request's start to the finished image, in ms.
     pub total_ms: u64,
 }
 
@@ -277,23 +319,33 @@ pub struct StageTimings {
 /// pixels each (what the transformer computes), for every image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
+    /// Tokens read: the prompt's T5 tokens.
     pub input_tokens: u64,
+    /// `input_tokens` by kind.
     pub input_tokens_details: InputTokensDetails,
+    /// Tokens made: 16×16-pixel latent patches, over all the images.
     pub output_tokens: u64,
     /// All image tokens here.
     pub output_tokens_details: OutputTokensDetails,
+    /// `input_tokens` plus `output_tokens`.
     pub total_tokens: u64,
 }
 
+/// The input tokens by kind, as OpenAI splits them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InputTokensDetails {
+    /// The prompt's T5 tokens: all of `input_tokens`.
     pub text_tokens: u64,
+    /// Tokens for input images: always 0 (an edit's image is not counted).
     pub image_tokens: u64,
 }
 
+/// The output tokens by kind, as OpenAI splits them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputTokensDetails {
+    /// The images' latent patches: all of `output_tokens`.
     pub image_tokens: u64,
+    /// Tokens of text made: always 0.
     pub text_tokens: u64,
 }
 
@@ -320,8 +372,12 @@ impl Usage {
 /// One image of an answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageData {
+    /// The image file in `output_format`, base64; absent when
+    /// `response_format` was `"url"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b64_json: Option<String>,
+    /// Where to fetch the image file, for a limited time (a path on this server
+    /// unless it runs with `--public-url`); absent unless `response_format` was `"url"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Extension: the seed that made it.
@@ -333,13 +389,19 @@ pub struct ImageData {
 /// The answer to a request that was not streamed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesResponse {
+    /// When the answer was made, in Unix seconds.
     pub created: u64,
+    /// The `n` images, in order of their seeds.
     pub data: Vec<ImageData>,
     /// Always `"opaque"`, whatever was asked.
     pub background: String,
+    /// The images' file format.
     pub output_format: OutputFormat,
+    /// The request's `quality`, echoed (`"auto"` when it was absent).
     pub quality: String,
+    /// The images' size in pixels, as `"WIDTHxHEIGHT"` (never `"auto"`).
     pub size: Size,
+    /// Token counts for the whole request, all images together.
     pub usage: Usage,
     /// Extension: the model that made them.
     pub model: String,

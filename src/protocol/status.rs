@@ -8,11 +8,15 @@ use crate::hub::HubFile;
 /// Every error answer: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// One error, as OpenAI describes it: a message, its kind, the field at fault
+/// and a code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
+    /// What went wrong, for people to read.
     pub message: String,
     /// `invalid_request_error`, `server_error`, …
     #[serde(rename = "type", default)]
@@ -29,11 +33,18 @@ pub struct ErrorDetail {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// `"idle"`: loading has not started yet.
     #[default]
     Idle,
+    /// `"downloading"`: the model's files are being fetched from the Hugging
+    /// Face Hub.
     Downloading,
+    /// `"loading"`: the weights are being read into memory.
     Loading,
+    /// `"ready"`: the model is loaded and requests are served.
     Ready,
+    /// `"failed"`: downloading or loading failed (`error` says why); a later
+    /// attempt may succeed.
     Failed,
 }
 
@@ -41,31 +52,48 @@ pub enum Phase {
 /// to count a prompt's tokens as the engine will.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tokenizers {
+    /// The T5 tokenizer's `tokenizer.json` on the Hub (T5 reads at most 256
+    /// of a prompt's tokens).
     pub t5: HubFile,
+    /// The CLIP tokenizer's `tokenizer.json` on the Hub.
     pub clip: HubFile,
 }
 
 /// Places in the request queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Queue {
+    /// Requests admitted now, running or waiting.
     pub in_use: usize,
+    /// Requests admitted at most (`--max-queue`); more are refused with 429.
     pub max: usize,
 }
 
 /// `GET /readyz`: 200 when `ready`, else 503 with the same body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Readiness {
+    /// Whether requests are served now: `phase` is `"ready"`.
     pub ready: bool,
+    /// Where loading the model stands.
     pub phase: Phase,
+    /// The model's id, as `/v1/models` lists it.
     pub model: String,
+    /// Bytes of the model's files downloaded so far, over all files; 0 when
+    /// absent.
     #[serde(default)]
     pub bytes_done: u64,
+    /// The model's files' total size in bytes, as far as known yet; 0 when
+    /// absent.
     #[serde(default)]
     pub bytes_total: u64,
+    /// Why the last attempt to download or load failed; null or absent when
+    /// it did not.
     #[serde(default)]
     pub error: Option<String>,
+    /// The engine's tokenizer files; absent from a server that does not name
+    /// them.
     #[serde(default)]
     pub tokenizers: Option<Tokenizers>,
+    /// How full the request queue is; zeros when absent.
     #[serde(default)]
     pub queue: Queue,
     /// Per file, the bytes done and total (informational: the engine's
@@ -84,9 +112,12 @@ pub struct Readiness {
     pub retry: Option<Retry>,
 }
 
+/// When the server tries again to start the model after a failed start.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Retry {
+    /// How many attempts to start have failed so far.
     pub failed_attempts: u32,
+    /// Seconds until the next attempt, rounded up.
     pub next_in_s: f64,
 }
 
@@ -95,27 +126,33 @@ pub struct Retry {
 pub struct ModelList {
     /// `"list"`.
     pub object: String,
+    /// The models served: this server's one.
     pub data: Vec<Model>,
 }
 
+/// One model, as OpenAI's `/v1/models` describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Model {
+    /// The model's id, which a request's `model` may name.
     pub id: String,
     /// `"model"`.
     pub object: String,
     /// When the server started (Unix seconds).
     pub created: u64,
+    /// Who made the model: `"black-forest-labs"`.
     pub owned_by: String,
     /// Extension: the Hugging Face repository it comes from.
     pub hub_repo: String,
 }
 
 impl Readiness {
+    /// Reads a `/readyz` body; the error says what was unexpected in it.
     pub fn parse(body: &str) -> Result<Self, String> {
         serde_json::from_str(body)
             .map_err(|e| format!("/readyz answered something unexpected: {e}"))
     }
 
+    /// Whether loading failed: `phase` is `"failed"`.
     pub fn failed(&self) -> bool {
         self.phase == Phase::Failed
     }

@@ -10,10 +10,15 @@ use super::status::ErrorDetail;
 /// A partial image: the latent after a step, decoded cheaply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PartialImage {
+    /// The preview, a PNG file in base64.
     pub b64_json: String,
+    /// When the event was made, in Unix seconds.
     pub created_at: u64,
+    /// The final image's size, as `"WIDTHxHEIGHT"`.
     pub size: Size,
+    /// The request's `quality`, echoed (`"auto"` when it was absent).
     pub quality: String,
+    /// Always `"opaque"`, whatever was asked.
     pub background: String,
     /// Always png.
     pub output_format: OutputFormat,
@@ -21,7 +26,9 @@ pub struct PartialImage {
     pub partial_image_index: u32,
     /// Extension: the step it follows (from 1) and how many there are.
     pub step: u32,
+    /// Extension: how many denoising steps the image takes in all.
     pub total_steps: u32,
+    /// Extension: `step` / `total_steps`, above 0 and at most 1.
     pub progress: f64,
     /// Extension: the preview's own size (smaller than `size`).
     pub preview_size: Size,
@@ -30,12 +37,19 @@ pub struct PartialImage {
 /// The finished image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompletedImage {
+    /// The image file in `output_format`, base64.
     pub b64_json: String,
+    /// When the event was made, in Unix seconds.
     pub created_at: u64,
+    /// The image's size, as `"WIDTHxHEIGHT"`.
     pub size: Size,
+    /// The request's `quality`, echoed (`"auto"` when it was absent).
     pub quality: String,
+    /// Always `"opaque"`, whatever was asked.
     pub background: String,
+    /// The image's file format, as the request asked (png by default).
     pub output_format: OutputFormat,
+    /// Token counts for this image.
     pub usage: Usage,
     /// Extension.
     pub seed: u64,
@@ -47,22 +61,33 @@ pub struct CompletedImage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum StreamEvent {
+    /// `image_generation.partial_image`: a preview of the image being
+    /// generated, after a step.
     #[serde(rename = "image_generation.partial_image")]
     Partial(PartialImage),
+    /// `image_generation.completed`: the finished image; the stream then ends.
     #[serde(rename = "image_generation.completed")]
     Completed(CompletedImage),
     /// The same two for `/v1/images/edits`, under OpenAI's names for them.
     #[serde(rename = "image_edit.partial_image")]
     EditPartial(PartialImage),
+    /// `image_edit.completed`: the finished edited image; the stream then
+    /// ends.
     #[serde(rename = "image_edit.completed")]
     EditCompleted(CompletedImage),
     /// Extension: something the client should know (a truncated prompt, an
     /// ignored field).
     #[serde(rename = "warning")]
-    Warning { message: String },
+    Warning {
+        /// What happened, for people to read.
+        message: String,
+    },
     /// The generation failed; the stream ends.
     #[serde(rename = "error")]
-    Error { error: ErrorDetail },
+    Error {
+        /// What failed, in OpenAI's error shape.
+        error: ErrorDetail,
+    },
 }
 
 impl StreamEvent {

@@ -14,6 +14,7 @@ pub enum QuantChoice {
     /// The largest type that fits the device's free memory.
     #[default]
     Auto,
+    /// This type, whether or not it fits.
     Fixed(Quant),
 }
 
@@ -41,7 +42,9 @@ impl FromStr for QuantChoice {
 /// The weights an engine runs, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct QuantPlan {
+    /// The transformer's weights.
     pub transformer: Quant,
+    /// T5's weights.
     pub t5: T5Quant,
     /// One sentence: what was picked and the memory figures behind it.
     pub reason: String,

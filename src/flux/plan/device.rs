@@ -12,9 +12,12 @@ use crate::flux::error::FluxError;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum DeviceChoice {
+    /// The CPU.
     #[default]
     Cpu,
+    /// The CUDA GPU of this ordinal.
     Cuda(usize),
+    /// The Metal GPU.
     Metal,
 }
 
@@ -96,7 +99,9 @@ pub const COMPILED_BACKENDS: &str = if cfg!(feature = "cuda") && cfg!(feature = 
 /// One back end as `schnell devices` reports it.
 #[derive(Clone, Debug)]
 pub struct BackendReport {
+    /// The back end's name (`cpu`, `cuda`, `metal`).
     pub backend: &'static str,
+    /// Whether this build has it.
     pub compiled: bool,
     /// The devices seen, one line each, or why none could be listed.
     pub devices: Result<Vec<String>, String>,

@@ -12,11 +12,15 @@ pub use crate::limits::{DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_SIDE, MAX_STEPS, MI
 /// One request: text-to-image, or an edit of [`GenerateRequest::init`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GenerateRequest {
+    /// What to draw.
     pub prompt: String,
+    /// Width in pixels: a multiple of 16 from [`MIN_SIDE`] to [`MAX_SIDE`].
     #[serde(default = "default_side")]
     pub width: u32,
+    /// Height in pixels, as the width.
     #[serde(default = "default_side")]
     pub height: u32,
+    /// Transformer passes, 1 to [`MAX_STEPS`] (schnell is made for 4).
     #[serde(default = "default_steps")]
     pub steps: u32,
     /// Random when absent; always reported back.
@@ -45,6 +49,7 @@ fn one() -> u32 {
 }
 
 impl GenerateRequest {
+    /// A text-to-image request with the defaults: 1024×1024, 4 steps, a random seed, one image.
     pub fn new(prompt: impl Into<String>) -> Self {
         Self {
             prompt: prompt.into(),
@@ -66,17 +71,20 @@ impl GenerateRequest {
         self
     }
 
+    /// The image's size in pixels.
     pub fn size(mut self, width: u32, height: u32) -> Self {
         self.width = width;
         self.height = height;
         self
     }
 
+    /// The number of transformer passes.
     pub fn steps(mut self, steps: u32) -> Self {
         self.steps = steps;
         self
     }
 
+    /// The seed of the first image (the others count up from it).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self

@@ -95,8 +95,11 @@ fn fit_within(width: u32, height: u32, max: u32) -> (u32, u32) {
 /// image; between, a blend. The same size as the image it masks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mask {
+    /// Width in pixels, the image's.
     pub width: u32,
+    /// Height in pixels, the image's.
     pub height: u32,
+    /// One weight a pixel, row-major: 255 repaints, 0 keeps.
     pub repaint: Vec<u8>,
 }
 

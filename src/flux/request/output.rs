@@ -15,9 +15,13 @@ use crate::protocol::OutputFormat;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Component {
+    /// The T5-XXL text encoder.
     T5,
+    /// The CLIP-L text encoder.
     Clip,
+    /// The FLUX transformer.
     Transformer,
+    /// The VAE's decoder.
     Vae,
     /// The VAE's encoder, for edits only.
     VaeEncoder,
@@ -26,16 +30,22 @@ pub enum Component {
 /// A small RGB image (the latent decoded cheaply), row-major, 3 bytes a pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Preview {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Row-major RGB, 3 bytes a pixel.
     pub rgb: Vec<u8>,
 }
 
 /// A finished image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Row-major RGB, 3 bytes a pixel.
     pub rgb: Vec<u8>,
 }
 
@@ -44,11 +54,15 @@ pub struct Image {
 pub struct Timings {
     /// Loading weights for this request (zero once they are resident).
     pub load: Duration,
+    /// T5 and CLIP (zero when the prompt cache had them).
     pub text_encoding: Duration,
     /// An edit's image through the VAE's encoder (zero otherwise).
     pub vae_encode: Duration,
+    /// Each transformer pass.
     pub steps: Vec<Duration>,
+    /// The VAE's decode.
     pub vae_decode: Duration,
+    /// From the request's start to the image.
     pub total: Duration,
     /// One of a batch's images after its first: its load, encodings and
     /// steps are the first's, shared (metrics count them once).
@@ -61,26 +75,41 @@ pub struct Timings {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum GenerateEvent {
+    /// A model file's download progressed (first request only).
     Download(HubEvent),
+    /// A part of the model is being loaded.
     Loading {
+        /// Which part.
         component: Component,
     },
+    /// Something the caller should know, such as a prompt cut to fit.
     Warning {
+        /// The warning, worded for the user.
         message: String,
     },
+    /// A transformer pass is done, with a preview of the batch's first image.
     Step {
+        /// Passes done so far, from 1.
         index: u32,
+        /// Passes in all (the request's steps).
         total: u32,
+        /// The latent, decoded cheaply.
         preview: Preview,
     },
+    /// An image is finished; one per image asked for, in order.
     Done {
+        /// The image.
         image: Image,
+        /// The seed that made it.
         seed: u64,
+        /// Where the time went.
         timings: Timings,
         /// The prompt's tokens T5 read (at most 256), for usage reports.
         prompt_tokens: usize,
     },
+    /// The generation failed; nothing follows.
     Failed {
+        /// What went wrong.
         error: Arc<FluxError>,
     },
 }
@@ -175,6 +204,7 @@ fn encode(
 }
 
 impl Image {
+    /// The image as a PNG file.
     pub fn to_png(&self) -> Result<Vec<u8>, FluxError> {
         encode(self.width, self.height, &self.rgb, image::ImageFormat::Png)
     }
@@ -222,6 +252,7 @@ impl Image {
 }
 
 impl Preview {
+    /// The preview as a PNG file.
     pub fn to_png(&self) -> Result<Vec<u8>, FluxError> {
         encode(self.width, self.height, &self.rgb, image::ImageFormat::Png)
     }

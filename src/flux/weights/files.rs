@@ -159,17 +159,27 @@ impl ModelDescription {
 /// The files of one model, by role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelFiles {
+    /// The transformer's weights (safetensors or GGUF).
     pub transformer: HubFile,
+    /// The transformer's `config.json` (diffusers' keys).
     pub transformer_config: HubFile,
+    /// The VAE's weights.
     pub vae: HubFile,
+    /// The VAE's `config.json`.
     pub vae_config: HubFile,
+    /// T5's `config.json`.
     pub t5_config: HubFile,
     /// A sharded checkpoint's index (`weight_map`: tensor → shard).
     pub t5_index: Option<HubFile>,
+    /// T5's weights: one file, the index's shards, or a GGUF file.
     pub t5_weights: Vec<HubFile>,
+    /// T5's `tokenizer.json`.
     pub t5_tokenizer: HubFile,
+    /// CLIP's `config.json`.
     pub clip_config: HubFile,
+    /// CLIP's weights.
     pub clip_weights: HubFile,
+    /// CLIP's `tokenizer.json`.
     pub clip_tokenizer: HubFile,
     /// `none`: the transformer is safetensors; else city96's GGUF of this type.
     pub quant: Quant,

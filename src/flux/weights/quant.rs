@@ -24,20 +24,31 @@ pub const T5_GGUF_REPO: &str = "city96/t5-v1_1-xxl-encoder-gguf";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quant {
+    /// The FLUX repo's BF16 safetensors.
     None,
+    /// 8-bit blocks (`flux1-schnell-Q8_0.gguf`).
     Q8_0,
+    /// 6-bit k-quants.
     #[serde(rename = "q6_k")]
     Q6K,
+    /// 5-bit k-quants, small.
     #[serde(rename = "q5_k_s")]
     Q5KS,
+    /// 5-bit blocks with a minimum.
     Q5_1,
+    /// 5-bit blocks.
     Q5_0,
+    /// 4-bit blocks with a minimum.
     Q4_1,
+    /// 4-bit k-quants, small.
     #[serde(rename = "q4_k_s")]
     Q4KS,
+    /// 4-bit blocks.
     Q4_0,
+    /// 3-bit k-quants, small.
     #[serde(rename = "q3_k_s")]
     Q3KS,
+    /// 2-bit k-quants.
     #[serde(rename = "q2_k")]
     Q2K,
 }
@@ -47,22 +58,32 @@ pub enum Quant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum T5Quant {
+    /// The safetensors of `--text-encoders`.
     None,
+    /// 8-bit blocks.
     Q8_0,
+    /// 6-bit k-quants.
     #[serde(rename = "q6_k")]
     Q6K,
+    /// 5-bit k-quants, medium.
     #[serde(rename = "q5_k_m")]
     Q5KM,
+    /// 5-bit k-quants, small.
     #[serde(rename = "q5_k_s")]
     Q5KS,
+    /// 4-bit k-quants, medium.
     #[serde(rename = "q4_k_m")]
     Q4KM,
+    /// 4-bit k-quants, small.
     #[serde(rename = "q4_k_s")]
     Q4KS,
+    /// 3-bit k-quants, large.
     #[serde(rename = "q3_k_l")]
     Q3KL,
+    /// 3-bit k-quants, medium.
     #[serde(rename = "q3_k_m")]
     Q3KM,
+    /// 3-bit k-quants, small.
     #[serde(rename = "q3_k_s")]
     Q3KS,
 }
@@ -147,6 +168,7 @@ impl T5Quant {
         T5Quant::Q3KS,
     ];
 
+    /// The name `--quant` takes, lower case (`q4_k_s`).
     pub fn name(self) -> &'static str {
         match self {
             T5Quant::None => "none",
@@ -212,6 +234,7 @@ impl T5Quant {
             .expect("not empty")
     }
 
+    /// The GGUF file that holds these weights; `None` for `none`.
     pub fn file(self) -> Option<HubFile> {
         (self != T5Quant::None).then(|| {
             HubFile::new(

@@ -11,6 +11,7 @@ use super::params::*;
 /// Memory the device has to give, and where that figure came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryBudget {
+    /// The memory, in bytes.
     pub bytes: u64,
     /// "available RAM", "free memory on cuda:0", "--memory-budget".
     pub source: String,

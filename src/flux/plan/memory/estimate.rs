@@ -15,17 +15,26 @@ use super::params::*;
 /// The model's sizes, from its configs.
 #[derive(Clone, Debug)]
 pub struct ModelSize {
+    /// The transformer's parameters.
     pub flux: FluxParams,
+    /// The transformer's attention heads.
     pub flux_heads: u64,
+    /// The transformer's hidden size.
     pub flux_width: u64,
+    /// T5's encoder parameters.
     pub t5: T5Params,
+    /// CLIP's weights in f32, in bytes.
     pub clip_params_bytes_f32: u64,
+    /// The VAE decoder's weights in f32, in bytes.
     pub decoder_bytes_f32: u64,
+    /// Channels of the VAE's widest (latent-side) blocks.
     pub vae_top_channels: u64,
+    /// Channels of the VAE's full-resolution blocks.
     pub vae_first_channels: u64,
 }
 
 impl ModelSize {
+    /// The sizes, from the four parsed configs.
     pub fn of(
         flux: &model::Config,
         t5: &t5::Config,
@@ -73,8 +82,11 @@ pub const REAL_CONFIGS: [&str; 4] = [
 pub struct Workload {
     /// CLIP's and the VAE's dtype (and the full-precision transformer's).
     pub dtype: DType,
+    /// The image's width in pixels.
     pub width: u32,
+    /// The image's height in pixels.
     pub height: u32,
+    /// Whether only one part is loaded at a time (`--low-memory`).
     pub low_memory: bool,
     /// On the CPU (candle repacks some quantized types there).
     pub cpu: bool,

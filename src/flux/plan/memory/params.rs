@@ -25,6 +25,7 @@ pub struct FluxParams {
 }
 
 impl FluxParams {
+    /// The counts, from the transformer's config.
     pub fn of(c: &model::Config) -> Self {
         let h = c.hidden_size as u64;
         let m = (c.hidden_size as f64 * c.mlp_ratio) as u64;
@@ -55,6 +56,7 @@ impl FluxParams {
         }
     }
 
+    /// Every parameter.
     pub fn total(&self) -> u64 {
         self.block_matrices + self.top_matrices + self.vectors
     }
@@ -97,13 +99,18 @@ pub(crate) fn quantized_bytes(
 /// T5's encoder parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct T5Params {
+    /// The token embedding's parameters.
     pub embedding: u64,
+    /// Parameters in the matrices city96 quantizes.
     pub matrices: u64,
+    /// Parameters in the norms (kept at full precision).
     pub vectors: u64,
+    /// The attention heads.
     pub heads: u64,
 }
 
 impl T5Params {
+    /// The counts, from T5's config.
     pub fn of(c: &t5::Config) -> Self {
         let (d, inner, ff) = (
             c.d_model as u64,

@@ -10,9 +10,13 @@ use super::estimate::*;
 /// measured before anything loaded. Requests are checked against it.
 #[derive(Clone, Debug)]
 pub struct Sizing {
+    /// The model's sizes.
     pub size: ModelSize,
+    /// The weights chosen for the transformer and T5.
     pub plan: (Quant, T5Quant),
+    /// What the plan was made for.
     pub work: Workload,
+    /// The memory measured (or given) before anything loaded.
     pub budget: MemoryBudget,
 }
 
@@ -97,6 +101,7 @@ impl Sizing {
 /// How the VAE decodes one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VaeDecode {
+    /// In one piece.
     Whole,
     /// In overlapping tiles, when the whole would not fit.
     Tiled,

@@ -59,6 +59,7 @@ impl FluxSchnell {
         Self::for_model(&FLUX_SCHNELL, hub, options)
     }
 
+    /// An engine for `model` (one of [`MODELS`](crate::flux::MODELS)) fetching through `hub`.
     pub fn for_model(
         model: &'static ModelDescription,
         hub: HubClient,
@@ -224,6 +225,7 @@ impl FluxSchnell {
         Ok((plan, sizing))
     }
 
+    /// A snapshot of the engine's state: phase, downloads, weights, memory.
     pub fn status(&self) -> EngineStatus {
         self.inner
             .shared

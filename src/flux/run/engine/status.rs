@@ -16,7 +16,9 @@ pub use crate::protocol::Phase;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct FileProgress {
+    /// Bytes on disk so far.
     pub done: u64,
+    /// The file's size in bytes (0 until known).
     pub total: u64,
 }
 
@@ -24,9 +26,11 @@ pub struct FileProgress {
 #[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct EngineStatus {
+    /// Where loading stands.
     pub phase: Phase,
     /// Keyed `repo/path`.
     pub files: BTreeMap<String, FileProgress>,
+    /// Why the last start failed, if it did.
     pub error: Option<String>,
     /// The weights chosen, and why; once the plan is made.
     pub weights: Option<QuantPlan>,
@@ -37,11 +41,13 @@ pub struct EngineStatus {
     pub retry: Option<NextAttempt>,
 }
 
+/// When a failed start is tried again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct NextAttempt {
     /// Attempts made so far.
     pub failed: u32,
+    /// When the next attempt starts.
     pub at: SystemTime,
 }
 /// What `/readyz` says of memory: the limit, where it came from, and the
@@ -49,10 +55,13 @@ pub struct NextAttempt {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MemoryReport {
+    /// The memory the plan may use, in bytes.
     pub limit_bytes: u64,
+    /// Where that figure came from (free RAM, free GPU memory, `--memory-budget`).
     pub source: String,
     /// The estimate for a 1024×1024 image.
     pub need_1024_bytes: u64,
+    /// The largest square image side that fits; `None` if none does.
     pub largest_square: Option<u32>,
 }
 

@@ -1,9 +1,8 @@
 //! The real config files map exactly to candle's FLUX.1-schnell values.
-#![cfg(not(target_arch = "wasm32"))]
 
+use super::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::flux::{autoencoder, model};
-use schnell::flux::{clip_text_config, flux_config, t5_config, vae_config, ConfigSource};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -119,8 +118,8 @@ fn a_bad_config_names_the_file_and_field() {
 fn tiny_models_are_the_same_every_time() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let files_a = schnell::dev::write_tiny_models(a.path()).unwrap();
-    schnell::dev::write_tiny_models(b.path()).unwrap();
+    let files_a = crate::dev::write_tiny_models(a.path()).unwrap();
+    crate::dev::write_tiny_models(b.path()).unwrap();
     assert!(files_a.len() >= 20, "{} files", files_a.len());
     for f in files_a {
         let rel = f.strip_prefix(a.path()).unwrap();
@@ -139,7 +138,7 @@ fn tiny_models_are_the_same_every_time() {
 #[test]
 fn tiny_configs_carry_every_key_of_the_real_ones() {
     let dir = tempfile::tempdir().unwrap();
-    schnell::dev::write_tiny_models(dir.path()).unwrap();
+    crate::dev::write_tiny_models(dir.path()).unwrap();
     let flux = "black-forest-labs/FLUX.1-schnell";
     let cases: [(String, &[&str]); 5] = [
         (

@@ -270,3 +270,6 @@ pub fn check_coupling(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
