@@ -5,7 +5,7 @@
 //!
 //! `cargo run --example test_mirror -- DIR`
 
-// Native tooling: built for wasm32 too (by `wasm-pack test`, which builds
+// Native tooling: built for wasm32 too (by `cargo test --target wasm32-unknown-unknown`, which builds
 // the examples), where it does nothing.
 fn main() {
     #[cfg(not(target_arch = "wasm32"))]

@@ -1,8 +1,9 @@
 //! `huggingface_file` in a real browser: fetch + the Cache API, against the
 //! test mirror that `scripts/test.sh` starts (`examples/test_mirror.rs`), whose
-//! URL arrives at build time in `SCHNELL_TEST_MIRROR`. Built without it (a
-//! plain `wasm-pack test --headless --chrome`), the tests that need the mirror
-//! say so and pass over; the others run.
+//! URL arrives at build time in `SCHNELL_TEST_MIRROR`. The tests that need it
+//! are `#[ignore]`d, so a plain `cargo test --target wasm32-unknown-unknown`
+//! reports them as not run; `scripts/test.sh` runs them with
+//! `--include-ignored`. Run without the URL, they fail saying how to run them.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::RefCell;
@@ -21,17 +22,12 @@ const MIRROR: &str = match option_env!("SCHNELL_TEST_MIRROR") {
     None => "",
 };
 
-/// Whether the mirror is there; if not, says how to run the test.
-fn have_mirror(test: &str) -> bool {
-    if MIRROR.is_empty() {
-        web_sys::console::log_1(
-            &format!(
-                "{test}: skipped, no mirror: start `cargo run --example test_mirror -- DIR` and build the tests with SCHNELL_TEST_MIRROR=<its URL> (scripts/test.sh does both)"
-            )
-            .into(),
-        );
-    }
-    !MIRROR.is_empty()
+/// Fails the test, saying how to run it, when it was built without the mirror.
+fn require_mirror() {
+    assert!(
+        !MIRROR.is_empty(),
+        "no test mirror: start `cargo run --example test_mirror -- DIR` and build the tests with SCHNELL_TEST_MIRROR=<its URL> (scripts/test.sh does both)"
+    );
 }
 
 async fn get_json(url: &str) -> serde_json::Value {
@@ -74,10 +70,9 @@ async fn client(cache: &str) -> (HubClient, Rc<RefCell<Vec<HubEvent>>>) {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn a_miss_fetches_and_a_hit_makes_no_request() {
-    if !have_mirror("a_miss_fetches_and_a_hit_makes_no_request") {
-        return;
-    }
+    require_mirror();
     let (client, events) = client("test-miss-hit").await;
     let file = HubFile::new("acme/tiny", "config.json");
     let before = requests_for("config.json").await;
@@ -106,10 +101,9 @@ async fn a_miss_fetches_and_a_hit_makes_no_request() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn progress_events_count_every_byte() {
-    if !have_mirror("progress_events_count_every_byte") {
-        return;
-    }
+    require_mirror();
     let (client, events) = client("test-progress").await;
     let fetched = client
         .file(&HubFile::new("acme/tiny", "model.safetensors"))
@@ -148,20 +142,18 @@ async fn assert_not_found(client: &HubClient, repo: &str, path: &str, expected: 
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn a_404_names_the_repo_and_file() {
-    if !have_mirror("a_404_names_the_repo_and_file") {
-        return;
-    }
+    require_mirror();
     let (client, _) = client("test-404").await;
     assert_not_found(&client, "acme/tiny", "missing.json", NotFoundKind::Entry).await;
     assert_not_found(&client, "acme/none", "config.json", NotFoundKind::Repo).await;
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn concurrent_calls_for_one_file_make_one_fetch() {
-    if !have_mirror("concurrent_calls_for_one_file_make_one_fetch") {
-        return;
-    }
+    require_mirror();
     let (client, _) = client("test-dedup").await;
     let file = HubFile::new("acme/tiny", "tokenizer/tokenizer.json");
     let before = requests_for("tokenizer/tokenizer.json").await;
@@ -193,10 +185,9 @@ async fn an_unreachable_endpoint_is_a_network_error() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn token_counts_use_tokenizers_fetched_through_the_hub() {
-    if !have_mirror("token_counts_use_tokenizers_fetched_through_the_hub") {
-        return;
-    }
+    require_mirror();
     use schnell::tokens::{TokenCounter, CLIP_LIMIT};
     let (client, _) = client("test-tokens").await;
     let files = client
@@ -241,10 +232,9 @@ async fn token_counts_use_tokenizers_fetched_through_the_hub() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn transient_503s_are_retried_honouring_retry_after() {
-    if !have_mirror("transient_503s_are_retried_honouring_retry_after") {
-        return;
-    }
+    require_mirror();
     // The default policy, as the page uses it.
     let (client, events) = client("test-retry").await;
     let path = "retry/flaky.json";
@@ -275,10 +265,9 @@ async fn transient_503s_are_retried_honouring_retry_after() {
 }
 
 #[wasm_bindgen_test]
+#[ignore = "needs the test mirror (scripts/test.sh runs it)"]
 async fn retries_are_bounded_and_a_404_is_final() {
-    if !have_mirror("retries_are_bounded_and_a_404_is_final") {
-        return;
-    }
+    require_mirror();
     let client = HubClientBuilder::new()
         .endpoint(MIRROR)
         .cache_name("test-retry-bounded")
