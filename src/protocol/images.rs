@@ -15,8 +15,8 @@ pub const MAX_PARTIAL_IMAGES: u32 = 3;
 /// `size`: `"auto"` (1024×1024 here) or `"WIDTHxHEIGHT"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Size {
-    /// `"auto"`: 1024×1024 for a generation; an edit keeps its input image's
-    /// proportions.
+    /// `"auto"`: 1024×1024 for a generation; for an edit, the input image's
+    /// proportions with the longer side at most 1024.
     Auto,
     /// `"WIDTHxHEIGHT"`: an explicit size in pixels.
     Pixels {
@@ -100,27 +100,37 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// `response_format`: the image inline or by URL.
+///
+/// - `"b64_json"` (the default): each image inline, base64, in `b64_json`.
+/// - `"url"`: each image kept by the server for a while and linked from `url`.
+// Variants are documented above: docs on them would turn the schema's
+// plain string enum into a oneOf (schemars), which some client generators
+// read worse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum ResponseFormat {
-    /// `"b64_json"` (the default): each image inline, base64, in `b64_json`.
     #[default]
     B64Json,
-    /// `"url"`: each image kept by the server for a while and linked from `url`.
     Url,
 }
 
 /// `output_format`.
+///
+/// - `"png"` (the default): lossless PNG; `output_compression` is ignored.
+/// - `"jpeg"` (`"jpg"` is read too): JPEG at `output_compression` quality.
+/// - `"webp"`: WebP, lossless at `output_compression` 100 (the default).
+// Variants are documented above: docs on them would turn the schema's
+// plain string enum into a oneOf (schemars), which some client generators
+// read worse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum OutputFormat {
-    /// `"png"` (the default): lossless PNG; `output_compression` is ignored.
     #[default]
     Png,
-    /// `"jpeg"` (`"jpg"` is read too): JPEG at `output_compression` quality.
     #[serde(alias = "jpg")]
     Jpeg,
-    /// `"webp"`: WebP, lossless at `output_compression` 100 (the default).
     Webp,
 }
 

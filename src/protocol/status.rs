@@ -30,21 +30,24 @@ pub struct ErrorDetail {
 }
 
 /// Where loading the model stands.
+///
+/// - `"idle"`: loading has not started yet.
+/// - `"downloading"`: the model's files are being fetched from the Hugging Face Hub.
+/// - `"loading"`: the weights are being read into memory.
+/// - `"ready"`: the model is loaded and requests are served.
+/// - `"failed"`: downloading or loading failed (`error` says why); a later attempt may succeed.
+// Variants are documented above: docs on them would turn the schema's
+// plain string enum into a oneOf (schemars), which some client generators
+// read worse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
 pub enum Phase {
-    /// `"idle"`: loading has not started yet.
     #[default]
     Idle,
-    /// `"downloading"`: the model's files are being fetched from the Hugging
-    /// Face Hub.
     Downloading,
-    /// `"loading"`: the weights are being read into memory.
     Loading,
-    /// `"ready"`: the model is loaded and requests are served.
     Ready,
-    /// `"failed"`: downloading or loading failed (`error` says why); a later
-    /// attempt may succeed.
     Failed,
 }
 
