@@ -1,7 +1,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::HubFile;
+use super::file::HubFile;
 
 /// What a 404 said was missing, from the Hub's `X-Error-Code` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

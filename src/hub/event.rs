@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::HubFile;
+use super::file::HubFile;
 
 /// What happens to a file while it is fetched. A CLI progress bar, the server's
 /// readiness report and the tests all consume the same events.

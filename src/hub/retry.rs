@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{EventSink, HubError, HubEvent, HubFile};
+use super::error::HubError;
+use super::event::{EventSink, HubEvent};
+use super::file::HubFile;
 
 /// How one attempt ended, when it did not succeed.
 #[derive(Debug)]

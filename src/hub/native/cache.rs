@@ -24,7 +24,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::hub::HubFile;
+use crate::hub::error::HubError;
+use crate::hub::file::HubFile;
 
 /// Where partial downloads live, inside the repo folder so that the final
 /// rename stays on one filesystem. Python's cache scan ignores unknown folders.
@@ -234,6 +235,12 @@ impl HubCache {
 /// Held while a blob is written; dropping it closes the file and releases the lock.
 pub(crate) struct BlobLock {
     _file: std::fs::File,
+}
+
+/// Names the file and the cache path in an I/O error.
+pub(crate) fn io_err(file: &HubFile, path: &Path) -> impl FnOnce(std::io::Error) -> HubError {
+    let (file, path) = (file.clone(), path.to_path_buf());
+    move |source| HubError::Io { file, path, source }
 }
 
 /// A 40-hex-digit git commit id.

@@ -6,9 +6,10 @@
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LOCATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
 
-use super::Secret;
+use super::token::Secret;
+use crate::hub::error::HubError;
+use crate::hub::file::HubFile;
 use crate::hub::retry::{is_transient_status, parse_retry_after, Failure};
-use crate::hub::{HubError, HubFile};
 
 /// The metadata of one file at one commit.
 #[derive(Clone, Debug)]
@@ -220,7 +221,7 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::NotFoundKind;
+    use crate::hub::error::NotFoundKind;
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
