@@ -34,7 +34,7 @@ cfg_if::cfg_if! {
         pub use model::HubModel;
     } else {
         mod wasm;
-        // The page (`crate::web`) shares the backend's JavaScript and Cache
+        // The page (the `web` module) shares the backend's JavaScript and Cache
         // API helpers; they are no part of the public API.
         pub(crate) use wasm::{
             cache_put, delete_cache, is_quota_exceeded, js_message, open_cache, read_stream,

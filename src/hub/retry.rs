@@ -36,8 +36,11 @@ impl<E> Failure<E> {
 /// Exponential backoff with jitter, bounded in count and in delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Backoff {
+    /// The first delay; each retry in a row doubles it.
     pub base: Duration,
+    /// The longest delay.
     pub max: Duration,
+    /// Retries in a row before giving up.
     pub max_retries: u32,
 }
 

@@ -19,6 +19,7 @@ use crate::hub::HubFile;
 
 /// How the mirror's folder is organised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Layout {
     /// `DIR/<org>/<name>/<path>`; every revision answers from that folder.
     Folders,
@@ -37,10 +38,15 @@ pub(crate) enum Missing {
 /// A file ready to be served.
 #[derive(Clone, Debug)]
 pub(crate) struct Resolved {
+    /// The commit the revision answers with.
     pub commit: String,
+    /// The file on disk (canonical, inside the root).
     pub path: PathBuf,
+    /// Its size in bytes.
     pub len: u64,
+    /// Its ETag: sha256 for LFS files, git blob sha1 otherwise.
     pub etag: String,
+    /// Whether the Hub would store it in LFS.
     pub lfs: bool,
 }
 

@@ -118,11 +118,14 @@ impl HubClientBuilder {
         self
     }
 
+    /// The Hugging Face cache folder to read and write.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = dir.into();
         self
     }
 
+    /// The Hub token to send (to the endpoint's own origin only); `None`
+    /// sends none, and reads no token file.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = TokenSource::Given(token.map(Secret));
         self

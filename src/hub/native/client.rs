@@ -96,14 +96,17 @@ impl HubClient {
         }
     }
 
+    /// The Hub (or mirror) this client asks.
     pub fn endpoint(&self) -> &str {
         &self.inner.settings.endpoint
     }
 
+    /// The Hugging Face cache folder this client fills.
     pub fn cache_dir(&self) -> &Path {
         self.inner.cache.root()
     }
 
+    /// Whether this client only reads the cache (`HF_HUB_OFFLINE`).
     pub fn is_offline(&self) -> bool {
         self.inner.settings.offline
     }

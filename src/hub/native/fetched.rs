@@ -21,6 +21,7 @@ impl FetchedFile {
         &self.path
     }
 
+    /// Its size in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }

@@ -14,9 +14,11 @@ use crate::hub::retry::{is_transient_status, parse_retry_after, Failure};
 /// The metadata of one file at one commit.
 #[derive(Clone, Debug)]
 pub(crate) struct RemoteFile {
+    /// The commit the revision resolved to.
     pub commit: String,
     /// sha256 for LFS files, git blob sha1 otherwise; names the blob.
     pub etag: String,
+    /// Its size in bytes.
     pub size: u64,
 }
 
@@ -24,7 +26,9 @@ pub(crate) struct RemoteFile {
 /// (the CDN's, when the Hub redirects there).
 #[derive(Clone, Debug)]
 pub(crate) struct Head {
+    /// The file's metadata.
     pub remote: RemoteFile,
+    /// Where its bytes are.
     pub location: Url,
 }
 

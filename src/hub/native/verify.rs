@@ -23,9 +23,15 @@ pub enum Verification {
     /// Nothing to check it against: neither a hash nor a recorded size.
     Unchecked,
     /// It was damaged (`reason`) and has been downloaded again.
-    Repaired { reason: String },
+    Repaired {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// It is damaged (`reason`), and offline it could not be downloaded again.
-    Damaged { reason: String },
+    Damaged {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl HubClient {

@@ -29,6 +29,7 @@ pub struct HubClientBuilder {
 }
 
 impl HubClientBuilder {
+    /// Defaults: this origin's `/hub`, the `schnell-hub-v1` cache, 5 retries.
     pub fn new() -> Self {
         Self::default()
     }
@@ -45,6 +46,7 @@ impl HubClientBuilder {
         self
     }
 
+    /// Where progress events go.
     pub fn on_event(mut self, sink: EventSink) -> Self {
         self.events = Some(sink);
         self
@@ -61,6 +63,7 @@ impl HubClientBuilder {
         self
     }
 
+    /// The client; fails without an endpoint and no `location.origin`.
     pub fn build(self) -> Result<HubClient, HubError> {
         let endpoint = match self.endpoint {
             Some(e) => e,
@@ -98,12 +101,14 @@ struct Inner {
 /// A file's contents, from the cache or the network.
 #[derive(Clone, Debug)]
 pub struct FetchedFile {
+    /// The file asked for.
     pub file: HubFile,
     bytes: Bytes,
     from_cache: bool,
 }
 
 impl FetchedFile {
+    /// Its size in bytes.
     pub fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
@@ -120,6 +125,7 @@ impl FetchedFile {
 }
 
 impl HubClient {
+    /// The Hub (or mirror) this client asks.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
     }

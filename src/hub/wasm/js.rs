@@ -1,5 +1,5 @@
 //! Small helpers over the browser's JavaScript objects, shared with the
-//! page (`crate::web`): error messages, streaming a body, the global
+//! page (the `web` module): error messages, streaming a body, the global
 //! `fetch` and `location.origin` in a window or a worker.
 
 use js_sys::{Reflect, Uint8Array};

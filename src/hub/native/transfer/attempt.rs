@@ -40,11 +40,15 @@ const SAVE_EVERY: Duration = Duration::from_millis(200);
 /// every attempt.
 pub(crate) struct Transfer<'a> {
     pub http: &'a reqwest::Client,
+    /// Where the partial file lives.
     pub cache: &'a HubCache,
+    /// The budget every download of the client shares.
     pub connections: &'a Connections,
+    /// The Hub (or mirror) as configured.
     pub endpoint: &'a str,
     pub token: Option<&'a Secret>,
     pub events: Option<&'a EventSink>,
+    /// An attempt that receives nothing for this long is abandoned.
     pub stall_timeout: Duration,
     /// The largest range one request asks for.
     pub max_chunk: u64,
@@ -52,6 +56,7 @@ pub(crate) struct Transfer<'a> {
 
 /// A partial file that holds every byte (not yet renamed into place).
 pub(crate) struct Transferred {
+    /// The partial file.
     pub path: PathBuf,
     /// Its sha256, hashed while it downloaded, when its ETag is one.
     pub sha256: Option<String>,
