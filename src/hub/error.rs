@@ -1,10 +1,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::HubFile;
+use super::file::HubFile;
 
 /// What a 404 said was missing, from the Hub's `X-Error-Code` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotFoundKind {
     /// The repository does not exist (or is private and no token was sent).
     Repo,
@@ -27,33 +28,61 @@ impl fmt::Display for NotFoundKind {
 /// Everything that can go wrong getting a Hub file. Every message names the
 /// repository, revision and file at fault; none ever holds the token.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubError {
+    /// A name that could not come from the Hub, or would leave the cache.
     #[error("{file}: invalid name: {reason}")]
-    InvalidFile { file: HubFile, reason: String },
+    InvalidFile {
+        /// The file asked for.
+        file: HubFile,
+        /// What is wrong with its names.
+        reason: String,
+    },
 
+    /// 404: no such repository, revision or file.
     #[error("{file}: not found (404): {kind}")]
-    NotFound { file: HubFile, kind: NotFoundKind },
+    NotFound {
+        /// The file asked for.
+        file: HubFile,
+        /// Which of them is missing.
+        kind: NotFoundKind,
+    },
 
+    /// 401 `GatedRepo`: the repository's licence must be accepted first.
     #[error(
         "{file}: the repository is gated (401 GatedRepo): accept its licence at \
          https://huggingface.co/{repo} while logged in, then set HF_TOKEN to a token of that account",
         repo = file.repo
     )]
-    Gated { file: HubFile },
+    Gated {
+        /// The file asked for.
+        file: HubFile,
+    },
 
+    /// 401: no token, or one the Hub rejected.
     #[error(
         "{file}: authentication failed (401){}: set HF_TOKEN to a valid Hugging Face token",
         if *token_sent { ", the token was rejected" } else { ", no token was sent" }
     )]
-    Unauthorized { file: HubFile, token_sent: bool },
+    Unauthorized {
+        /// The file asked for.
+        file: HubFile,
+        /// Whether a token was sent (and rejected).
+        token_sent: bool,
+    },
 
+    /// 403: the token's owner has no access to the repository.
     #[error(
         "{file}: access denied (403): the token's owner has not been granted access; accept the \
          licence at https://huggingface.co/{repo} with that account, or use another HF_TOKEN",
         repo = file.repo
     )]
-    Forbidden { file: HubFile },
+    Forbidden {
+        /// The file asked for.
+        file: HubFile,
+    },
 
+    /// Offline, and files are not in the cache.
     #[error(
         "offline (HF_HUB_OFFLINE is set) and {} file(s) are not in the cache at {}: {}",
         missing.len(),
@@ -61,42 +90,67 @@ pub enum HubError {
         list_files(missing)
     )]
     Offline {
+        /// Every file asked for that the cache lacks.
         missing: Vec<HubFile>,
+        /// The cache folder looked in.
         cache: PathBuf,
     },
 
+    /// The downloaded content does not hash to its ETag (and was discarded).
     #[error("{file}: downloaded content does not match the Hub's checksum (expected {expected}, got {actual}); the download was discarded")]
     Integrity {
+        /// The file asked for.
         file: HubFile,
+        /// The hash its ETag names.
         expected: String,
+        /// The hash of what arrived.
         actual: String,
     },
 
+    /// Another final HTTP status.
     #[error("{file}: HTTP {status} from {endpoint}")]
     Http {
+        /// The file asked for.
         file: HubFile,
+        /// The status the server answered.
         status: u16,
+        /// The Hub (or mirror) asked.
         endpoint: String,
     },
 
+    /// An answer that breaks the Hub's protocol (headers, ranges, redirects).
     #[error("{file}: the Hub's answer is unusable: {reason}")]
-    Protocol { file: HubFile, reason: String },
-
-    #[error("{file}: download failed after {attempts} attempt(s): {reason}")]
-    Transfer {
+    Protocol {
+        /// The file asked for.
         file: HubFile,
-        attempts: u32,
+        /// What was wrong with the answer.
         reason: String,
     },
 
+    /// Transient failures (network, 5xx, stalls) outlasted the retries.
+    #[error("{file}: download failed after {attempts} attempt(s): {reason}")]
+    Transfer {
+        /// The file asked for.
+        file: HubFile,
+        /// How many attempts were made.
+        attempts: u32,
+        /// Why the last one failed.
+        reason: String,
+    },
+
+    /// Reading or writing the cache failed.
     #[error("{file}: cache I/O on {}: {source}", path.display())]
     Io {
+        /// The file asked for.
         file: HubFile,
+        /// The cache path at fault.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
+    /// The disk filled up; the partial download was deleted.
     #[error(
         "{file}: no space left on the disk: writing {} failed, so that partial download was \
          deleted to free its space; free at least {size} bytes there (or set HF_HUB_CACHE to \
@@ -104,6 +158,7 @@ pub enum HubError {
         partial.display()
     )]
     DiskFull {
+        /// The file asked for.
         file: HubFile,
         /// The partial download that filled the disk (deleted since).
         partial: PathBuf,
@@ -111,12 +166,20 @@ pub enum HubError {
         size: u64,
     },
 
+    /// The browser's storage for this origin is full.
     #[error("{file}: the browser's storage is full ({reason}); clear schnell's cached files or free space")]
-    StorageFull { file: HubFile, reason: String },
+    StorageFull {
+        /// The file asked for.
+        file: HubFile,
+        /// The browser's message.
+        reason: String,
+    },
 
+    /// Several files of one batch failed; one error each.
     #[error("{} files failed: {}", .0.len(), list_errors(.0))]
     Many(Vec<HubError>),
 
+    /// The client cannot be set up (HTTP client, browser APIs, environment).
     #[error("Hub client configuration: {0}")]
     Config(String),
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::HubFile;
+use super::file::HubFile;
 
 /// What happens to a file while it is fetched. A CLI progress bar, the server's
 /// readiness report and the tests all consume the same events.
@@ -11,26 +11,53 @@ use super::HubFile;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum HubEvent {
     /// The Hub said how large the file is; it will be downloaded.
-    Queued { file: HubFile, size: u64 },
+    Queued {
+        /// The file.
+        file: HubFile,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// A transfer attempt began. `resumed_from` bytes were already on disk, so the
     /// file's progress is now `resumed_from` of `size` (this also resets progress
     /// when a retry starts over).
     Started {
+        /// The file.
         file: HubFile,
+        /// Its size in bytes.
         size: u64,
+        /// Bytes already on disk when the attempt began.
         resumed_from: u64,
     },
     /// `bytes` more bytes arrived.
-    Advanced { file: HubFile, bytes: u64 },
+    Advanced {
+        /// The file.
+        file: HubFile,
+        /// Bytes that arrived since the last event.
+        bytes: u64,
+    },
     /// The file is complete, verified and in the cache.
-    Finished { file: HubFile, size: u64 },
+    Finished {
+        /// The file.
+        file: HubFile,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The file was already cached: no request was made.
-    Cached { file: HubFile, size: u64 },
+    Cached {
+        /// The file.
+        file: HubFile,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// A transient failure; the next attempt starts after `delay_ms`.
     Retrying {
+        /// The file.
         file: HubFile,
+        /// The attempt that failed (1 for the first).
         attempt: u32,
+        /// How long until the next attempt, in milliseconds.
         delay_ms: u64,
+        /// Why the attempt failed.
         reason: String,
     },
 }

@@ -17,6 +17,7 @@ mod error;
 mod event;
 mod file;
 mod retry;
+mod validate;
 
 pub use error::{HubError, NotFoundKind};
 pub use event::{EventSink, HubEvent};
@@ -33,6 +34,8 @@ cfg_if::cfg_if! {
         pub use model::HubModel;
     } else {
         mod wasm;
+        // The page (the `web` module) shares the backend's JavaScript and Cache
+        // API helpers; they are no part of the public API.
         pub(crate) use wasm::{
             cache_put, delete_cache, is_quota_exceeded, js_message, open_cache, read_stream,
         };

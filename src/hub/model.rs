@@ -1,6 +1,8 @@
 use std::future::Future;
 
-use super::{default_client, FetchedFile, HubClient, HubError, HubFile};
+use super::error::HubError;
+use super::file::HubFile;
+use super::native::{default_client, FetchedFile, HubClient};
 
 /// What model code uses to get its files; it never touches a download client.
 ///

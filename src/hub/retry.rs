@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{EventSink, HubError, HubEvent, HubFile};
+use super::error::HubError;
+use super::event::{EventSink, HubEvent};
+use super::file::HubFile;
 
 /// How one attempt ended, when it did not succeed.
 #[derive(Debug)]
@@ -34,8 +36,11 @@ impl<E> Failure<E> {
 /// Exponential backoff with jitter, bounded in count and in delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Backoff {
+    /// The first delay; each retry in a row doubles it.
     pub base: Duration,
+    /// The longest delay.
     pub max: Duration,
+    /// Retries in a row before giving up.
     pub max_retries: u32,
 }
 

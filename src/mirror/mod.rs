@@ -110,10 +110,12 @@ impl Mirror {
         self
     }
 
+    /// How the served folder is organised.
     pub fn layout(&self) -> Layout {
         self.source.layout()
     }
 
+    /// The served folder, canonical: no request reaches outside it.
     pub fn root(&self) -> &Path {
         self.source.root()
     }

@@ -12,10 +12,14 @@ use sha1::{Digest, Sha1};
 use tokio::sync::OnceCell;
 
 use crate::hub::digest::{self, EtagKind};
+use crate::hub::native::cache::{
+    blob_name, is_commit_hash, is_repo_folder, ref_file, snapshot_dir, HubCache,
+};
 use crate::hub::HubFile;
 
 /// How the mirror's folder is organised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Layout {
     /// `DIR/<org>/<name>/<path>`; every revision answers from that folder.
     Folders,
@@ -34,10 +38,15 @@ pub(crate) enum Missing {
 /// A file ready to be served.
 #[derive(Clone, Debug)]
 pub(crate) struct Resolved {
+    /// The commit the revision answers with.
     pub commit: String,
+    /// The file on disk (canonical, inside the root).
     pub path: PathBuf,
+    /// Its size in bytes.
     pub len: u64,
+    /// Its ETag: sha256 for LFS files, git blob sha1 otherwise.
     pub etag: String,
+    /// Whether the Hub would store it in LFS.
     pub lfs: bool,
 }
 
@@ -133,7 +142,7 @@ impl Source {
         let (repo_dir, commit) = self.revision(file).await?;
         let base = match self.layout {
             Layout::Folders => repo_dir,
-            Layout::HfCache => repo_dir.join("snapshots").join(&commit),
+            Layout::HfCache => snapshot_dir(&repo_dir, &commit),
         };
         let mut candidate = base;
         candidate.extend(file.path.split('/'));
@@ -147,7 +156,7 @@ impl Source {
         let len = meta.len();
         // In a Hugging Face cache the blob's name is its ETag already.
         let named = (self.layout == Layout::HfCache)
-            .then(|| blob_etag(&path))
+            .then(|| blob_name(&path))
             .flatten();
         let (etag, lfs) = match named {
             Some(etag) => {
@@ -199,20 +208,18 @@ impl Source {
                 Ok((repo_dir, commit))
             }
             Layout::HfCache => {
-                let folder = format!("models--{org}--{name}");
+                let folder = HubCache::repo_folder(&file.repo);
                 let repo_dir = self
                     .inside(&self.root.join(folder))
                     .await
                     .ok_or(Missing::Repo)?;
-                let mut ref_path = repo_dir.join("refs");
-                ref_path.extend(file.revision.split('/'));
-                let commit = match tokio::fs::read_to_string(&ref_path).await {
-                    Ok(c) => c.trim().to_string(),
-                    Err(_) => file.revision.clone(),
-                };
-                let is_commit = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
-                let snapshot = repo_dir.join("snapshots").join(&commit);
-                if !is_commit
+                let commit =
+                    match tokio::fs::read_to_string(ref_file(&repo_dir, &file.revision)).await {
+                        Ok(c) => c.trim().to_string(),
+                        Err(_) => file.revision.clone(),
+                    };
+                let snapshot = snapshot_dir(&repo_dir, &commit);
+                if !is_commit_hash(&commit)
                     || !tokio::fs::metadata(&snapshot)
                         .await
                         .is_ok_and(|m| m.is_dir())
@@ -251,7 +258,7 @@ impl Source {
         let (repo_dir, commit) = self.revision(file).await?;
         let base = match self.layout {
             Layout::Folders => repo_dir,
-            Layout::HfCache => repo_dir.join("snapshots").join(&commit),
+            Layout::HfCache => snapshot_dir(&repo_dir, &commit),
         };
         let root = self.root.clone();
         let names = tokio::task::spawn_blocking(move || list_files(&base, &root))
@@ -295,17 +302,11 @@ impl Source {
 async fn detect_layout(root: &Path) -> io::Result<Layout> {
     let mut entries = tokio::fs::read_dir(root).await?;
     while let Some(entry) = entries.next_entry().await? {
-        if entry.file_name().to_string_lossy().starts_with("models--") {
+        if is_repo_folder(&entry.file_name().to_string_lossy()) {
             return Ok(Layout::HfCache);
         }
     }
     Ok(Layout::Folders)
-}
-
-/// `…/blobs/<etag>` names its ETag.
-fn blob_etag(path: &Path) -> Option<String> {
-    let parent = path.parent()?;
-    (parent.file_name()? == "blobs").then(|| path.file_name()?.to_str().map(str::to_string))?
 }
 
 /// Regular files under `base`, skipping hidden files and folders (`.git`,

@@ -3,47 +3,19 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
-
-use super::cache::HubCache;
-use super::connections::Connections;
-use super::{HubClient, Inner};
+use super::token::{Secret, TokenSource};
+use crate::hub::event::EventSink;
 use crate::hub::retry::Backoff;
-use crate::hub::{EventSink, HubError};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Connections a client starts with, and the most it grows to by default.
-const INITIAL_CONNECTIONS: usize = 16;
+pub(super) const INITIAL_CONNECTIONS: usize = 16;
 const MAX_CONNECTIONS: usize = 64;
 
-/// A token that never shows itself in `Debug` output or logs.
-#[derive(Clone)]
-pub(crate) struct Secret(pub(super) String);
-
-impl Secret {
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Where the token comes from; a token file is read lazily, asynchronously.
-#[derive(Clone, Debug)]
-pub(super) enum TokenSource {
-    Given(Option<Secret>),
-    File(PathBuf),
-}
-
-/// Configures a [`HubClient`]. [`HubClientBuilder::from_env`] honours the same
+/// Configures a [`HubClient`](crate::hub::HubClient). [`HubClientBuilder::from_env`] honours the same
 /// variables as Python `huggingface_hub`.
 #[derive(Clone)]
 pub struct HubClientBuilder {
@@ -146,11 +118,14 @@ impl HubClientBuilder {
         self
     }
 
+    /// The Hugging Face cache folder to read and write.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = dir.into();
         self
     }
 
+    /// The Hub token to send (to the endpoint's own origin only); `None`
+    /// sends none, and reads no token file.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = TokenSource::Given(token.map(Secret));
         self
@@ -200,33 +175,5 @@ impl HubClientBuilder {
     pub fn on_event(mut self, sink: EventSink) -> Self {
         self.events = Some(sink);
         self
-    }
-
-    pub fn build(self) -> Result<HubClient, HubError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(20))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("schnell/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| HubError::Config(format!("HTTP client: {e}")))?;
-        let token = match &self.token {
-            TokenSource::Given(token) => OnceCell::new_with(Some(token.clone())),
-            TokenSource::File(_) => OnceCell::new(),
-        };
-        Ok(HubClient {
-            inner: Arc::new(Inner {
-                cache: HubCache::new(self.cache_dir.clone()),
-                connections: Connections::new(
-                    INITIAL_CONNECTIONS.min(self.max_connections),
-                    self.max_connections,
-                ),
-                busy: Mutex::default(),
-                token,
-                http,
-                settings: self.clone(),
-            }),
-            events: self.events,
-        })
     }
 }

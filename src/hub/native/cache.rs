@@ -24,7 +24,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::hub::HubFile;
+use crate::hub::error::HubError;
+use crate::hub::file::HubFile;
 
 /// Where partial downloads live, inside the repo folder so that the final
 /// rename stays on one filesystem. Python's cache scan ignores unknown folders.
@@ -32,6 +33,14 @@ const PARTIAL_DIR: &str = ".schnell-partial";
 
 /// Where the size of each blob is recorded when it is downloaded.
 const META_DIR: &str = ".schnell-meta";
+
+/// How every repository folder's name begins (`models--org--name`).
+const REPO_FOLDER_PREFIX: &str = "models--";
+
+/// The folders of a repository folder: content, commits, revisions.
+const BLOBS: &str = "blobs";
+const SNAPSHOTS: &str = "snapshots";
+const REFS: &str = "refs";
 
 /// A file found in the cache.
 #[derive(Clone, Debug)]
@@ -67,7 +76,7 @@ impl HubCache {
 
     /// `models--org--name`, as Python and hf-hub name it.
     pub(crate) fn repo_folder(repo: &str) -> String {
-        format!("models--{}", repo.replace('/', "--"))
+        format!("{REPO_FOLDER_PREFIX}{}", repo.replace('/', "--"))
     }
 
     pub(crate) fn repo_dir(&self, repo: &str) -> PathBuf {
@@ -75,18 +84,15 @@ impl HubCache {
     }
 
     pub(crate) fn blob_path(&self, repo: &str, etag: &str) -> PathBuf {
-        self.repo_dir(repo).join("blobs").join(etag)
+        self.repo_dir(repo).join(BLOBS).join(etag)
     }
 
     pub(crate) fn snapshot_path(&self, file: &HubFile, commit: &str) -> PathBuf {
-        join_relative(
-            self.repo_dir(&file.repo).join("snapshots").join(commit),
-            &file.path,
-        )
+        join_relative(snapshot_dir(&self.repo_dir(&file.repo), commit), &file.path)
     }
 
     pub(crate) fn ref_path(&self, file: &HubFile) -> PathBuf {
-        join_relative(self.repo_dir(&file.repo).join("refs"), &file.revision)
+        ref_file(&self.repo_dir(&file.repo), &file.revision)
     }
 
     pub(crate) fn lock_path(&self, repo: &str, etag: &str) -> PathBuf {
@@ -103,7 +109,7 @@ impl HubCache {
         self.repo_dir(repo)
             .join(PARTIAL_DIR)
             .join(Self::repo_folder(repo))
-            .join("blobs")
+            .join(BLOBS)
             .join(format!("{etag}.sync.part"))
     }
 
@@ -149,10 +155,7 @@ impl HubCache {
                 return Some(commit);
             }
         }
-        let snapshot = self
-            .repo_dir(&file.repo)
-            .join("snapshots")
-            .join(&file.revision);
+        let snapshot = snapshot_dir(&self.repo_dir(&file.repo), &file.revision);
         (is_commit_hash(&file.revision) && tokio::fs::metadata(snapshot).await.is_ok())
             .then(|| file.revision.clone())
     }
@@ -170,8 +173,7 @@ impl HubCache {
         let etag = tokio::fs::read_link(&path)
             .await
             .ok()
-            .filter(|target| target.parent().and_then(Path::file_name) == Some("blobs".as_ref()))
-            .and_then(|target| Some(target.file_name()?.to_str()?.to_string()));
+            .and_then(|target| blob_name(&target));
         Some(Cached {
             path,
             size: meta.len(),
@@ -199,7 +201,7 @@ impl HubCache {
         let parent = pointer.parent().expect("snapshot paths have a parent");
         tokio::fs::create_dir_all(parent).await?;
         let depth = 2 + file.path.split('/').count() - 1;
-        let target = PathBuf::from("../".repeat(depth)).join("blobs").join(etag);
+        let target = PathBuf::from("../".repeat(depth)).join(BLOBS).join(etag);
         let tmp = sibling_tmp(&pointer);
         let _ = tokio::fs::remove_file(&tmp).await;
         make_link(&target, &self.blob_path(&file.repo, etag), &tmp).await?;
@@ -234,6 +236,36 @@ impl HubCache {
 /// Held while a blob is written; dropping it closes the file and releases the lock.
 pub(crate) struct BlobLock {
     _file: std::fs::File,
+}
+
+/// Names the file and the cache path in an I/O error.
+pub(crate) fn io_err(file: &HubFile, path: &Path) -> impl FnOnce(std::io::Error) -> HubError {
+    let (file, path) = (file.clone(), path.to_path_buf());
+    move |source| HubError::Io { file, path, source }
+}
+
+/// Whether a folder's name is that of a repository folder: a folder that
+/// holds such folders is a Hugging Face cache.
+pub(crate) fn is_repo_folder(name: &str) -> bool {
+    name.starts_with(REPO_FOLDER_PREFIX)
+}
+
+/// `<repo_dir>/snapshots/<commit>`: the files of one commit.
+pub(crate) fn snapshot_dir(repo_dir: &Path, commit: &str) -> PathBuf {
+    repo_dir.join(SNAPSHOTS).join(commit)
+}
+
+/// `<repo_dir>/refs/<revision>`: the file naming the commit a revision
+/// (`main`, `refs/pr/2`) resolved to.
+pub(crate) fn ref_file(repo_dir: &Path, revision: &str) -> PathBuf {
+    join_relative(repo_dir.join(REFS), revision)
+}
+
+/// The ETag a path in a `blobs` folder is named by (a snapshot entry's
+/// link target, or the blob itself); `None` for any other path.
+pub(crate) fn blob_name(path: &Path) -> Option<String> {
+    (path.parent()?.file_name()? == BLOBS)
+        .then(|| path.file_name()?.to_str().map(str::to_string))?
 }
 
 /// A 40-hex-digit git commit id.

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{HubClient, Inner};
-use crate::hub::HubFile;
+use super::client::{HubClient, Inner};
+use crate::hub::file::HubFile;
 
 impl HubClient {
     /// Waits until no other task of this client fetches `file`.

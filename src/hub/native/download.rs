@@ -5,10 +5,16 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::cache::io_err;
+use super::cache_check::CacheCheck;
+use super::client::HubClient;
+use super::fetched::FetchedFile;
+use super::remote;
 use super::transfer::{Transfer, Transferred};
-use super::{io_err, remote, CacheCheck, FetchedFile, HubClient};
 use crate::hub::digest;
-use crate::hub::{HubError, HubEvent, HubFile};
+use crate::hub::error::HubError;
+use crate::hub::event::HubEvent;
+use crate::hub::file::HubFile;
 
 impl HubClient {
     /// Step two: download, verify and link one file, unless another task or

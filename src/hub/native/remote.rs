@@ -6,16 +6,19 @@
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LOCATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
 
-use super::Secret;
+use super::token::Secret;
+use crate::hub::error::HubError;
+use crate::hub::file::HubFile;
 use crate::hub::retry::{is_transient_status, parse_retry_after, Failure};
-use crate::hub::{HubError, HubFile};
 
 /// The metadata of one file at one commit.
 #[derive(Clone, Debug)]
 pub(crate) struct RemoteFile {
+    /// The commit the revision resolved to.
     pub commit: String,
     /// sha256 for LFS files, git blob sha1 otherwise; names the blob.
     pub etag: String,
+    /// Its size in bytes.
     pub size: u64,
 }
 
@@ -23,7 +26,9 @@ pub(crate) struct RemoteFile {
 /// (the CDN's, when the Hub redirects there).
 #[derive(Clone, Debug)]
 pub(crate) struct Head {
+    /// The file's metadata.
     pub remote: RemoteFile,
+    /// Where its bytes are.
     pub location: Url,
 }
 
@@ -220,7 +225,7 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::NotFoundKind;
+    use crate::hub::error::NotFoundKind;
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
