@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, InitImage, Mask};
 use schnell::limits::{MAX_SIDE, MIN_SIDE};
 
-use super::{progress::DownloadBars, EngineArgs, HubArgs};
+use super::args::{EngineArgs, HubArgs};
+use super::progress::DownloadBars;
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -113,11 +113,7 @@ async fn start_full(
     let app = server::router(
         engine.clone(),
         &FLUX_SCHNELL,
-        ServerConfig {
-            hub_cache: hub_cache.clone(),
-            dist,
-            ..config
-        },
+        config.hub_cache(hub_cache.clone()).dist(dist),
     )
     .await
     .unwrap();
