@@ -1,10 +1,11 @@
 //! `POST /v1/images/edits`: strength, masks, and the errors that name the part at fault.
 
 use reqwest::StatusCode;
+use schnell::protocol::{ErrorBody, ImagesResponse, StreamEvent};
 use schnell::server::ServerConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::server::{parse_sse, png_pixels, png_size, ready, request, rgba_png};
+use crate::support::server::{png_pixels, png_size, ready, request, rgba_png, stream_events};
 
 /// The mean absolute difference of two images' pixels in columns `cols`.
 fn mean_diff(a: &image::RgbImage, b: &image::RgbImage, cols: std::ops::Range<u32>) -> f64 {
@@ -39,25 +40,19 @@ async fn edits_start_from_the_image_to_their_strength_and_keep_what_the_mask_kee
             ];
             let r = s.edit(&text, &files).await;
             let status = r.status();
-            let body: Value = r.json().await.unwrap();
-            assert_eq!(status, StatusCode::OK, "{body}");
-            body
+            let text = r.text().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{text}");
+            serde_json::from_str::<ImagesResponse>(&text).unwrap()
         }
     };
     // Without a size, the image's own; the answer in OpenAI's shape, with
     // the encoder's time among the timings.
     let body = edit("5", "1", None).await;
-    assert_eq!(body["size"], "320x256");
-    assert_eq!(body["data"][0]["seed"], 5);
-    assert_eq!(body["usage"]["output_tokens"], (320 / 16) * (256 / 16));
-    assert!(
-        body["data"][0]["timings"]["vae_encode_ms"]
-            .as_u64()
-            .unwrap()
-            > 0,
-        "{body}"
-    );
-    let image = |body: &Value| png_pixels(body["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!(body.size.to_string(), "320x256");
+    assert_eq!(body.data[0].seed, 5);
+    assert_eq!(body.usage.output_tokens, (320 / 16) * (256 / 16));
+    assert!(body.data[0].timings.vae_encode_ms > 0, "{body:?}");
+    let image = |body: &ImagesResponse| png_pixels(body.data[0].b64_json.as_deref().unwrap());
     let strong = (image(&body), image(&edit("6", "1", None).await));
     assert_eq!(strong.0.dimensions(), (320, 256));
     let again = image(&edit("5", "1", None).await);
@@ -103,13 +98,13 @@ async fn edits_start_from_the_image_to_their_strength_and_keep_what_the_mask_kee
             &[("image[]", &input)],
         )
         .await;
-    let events = parse_sse(&r.text().await.unwrap());
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let events = stream_events(&r.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(StreamEvent::name).collect();
     assert_eq!(names, ["image_edit.partial_image", "image_edit.completed"]);
-    assert_eq!(
-        png_size(events[1].1["b64_json"].as_str().unwrap()),
-        (256, 256)
-    );
+    let StreamEvent::EditCompleted(done) = &events[1] else {
+        panic!("{:?}", events[1]);
+    };
+    assert_eq!(png_size(&done.b64_json), (256, 256));
 }
 
 #[tokio::test]
@@ -121,11 +116,8 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
     let too_wide = rgba_png(schnell::flux::MAX_INPUT_SIDE + 1, 1, |_, _| [0; 4]);
     let refused = |r: reqwest::Response| async move {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        let body: Value = r.json().await.unwrap();
-        (
-            body["error"]["param"].as_str().unwrap_or("").to_string(),
-            body["error"]["message"].as_str().unwrap().to_string(),
-        )
+        let body: ErrorBody = r.json().await.unwrap();
+        (body.error.param.unwrap_or_default(), body.error.message)
     };
     let prompt = ("prompt", "a fox");
     for (text, files, param, says) in [
@@ -196,13 +188,7 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
     let huge = vec![0u8; schnell::server::MAX_EDIT_BODY + 1];
     let r = s.edit(&[prompt], &[("image", &huge)]).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("50 MiB"),
-        "{body}"
-    );
+    let body: ErrorBody = r.json().await.unwrap();
+    assert!(body.error.message.contains("50 MiB"), "{body:?}");
     s.queue_drains().await;
 }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::StatusCode;
+use schnell::protocol::{ErrorBody, ImagesResponse};
 use schnell::server::ServerConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::server::{png_size, ready, request};
 
@@ -18,17 +19,17 @@ async fn twenty_concurrent_requests_complete_or_get_429() {
     for r in responses {
         match r.status() {
             StatusCode::OK => {
-                let body: Value = r.json().await.unwrap();
+                let body: ImagesResponse = r.json().await.unwrap();
                 assert_eq!(
-                    png_size(body["data"][0]["b64_json"].as_str().unwrap()),
+                    png_size(body.data[0].b64_json.as_deref().unwrap()),
                     (256, 256)
                 );
                 ok += 1;
             }
             StatusCode::TOO_MANY_REQUESTS => {
                 assert!(r.headers().contains_key("retry-after"));
-                let body: Value = r.json().await.unwrap();
-                assert_eq!(body["error"]["code"], "queue_full");
+                let body: ErrorBody = r.json().await.unwrap();
+                assert_eq!(body.error.code.as_deref(), Some("queue_full"));
                 busy += 1;
             }
             other => panic!("unexpected {other}"),

@@ -1,8 +1,9 @@
 //! Images served by URL: under `--public-url`, and in an `--image-dir` that replicas share.
 
 use reqwest::StatusCode;
+use schnell::protocol::ImagesResponse;
 use schnell::server::ServerConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::server::ready;
 
@@ -20,8 +21,8 @@ async fn image_urls_use_the_public_url_when_set() {
         .send()
         .await
         .unwrap();
-    let body: Value = r.json().await.unwrap();
-    let url = body["data"][0]["url"].as_str().unwrap();
+    let body: ImagesResponse = r.json().await.unwrap();
+    let url = body.data[0].url.as_deref().unwrap();
     let path = url
         .strip_prefix("https://images.example.com/schnell/v1/images/")
         .unwrap_or_else(|| panic!("{url}"));
@@ -42,13 +43,13 @@ async fn an_image_dir_is_shared_by_replicas_capped_and_never_left() {
     };
     let (a, b) = tokio::join!(ready(config()), ready(config()));
     async fn make(s: &crate::support::server::TestServer) -> String {
-        let body: Value = s
+        let body: ImagesResponse = s
             .post(json!({ "prompt": "x", "size": "256x256", "steps": 1, "response_format": "url" }))
             .await
             .json()
             .await
             .unwrap();
-        body["data"][0]["url"].as_str().unwrap().to_string()
+        body.data[0].url.clone().unwrap()
     }
     let first = make(&a).await;
     // Made on one replica, served by the other.

@@ -1,10 +1,11 @@
 //! Streamed generations: an event per step, partial images spread over the steps.
 
 use reqwest::StatusCode;
+use schnell::protocol::StreamEvent;
 use schnell::server::ServerConfig;
 use serde_json::json;
 
-use crate::support::server::{parse_sse, png_size, ready, request};
+use crate::support::server::{png_size, ready, request, stream_events};
 
 #[tokio::test]
 async fn a_streamed_generation_sends_each_step_then_the_image() {
@@ -18,8 +19,8 @@ async fn a_streamed_generation_sends_each_step_then_the_image() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let events = parse_sse(&r.text().await.unwrap());
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let events = stream_events(&r.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(StreamEvent::name).collect();
     assert_eq!(
         names,
         [
@@ -29,16 +30,21 @@ async fn a_streamed_generation_sends_each_step_then_the_image() {
             "image_generation.completed"
         ]
     );
-    assert_eq!(events[3].1["usage"]["output_tokens"], 16 * 16);
-    for (i, (_, data)) in events[..3].iter().enumerate() {
-        assert_eq!(data["partial_image_index"], i);
-        assert_eq!(data["step"], i + 1);
-        assert_eq!(data["total_steps"], 3);
-        assert_eq!(png_size(data["b64_json"].as_str().unwrap()), (32, 32));
+    for (i, event) in events[..3].iter().enumerate() {
+        let StreamEvent::Partial(partial) = event else {
+            panic!("{event:?}");
+        };
+        assert_eq!(partial.partial_image_index as usize, i);
+        assert_eq!(partial.step as usize, i + 1);
+        assert_eq!(partial.total_steps, 3);
+        assert_eq!(png_size(&partial.b64_json), (32, 32));
     }
-    let done = &events[3].1;
-    assert_eq!(done["seed"], 3);
-    assert_eq!(png_size(done["b64_json"].as_str().unwrap()), (256, 256));
+    let StreamEvent::Completed(done) = &events[3] else {
+        panic!("{:?}", events[3]);
+    };
+    assert_eq!(done.usage.output_tokens, 16 * 16);
+    assert_eq!(done.seed, 3);
+    assert_eq!(png_size(&done.b64_json), (256, 256));
 }
 
 #[tokio::test]
@@ -58,16 +64,18 @@ async fn partial_images_are_spread_over_the_steps() {
         (Some(0), vec![]),
         (None, vec![1, 2, 3, 4]),
     ] {
-        let events = parse_sse(&streamed(partials).await.text().await.unwrap());
+        let events = stream_events(&streamed(partials).await.text().await.unwrap());
         let (done, partial) = events.split_last().unwrap();
-        assert_eq!(done.0, "image_generation.completed");
-        let seen: Vec<u64> = partial
+        assert!(matches!(done, StreamEvent::Completed(_)), "{done:?}");
+        let seen: Vec<u32> = partial
             .iter()
             .enumerate()
-            .map(|(i, (name, data))| {
-                assert_eq!(name, "image_generation.partial_image");
-                assert_eq!(data["partial_image_index"], i, "{data}");
-                data["step"].as_u64().unwrap()
+            .map(|(i, event)| {
+                let StreamEvent::Partial(data) = event else {
+                    panic!("{event:?}");
+                };
+                assert_eq!(data.partial_image_index as usize, i, "{data:?}");
+                data.step
             })
             .collect();
         assert_eq!(seen, steps, "partial_images {partials:?}");

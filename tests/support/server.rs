@@ -273,3 +273,19 @@ pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
         })
         .collect()
 }
+
+/// Server-sent events, read by the browser client's parser, as the typed
+/// events of `schnell::protocol::StreamEvent`. Panics on an unknown event.
+pub fn stream_events(text: &str) -> Vec<schnell::protocol::StreamEvent> {
+    schnell::web::sse::SseParser::new()
+        .feed(text.as_bytes())
+        .into_iter()
+        .map(
+            |event| match schnell::protocol::StreamEvent::parse(&event.event, &event.data) {
+                Ok(Some(typed)) => typed,
+                Ok(None) => panic!("an unknown event {:?}: {}", event.event, event.data),
+                Err(e) => panic!("{e}: {}", event.data),
+            },
+        )
+        .collect()
+}
