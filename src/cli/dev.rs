@@ -7,7 +7,7 @@ use clap::Subcommand;
 use schnell::dev::{Size, WriteOptions};
 use schnell::flux::{Quant, T5Quant};
 
-/// `schnell dev`'s subcommands.
+// `schnell dev`'s subcommands (a doc comment here would change clap's help text).
 #[derive(Subcommand)]
 pub enum DevCommand {
     /// Write random-weight models (real file names, tensor names, dtypes and

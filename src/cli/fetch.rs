@@ -9,7 +9,7 @@ use schnell::hub::{HubFile, Verification};
 use super::args::{EngineArgs, HubArgs};
 use super::progress;
 
-/// `schnell fetch`'s flags.
+// `schnell fetch`'s flags (a doc comment here would change clap's help text).
 #[derive(Args)]
 pub struct FetchArgs {
     /// Every file of a model: `flux-schnell`, as `generate` or `serve` with

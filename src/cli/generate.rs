@@ -15,6 +15,7 @@ use super::args::{EngineArgs, HubArgs};
 use super::progress::DownloadBars;
 
 #[derive(Args)]
+// `schnell generate`'s flags (a doc comment here would change clap's help text).
 pub struct GenerateArgs {
     /// What the image shows.
     prompt: String,
@@ -50,6 +51,7 @@ pub struct GenerateArgs {
     hub: HubArgs,
 }
 
+/// Makes the image, with progress bars; writes the PNG.
 pub async fn run(args: GenerateArgs) -> Result<()> {
     let bars = DownloadBars::new();
     let engine = FluxSchnell::new(args.hub.client(&bars)?, args.engine.options()?);

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use schnell::mirror::Mirror;
 
-/// `schnell mirror`'s flags.
+// `schnell mirror`'s flags (a doc comment here would change clap's help text).
 #[derive(Args)]
 pub struct MirrorArgs {
     /// `DIR/<org>/<name>/<path>`, or a Hugging Face cache folder.

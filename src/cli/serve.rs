@@ -17,6 +17,7 @@ use super::units::{parse_bytes, parse_duration};
 const API_KEY_ENV: &str = "SCHNELL_API_KEY";
 
 #[derive(Args)]
+// `schnell serve`'s flags (a doc comment here would change clap's help text).
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -71,6 +72,7 @@ pub struct ServeArgs {
     hub: HubArgs,
 }
 
+/// Listens at once, prepares the model in the background, serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
     // clap takes an empty environment variable for an absent one, which would
     // quietly turn authentication off.

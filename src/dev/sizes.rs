@@ -15,24 +15,39 @@ use crate::flux::{Quant, T5Quant};
 /// width and `d_ff`.
 #[derive(Clone, Debug)]
 pub struct ModelSizes {
+    /// The transformer's attention heads.
     pub heads: usize,
+    /// Each head's width.
     pub head_dim: usize,
+    /// The rotary embedding's axes; they sum to `head_dim`.
     pub axes_dims_rope: [usize; 3],
+    /// Double-stream (image and text) blocks.
     pub double_blocks: usize,
+    /// Single-stream blocks.
     pub single_blocks: usize,
+    /// T5's width.
     pub t5_d_model: usize,
+    /// T5's encoder layers.
     pub t5_layers: usize,
+    /// T5's attention heads.
     pub t5_heads: usize,
+    /// T5's feed-forward width.
     pub t5_d_ff: usize,
     /// T5's vocabulary; by default the tiny tokenizer's.
     pub t5_vocab: Option<usize>,
+    /// CLIP's width (also the transformer's `vec_in_dim`).
     pub clip_width: usize,
+    /// CLIP's layers.
     pub clip_layers: usize,
+    /// CLIP's attention heads.
     pub clip_heads: usize,
+    /// CLIP's feed-forward width.
     pub clip_intermediate: usize,
     /// CLIP's vocabulary; by default the tiny tokenizer's.
     pub clip_vocab: Option<usize>,
+    /// The VAE's channels per level, multiples of 32.
     pub vae_channels: [usize; 4],
+    /// The VAE's residual blocks per level.
     pub vae_res_blocks: usize,
 }
 
@@ -143,6 +158,7 @@ impl fmt::Display for Size {
 /// What to write.
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
+    /// The model's sizes.
     pub sizes: ModelSizes,
     /// The transformer's files: `none` is the BF16 safetensors.
     pub quants: Vec<Quant>,

@@ -23,6 +23,7 @@ use super::state::AppState;
 use crate::flux::{Image, InitImage, Mask};
 use crate::protocol::{Model, ModelList};
 
+/// `POST /v1/images/generations`: a JSON body, answered whole or streamed.
 pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let checked = async {
         let body = read_body(body, MAX_BODY, state.body_timeout).await?;

@@ -14,7 +14,9 @@ use super::limits::MAX_BODY;
 pub struct EditForm {
     /// The text fields, typed as JSON would carry them.
     pub fields: Map<String, Value>,
+    /// The image to edit, as uploaded.
     pub image: Bytes,
+    /// The mask, as uploaded: transparent where to repaint.
     pub mask: Option<Bytes>,
 }
 
