@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{tiny_models, TestHub};
+use super::hub::TestHub;
+use super::models::tiny_models;
 
 pub const HF_TOKEN: &str = "hf_server_secret_token";
 
