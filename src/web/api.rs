@@ -27,6 +27,7 @@ pub struct Params {
 
 /// A form field at fault, by its element id, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FieldError {
     /// The element id of the field at fault.
     pub field: &'static str,
@@ -199,6 +200,7 @@ pub const QUEUE_TRIES: u32 = 5;
 
 /// A refused request, from its status, OpenAI-shaped body and `Retry-After`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApiFailure {
     /// The HTTP status.
     pub status: u16,
