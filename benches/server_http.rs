@@ -33,21 +33,19 @@ fn main() {
         let app = server::router(
             engine.clone(),
             &FLUX_SCHNELL,
-            ServerConfig {
-                max_queue: 64,
-                hub_cache: cache.path().to_path_buf(),
-                dist: cache.path().join("no-dist"),
-                ..Default::default()
-            },
+            ServerConfig::default()
+                .max_queue(64)
+                .hub_cache(cache.path().to_path_buf())
+                .dist(cache.path().join("no-dist")),
         )
         .await
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/images/generations", listener.local_addr().unwrap());
-        tokio::spawn(server::serve(
+        tokio::spawn(schnell::listen::serve(
             listener,
             app,
-            server::ServeOptions::default(),
+            schnell::listen::ServeOptions::default(),
             std::future::pending(),
         ));
         let http = reqwest::Client::new();

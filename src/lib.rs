@@ -15,6 +15,7 @@ cfg_if::cfg_if! {
         #[doc(hidden)]
         pub mod dev;
         pub mod flux;
+        pub mod listen;
         pub mod mirror;
         pub mod server;
     }

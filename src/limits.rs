@@ -1,9 +1,13 @@
 //! What one request may ask for. The server enforces these and the browser
 //! checks them before asking, with the same words, so both targets share them.
 
+/// The smallest width or height, in pixels.
 pub const MIN_SIDE: u32 = 256;
+/// The largest width or height, in pixels.
 pub const MAX_SIDE: u32 = 2048;
+/// The most denoising steps one request may ask for.
 pub const MAX_STEPS: u32 = 50;
+/// The steps a request gets when it names none: schnell is distilled for four.
 pub const DEFAULT_STEPS: u32 = 4;
 
 /// A width or height: a multiple of 16 (the latent is 1/8 size, packed in

@@ -10,9 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use schnell::flux::{FluxSchnell, GenerateEvent, GenerateRequest, Image, InitImage, Mask};
 use schnell::limits::{MAX_SIDE, MIN_SIDE};
 
-use super::{progress::DownloadBars, EngineArgs, HubArgs};
+use super::args::{EngineArgs, HubArgs};
+use super::progress::DownloadBars;
 
 #[derive(Args)]
+// `schnell generate`'s flags (a doc comment here would change clap's help text).
 pub struct GenerateArgs {
     /// What the image shows.
     prompt: String,
@@ -48,6 +50,7 @@ pub struct GenerateArgs {
     hub: HubArgs,
 }
 
+/// Makes the image, with progress bars; writes the PNG.
 pub async fn run(args: GenerateArgs) -> Result<()> {
     let bars = DownloadBars::new();
     let engine = FluxSchnell::new(args.hub.client(&bars)?, args.engine.options()?);

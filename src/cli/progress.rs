@@ -14,6 +14,7 @@ pub struct DownloadBars {
 }
 
 impl DownloadBars {
+    /// No bars yet: one appears per file as it starts.
     pub fn new() -> Self {
         Self {
             multi: MultiProgress::new(),
@@ -21,6 +22,7 @@ impl DownloadBars {
         }
     }
 
+    /// The hub client's event sink, drawing into these bars.
     pub fn sink(&self) -> EventSink {
         let this = self.clone();
         Arc::new(move |event| this.on(event))
@@ -59,6 +61,7 @@ impl DownloadBars {
         }
     }
 
+    /// Draws one hub event.
     pub fn on(&self, event: HubEvent) {
         match event {
             HubEvent::Queued { file, size } => {
@@ -91,9 +94,12 @@ impl DownloadBars {
                     file.path
                 ));
             }
+            // A kind of event this build does not draw.
+            _ => {}
         }
     }
 
+    /// Ends every bar.
     pub fn finish(&self) {
         for bar in self.bars.lock().expect("not poisoned").values() {
             if !bar.is_finished() {

@@ -8,13 +8,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use schnell::flux::{FluxSchnell, ModelDescription, RetryPolicy};
-use schnell::server::{self, ServeOptions, ServerConfig};
+use schnell::listen::{self, ServeOptions};
+use schnell::server::{self, ServerConfig};
 
-use super::{parse_bytes, parse_duration, EngineArgs, HubArgs};
+use super::args::{EngineArgs, HubArgs};
+use super::units::{parse_bytes, parse_duration};
 
 const API_KEY_ENV: &str = "SCHNELL_API_KEY";
 
 #[derive(Args)]
+// `schnell serve`'s flags (a doc comment here would change clap's help text).
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -69,6 +72,7 @@ pub struct ServeArgs {
     hub: HubArgs,
 }
 
+/// Listens at once, prepares the model in the background, serves until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
     // clap takes an empty environment variable for an absent one, which would
     // quietly turn authentication off.
@@ -91,33 +95,31 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let app = server::router(
         engine.clone(),
         model,
-        ServerConfig {
-            max_queue: args.max_queue.max(1),
-            api_key,
-            cors_origins: args.cors_origins,
-            dist: args.dist,
-            hub_cache,
-            public_url: args.public_url,
-            body_timeout: args.header_timeout,
-            upload_timeout: args.upload_timeout,
-            image_dir: args.image_dir,
-            image_dir_max: args.image_dir_max,
-            ..Default::default()
-        },
+        ServerConfig::default()
+            .max_queue(args.max_queue.max(1))
+            .api_key(api_key)
+            .cors_origins(args.cors_origins)
+            .dist(args.dist)
+            .hub_cache(hub_cache)
+            .public_url(args.public_url)
+            .body_timeout(args.header_timeout)
+            .upload_timeout(args.upload_timeout)
+            .image_dir(args.image_dir)
+            .image_dir_max(args.image_dir_max),
     )
     .await
     .context("setting up the server")?;
-    let options = ServeOptions {
-        max_connections: args
-            .max_connections
-            .unwrap_or_else(server::default_max_connections),
-        header_timeout: args.header_timeout,
-        idle_timeout: args.idle_timeout,
-        shutdown_grace: args.shutdown_grace,
-    };
+    let options = ServeOptions::default()
+        .max_connections(
+            args.max_connections
+                .unwrap_or_else(listen::default_max_connections),
+        )
+        .header_timeout(args.header_timeout)
+        .idle_timeout(args.idle_timeout)
+        .shutdown_grace(args.shutdown_grace);
 
     // Ctrl-C stops the server gracefully from before it first answers.
-    let first_signal = server::shutdown_signal();
+    let first_signal = listen::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -140,13 +142,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         first_signal.await;
         // A second signal means now.
         tokio::spawn(async move {
-            server::shutdown_signal().await;
+            listen::shutdown_signal().await;
             tracing::warn!("second signal: exiting without waiting");
             std::process::exit(130);
         });
         tracing::info!(?grace, "stopping: requests in flight may finish");
     };
-    server::serve(listener, app, options, signal)
+    listen::serve(listener, app, options, signal)
         .await
         .context("serving")?;
     tracing::info!("stopped");

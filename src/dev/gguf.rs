@@ -11,13 +11,14 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 
+use super::error::DevResult;
 use super::random::Recorded;
-use super::DevResult;
 use crate::flux::gguf::{
     ggml_type_id, is_flux_block_matrix, layout, t5_hf_to_llama, write_header, write_tensor_data,
     ALIGNMENT,
 };
 use crate::flux::{Quant, T5Quant};
+use crate::hub::HubFile;
 
 /// A tensor to write: its name in the file, its values, its type.
 struct Planned<'a> {
@@ -145,5 +146,17 @@ fn write(path: &Path, metadata: &[(&str, Value)], mut planned: Vec<Planned>) -> 
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Rewrites the GGUF file at `path` with its tensors renamed by `rename`
+/// (others keep their names), for tests that break a file on purpose.
+pub fn rename_gguf_tensors(path: &Path, rename: impl Fn(&str) -> Option<String>) -> DevResult<()> {
+    let named = crate::flux::Named {
+        file: HubFile::new("local/file", "model.gguf"),
+        path: path.to_path_buf(),
+    };
+    let bytes = crate::flux::gguf::GgufFile::open(&named)?.renamed(rename)?;
+    std::fs::write(path, bytes)?;
     Ok(())
 }

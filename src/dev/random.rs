@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 /// One tensor a constructor asked for.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The tensor's name in the checkpoint.
     pub name: String,
+    /// Its shape.
     pub dims: Vec<usize>,
     /// A constant the constructor asked for (CLIP's `logit_scale`).
     constant: Option<f64>,
@@ -78,6 +80,7 @@ impl SimpleBackend for Shared {
 }
 
 impl Recorded {
+    /// Its number of elements.
     pub fn elem_count(&self) -> usize {
         self.dims.iter().product()
     }

@@ -7,8 +7,9 @@ use candle_core::DType;
 use safetensors::tensor::{Dtype, View};
 use serde_json::json;
 
+use super::error::DevResult;
+use super::json::json_bytes;
 use super::random::{in_parallel, Recorded};
-use super::{json_bytes, DevResult};
 
 /// A tensor whose bytes are drawn only when the writer asks for them.
 struct Lazy<'a> {

@@ -3,7 +3,7 @@
 
 use tokenizers::Tokenizer;
 
-use super::DevResult;
+use super::error::DevResult;
 
 /// Words the tiny tokenizers know whole; anything else falls back to letters.
 const WORDS: &[&str] = &[
@@ -193,4 +193,28 @@ pub fn clip_tokenizer() -> DevResult<(Vec<u8>, usize)> {
         tokenizers::AddedToken::from("<|endoftext|>", true),
     ])?;
     Ok((tok.to_string(true)?.into_bytes(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TokenCounter;
+
+    /// The tiny tokenizers count and truncate as the real ones do (the
+    /// shared rule in `crate::tokens`).
+    #[test]
+    fn counts_and_dropped_words_with_the_tiny_tokenizers() {
+        let counter =
+            TokenCounter::from_json(&t5_tokenizer().unwrap().0, &clip_tokenizer().unwrap().0)
+                .unwrap();
+        let long = counter.count(&"a red fox ".repeat(30)).unwrap();
+        // 90 words, one token each. T5 adds the trailing space's "▁" and `</s>`;
+        // CLIP its start and end tokens. CLIP keeps the start token and 75
+        // words, so word 76 ("a") is the first dropped.
+        assert_eq!((long.t5, long.clip), (92, 92));
+        let dropped = long.clip_dropped.unwrap();
+        assert!(dropped.starts_with("a red fox"), "{dropped}");
+        assert_eq!(dropped.split_whitespace().count(), 90 - 75);
+        assert_eq!(long.t5_dropped, None);
+    }
 }

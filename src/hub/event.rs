@@ -9,6 +9,7 @@ use super::file::HubFile;
 /// readiness report and the tests all consume the same events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HubEvent {
     /// The Hub said how large the file is; it will be downloaded.
     Queued {

@@ -151,16 +151,16 @@ pub async fn serve(
     addr: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
 ) -> io::Result<()> {
-    let shutdown = crate::server::shutdown_signal();
+    let shutdown = crate::listen::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     on_bound(listener.local_addr()?);
     let app = Arc::new(mirror)
         .router()
         .layer(tower_http::trace::TraceLayer::new_for_http());
-    crate::server::serve(
+    crate::listen::serve(
         listener,
         app,
-        crate::server::ServeOptions::default(),
+        crate::listen::ServeOptions::default(),
         shutdown,
     )
     .await

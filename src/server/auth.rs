@@ -8,8 +8,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::errors::ApiError;
-use super::AppState;
+use super::api_error::ApiError;
+use super::state::AppState;
 
 /// Lets a request through when no key is set or it carries the key.
 pub async fn require_key(

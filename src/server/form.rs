@@ -6,13 +6,17 @@
 use axum::body::Bytes;
 use serde_json::{Map, Value};
 
-use super::errors::ApiError;
+use super::api_error::ApiError;
+use super::fields::field_param;
+use super::limits::MAX_BODY;
 
 /// An edit's parts, not yet checked.
 pub struct EditForm {
     /// The text fields, typed as JSON would carry them.
     pub fields: Map<String, Value>,
+    /// The image to edit, as uploaded.
     pub image: Bytes,
+    /// The mask, as uploaded: transparent where to repaint.
     pub mask: Option<Bytes>,
 }
 
@@ -32,7 +36,7 @@ const TYPED: [&str; 7] = [
 /// The most parts a form may have, and the longest a text part may be (a
 /// generation's whole body may be no longer).
 const MAX_PARTS: usize = 64;
-const MAX_TEXT: usize = super::MAX_BODY;
+const MAX_TEXT: usize = MAX_BODY;
 
 fn unreadable(e: multer::Error) -> ApiError {
     ApiError::invalid(None, format!("the multipart body cannot be read: {e}"))
@@ -74,7 +78,7 @@ pub async fn parse(content_type: Option<&str>, body: Bytes) -> Result<EditForm, 
                 let text = field.text().await.map_err(unreadable)?;
                 if text.len() > MAX_TEXT {
                     return Err(ApiError::invalid(
-                        super::api::field_param(&name),
+                        field_param(&name),
                         format!("`{name}` is longer than {} KiB", MAX_TEXT >> 10),
                     ));
                 }

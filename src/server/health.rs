@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use super::state::AppState;
 use crate::protocol::{Phase, Queue, Readiness, Retry, Tokenizers};
 
 /// Always quick: touches nothing but memory.

@@ -1,14 +1,9 @@
-//! `GET /metrics`, in OpenMetrics text (which Prometheus scrapes): requests
-//! by status, the queue, per-stage time histograms, images made and the
-//! model's bytes downloaded. Behind the API key when one is set.
+//! The server's metrics, in the Prometheus project's client: requests by
+//! status, the queue, per-stage time histograms, images made and the
+//! model's bytes downloaded. Served by `metrics_routes`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -16,8 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::errors::ApiError;
-use super::AppState;
 use crate::flux::Timings;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,40 +128,27 @@ impl Metrics {
     }
 }
 
-/// Counts every answer by its status (middleware on the whole router).
-pub async fn count_requests(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    state
-        .metrics
-        .requests
-        .get_or_create(&StatusLabel { status })
-        .inc();
-    response
-}
-
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let m = &state.metrics;
-    let in_use = state.max_queue - state.queue.available_permits();
-    m.queue_in_use.set(in_use as i64);
-    m.queue_max.set(state.max_queue as i64);
-    let done: u64 = state.engine.status().files.values().map(|f| f.done).sum();
-    m.downloaded.set(i64::try_from(done).unwrap_or(i64::MAX));
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-        return ApiError::internal(format!("encoding the metrics: {e}")).into_response();
+impl Metrics {
+    /// Counts an answer with `status`.
+    pub fn count_answer(&self, status: u16) {
+        self.requests.get_or_create(&StatusLabel { status }).inc();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+
+    /// The metrics in OpenMetrics' text format, with the gauges read now:
+    /// the queue's places in use and its size, and the model's bytes
+    /// downloaded.
+    pub fn render(
+        &self,
+        queue_in_use: usize,
+        queue_max: usize,
+        downloaded: u64,
+    ) -> Result<String, std::fmt::Error> {
+        self.queue_in_use.set(queue_in_use as i64);
+        self.queue_max.set(queue_max as i64);
+        self.downloaded
+            .set(i64::try_from(downloaded).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
 }

@@ -1,24 +1,35 @@
 //! `schnell serve`: an OpenAI-compatible images API with live progress, a
 //! bounded queue in front of the one engine, honest readiness, the browser's
-//! hub and the web UI; [`serve`] runs it with a connection cap, timeouts and
-//! a bounded graceful shutdown.
+//! hub and the web UI; [`serve`] (from `crate::listen`) runs it with a
+//! connection cap, timeouts and a bounded graceful shutdown.
+//!
+//! This file only declares the parts, builds the router and re-exports;
+//! the parts import each other directly.
 
+mod answer;
 mod api;
+mod api_error;
 mod auth;
-mod errors;
+mod body;
+mod config;
+mod events;
+mod fields;
 mod form;
 mod health;
-mod listen;
+mod limits;
 mod metrics;
+mod metrics_routes;
 mod openapi;
+mod output;
 mod redact;
+mod request;
+mod setup_error;
+mod state;
 mod store;
 mod ui;
 
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, Method};
@@ -27,164 +38,16 @@ use axum::{middleware, Router};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use self::api::MAX_IMAGES;
-pub use self::listen::{default_max_connections, serve, shutdown_signal, ServeOptions};
+pub use self::config::{check_api_key, check_public_url, ServerConfig};
+pub use self::limits::{MAX_BODY, MAX_EDIT_BODY, MAX_UPLOADS, PUBLIC_HUB_JSON_MAX};
 use self::redact::Redactor;
+pub use self::setup_error::ServerError;
+pub use self::state::AppState;
 use self::store::ImageStore;
 use crate::flux::{FluxSchnell, ModelDescription};
+pub use crate::listen::{default_max_connections, serve, shutdown_signal, ServeOptions};
 use crate::mirror::{Layout, Mirror};
-
-/// Request bodies above this are refused with 413.
-pub const MAX_BODY: usize = 64 * 1024;
-
-/// An edit's body (its image and mask) above this is refused with 413:
-/// OpenAI's limit for an image.
-pub const MAX_EDIT_BODY: usize = 50 << 20;
-
-/// Edits whose bodies are read and decoded at once; more get 429. Apart
-/// from the queue, so that slow uploads never hold its places, and few, so
-/// that their bodies and decoded images stay within a few hundred MB.
-pub const MAX_UPLOADS: usize = 4;
-
-/// Without the API key, `/hub` serves only `*.json` files up to this size
-/// (tokenizers and configs, what the web page reads); the rest needs the key.
-pub const PUBLIC_HUB_JSON_MAX: u64 = 16 << 20;
-
-/// Why the server could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("the API key is empty: give a non-empty --api-key (or SCHNELL_API_KEY), or leave both unset to serve without a key")]
-    EmptyApiKey,
-    #[error("the API key starts or ends with whitespace, which no client can send in a header: remove it")]
-    ApiKeyWhitespace,
-    #[error("--public-url {url:?} {reason}")]
-    PublicUrl { url: String, reason: &'static str },
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-impl ServerError {
-    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
-        move |source| Self::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
-
-/// Refuses a key that would turn authentication off or could never match.
-pub fn check_api_key(key: &str) -> Result<(), ServerError> {
-    if key.trim().is_empty() {
-        Err(ServerError::EmptyApiKey)
-    } else if key.trim() != key {
-        Err(ServerError::ApiKeyWhitespace)
-    } else {
-        Ok(())
-    }
-}
-
-/// `--public-url`: an `http` or `https` URL, maybe with a path prefix; no
-/// query or fragment. Returned without a trailing `/`.
-pub fn check_public_url(url: &str) -> Result<String, ServerError> {
-    let bad = |reason| ServerError::PublicUrl {
-        url: url.to_string(),
-        reason,
-    };
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|_| bad("is not a URL: use e.g. https://images.example.com"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("must start with http:// or https://"));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(bad("has no host"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(bad("must not have a query or a fragment"));
-    }
-    Ok(url.trim_end_matches('/').to_string())
-}
-
-/// How the server behaves.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Requests admitted at once (running and waiting); more get 429.
-    pub max_queue: usize,
-    /// When set, `/v1` wants `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
-    /// Origins allowed to call the API from a browser; `*` for any. Empty:
-    /// same-origin only.
-    pub cors_origins: Vec<String>,
-    /// The Trunk-built UI.
-    pub dist: PathBuf,
-    /// The Hugging Face cache served read-only at `/hub`.
-    pub hub_cache: PathBuf,
-    /// Base of image URLs, such as `https://images.example.com`; without it
-    /// image URLs are relative (`/v1/images/ID.png`).
-    pub public_url: Option<String>,
-    /// How long `response_format: "url"` images stay.
-    pub image_ttl: Duration,
-    /// A request body must arrive within this (see
-    /// [`ServeOptions::header_timeout`]).
-    pub body_timeout: Duration,
-    /// An edit's body (up to [`MAX_EDIT_BODY`]) must arrive within this.
-    pub upload_timeout: Duration,
-    /// Keep `response_format: "url"` images in this folder (which replicas
-    /// may share) instead of in memory.
-    pub image_dir: Option<PathBuf>,
-    /// The folder's cap in bytes; the oldest images go first.
-    pub image_dir_max: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            max_queue: 16,
-            api_key: None,
-            cors_origins: Vec::new(),
-            dist: PathBuf::from("dist"),
-            hub_cache: PathBuf::from("."),
-            public_url: None,
-            image_ttl: Duration::from_secs(3600),
-            body_timeout: Duration::from_secs(30),
-            upload_timeout: Duration::from_secs(120),
-            image_dir: None,
-            image_dir_max: 1_000_000_000,
-        }
-    }
-}
-
-/// What every handler sees.
-pub struct AppState {
-    engine: FluxSchnell,
-    model: &'static ModelDescription,
-    queue: Arc<Semaphore>,
-    max_queue: usize,
-    api_key: Option<String>,
-    images: ImageStore,
-    public_url: Option<String>,
-    /// Takes local paths out of what clients see.
-    redact: Redactor,
-    body_timeout: Duration,
-    upload_timeout: Duration,
-    /// [`MAX_UPLOADS`] places for edits' bodies.
-    uploads: Arc<Semaphore>,
-    started: u64,
-    metrics: metrics::Metrics,
-}
-
-impl AppState {
-    /// What a failed generation tells the client, without local paths.
-    fn flux_error(&self, e: &crate::flux::FluxError) -> errors::ApiError {
-        let mut error = errors::ApiError::from_flux(e);
-        error.message = self.redact.apply(&error.message);
-        error
-    }
-}
+pub use crate::protocol::MAX_IMAGES;
 
 /// The whole application. The engine should be preparing already (see
 /// [`FluxSchnell::prepare`]); until it is ready, `/readyz` says how far it is.
@@ -246,7 +109,7 @@ pub async fn router(
         .route("/v1/images/generations", post(api::generations))
         .route("/v1/images/edits", post(api::edits))
         .route("/v1/models", get(api::models))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(metrics_routes::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -288,7 +151,7 @@ pub async fn router(
         .merge(ui::router(&config.dist).await)
         .layer(middleware::from_fn_with_state(
             state,
-            metrics::count_requests,
+            metrics_routes::count_requests,
         ))
         // Method, path, status and latency at debug level; never headers, so
         // no key or token reaches the log.

@@ -6,6 +6,8 @@ use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 
+use super::api_error::byte_size;
+use super::limits::{MAX_BODY, MAX_EDIT_BODY};
 use crate::protocol::{
     ErrorBody, ImagesRequest, ImagesResponse, ModelList, Readiness, StreamEvent,
 };
@@ -48,7 +50,7 @@ pub fn document() -> Value {
             },
             "400": failure(&format!("{bad} is invalid (`param` names it), or the image would not fit in memory")),
             "401": failure("The API key is missing or wrong"),
-            "413": failure(&format!("The body is larger than {}", super::errors::byte_size(limit))),
+            "413": failure(&format!("The body is larger than {}", byte_size(limit))),
             "429": failure("The queue is full: try again after `Retry-After`"),
             "503": failure("The model is not ready yet"),
         })
@@ -68,7 +70,7 @@ pub fn document() -> Value {
                 "summary": "Make images from a prompt",
                 "security": secured,
                 "requestBody": { "required": true, "content": json_body(&request) },
-                "responses": images_answer("", "A field", super::MAX_BODY),
+                "responses": images_answer("", "A field", MAX_BODY),
             }},
             "/v1/images/edits": { "post": {
                 "summary": "Edit an image from a prompt (image-to-image; inpainting with a mask)",
@@ -77,7 +79,7 @@ pub fn document() -> Value {
                 "responses": images_answer(
                     " (`image_edit.partial_image`, `image_edit.completed`)",
                     "A field or file",
-                    super::MAX_EDIT_BODY,
+                    MAX_EDIT_BODY,
                 ),
             }},
             "/v1/models": { "get": {

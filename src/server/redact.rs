@@ -33,6 +33,7 @@ impl Redactor {
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 
+    /// `text` with every known local path replaced by its placeholder.
     pub fn apply(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (prefix, name) in &self.prefixes {

@@ -39,6 +39,7 @@ fn content_type(name: &str) -> Option<&'static str> {
 }
 
 impl ImageStore {
+    /// Images kept in memory for `ttl`, at most `max` of them.
     pub fn in_memory(ttl: Duration, max: usize) -> Self {
         Self::Memory(MemoryStore {
             ttl,

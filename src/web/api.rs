@@ -11,9 +11,13 @@ pub use crate::protocol::{Readiness, Tokenizers};
 /// The form's settings, checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
+    /// What the image shows.
     pub prompt: String,
+    /// Width in pixels, within [`crate::limits`].
     pub width: u32,
+    /// Height in pixels, within [`crate::limits`].
     pub height: u32,
+    /// Denoising steps.
     pub steps: u32,
     /// `None`: the server picks one and reports it.
     pub seed: Option<u64>,
@@ -23,8 +27,11 @@ pub struct Params {
 
 /// A form field at fault, by its element id, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FieldError {
+    /// The element id of the field at fault.
     pub field: &'static str,
+    /// Why, in words for the person filling the form.
     pub message: String,
 }
 
@@ -137,14 +144,25 @@ impl Params {
 pub enum StreamEvent {
     /// A step is done; its preview as base64 PNG.
     Partial {
+        /// The step just done, from 1.
         step: u32,
+        /// All the request's steps.
         total: u32,
+        /// The step's preview, base64 PNG.
         png_b64: String,
     },
     /// The image, as base64 PNG.
-    Completed { png_b64: String, seed: u64 },
+    Completed {
+        /// The image, base64 PNG.
+        png_b64: String,
+        /// The seed it was made with.
+        seed: u64,
+    },
     /// The server gave up; its message.
-    Failed { message: String },
+    Failed {
+        /// The server's message.
+        message: String,
+    },
     /// Something this client has no use for (warnings, newer events).
     Other,
 }
@@ -182,15 +200,22 @@ pub const QUEUE_TRIES: u32 = 5;
 
 /// A refused request, from its status, OpenAI-shaped body and `Retry-After`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApiFailure {
+    /// The HTTP status.
     pub status: u16,
+    /// The server's message (or the status's words, from a proxy).
     pub message: String,
+    /// The request field at fault, if the server named one.
     pub param: Option<String>,
+    /// OpenAI's error code, such as `queue_full`.
     pub code: Option<String>,
+    /// `Retry-After`, in seconds.
     pub retry_after_s: Option<u32>,
 }
 
 impl ApiFailure {
+    /// Reads a refusal from its status, body and `Retry-After` header.
     pub fn new(status: u16, body: &str, retry_after: Option<&str>) -> Self {
         // A proxy in between may answer in its own words, not OpenAI's shape.
         let error = serde_json::from_str::<ErrorBody>(body)

@@ -11,16 +11,22 @@ pub const HISTORY_LIMIT: usize = 48;
 pub struct HistoryEntry {
     /// Made by [`HistoryEntry::id_for`]: digits and `-` only, safe in a URL.
     pub id: String,
+    /// The prompt it was made from.
     pub prompt: String,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Denoising steps.
     pub steps: u32,
+    /// The seed it was made with.
     pub seed: u64,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
 }
 
 impl HistoryEntry {
+    /// The id of the image made at `created_ms` with `seed`.
     pub fn id_for(created_ms: u64, seed: u64) -> String {
         format!("{created_ms}-{seed}")
     }
@@ -34,6 +40,7 @@ impl HistoryEntry {
 /// The index, newest first.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
+    /// The images, newest first.
     pub entries: Vec<HistoryEntry>,
 }
 
@@ -49,6 +56,7 @@ impl History {
         Ok(history)
     }
 
+    /// The index as stored.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("plain data serialises")
     }

@@ -1,6 +1,6 @@
 //! The browser client. Its logic (the form's checks, the API's answers, the
 //! SSE parser, the history's index) is plain Rust, built and
-//! tested on every target; the page itself ([`start`]) is wasm32-only.
+//! tested on every target; the page itself (`start`) is wasm32-only.
 
 pub mod api;
 pub mod history;

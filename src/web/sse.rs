@@ -6,7 +6,9 @@
 /// joined with `\n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SseEvent {
+    /// The `event:` field, `message` when none was given.
     pub event: String,
+    /// The `data:` lines, joined with `\n`.
     pub data: String,
 }
 
@@ -22,6 +24,7 @@ pub struct SseParser {
 }
 
 impl SseParser {
+    /// A parser that has seen nothing yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{tiny_models, TestHub};
+use super::hub::TestHub;
+use super::models::tiny_models;
 
 pub const HF_TOKEN: &str = "hf_server_secret_token";
 
@@ -112,11 +113,7 @@ async fn start_full(
     let app = server::router(
         engine.clone(),
         &FLUX_SCHNELL,
-        ServerConfig {
-            hub_cache: hub_cache.clone(),
-            dist,
-            ..config
-        },
+        config.hub_cache(hub_cache.clone()).dist(dist),
     )
     .await
     .unwrap();
@@ -274,5 +271,21 @@ pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
             let data = serde_json::from_str(&event.data).expect("checked above");
             (event.event, data)
         })
+        .collect()
+}
+
+/// Server-sent events, read by the browser client's parser, as the typed
+/// events of `schnell::protocol::StreamEvent`. Panics on an unknown event.
+pub fn stream_events(text: &str) -> Vec<schnell::protocol::StreamEvent> {
+    schnell::web::sse::SseParser::new()
+        .feed(text.as_bytes())
+        .into_iter()
+        .map(
+            |event| match schnell::protocol::StreamEvent::parse(&event.event, &event.data) {
+                Ok(Some(typed)) => typed,
+                Ok(None) => panic!("an unknown event {:?}: {}", event.event, event.data),
+                Err(e) => panic!("{e}: {}", event.data),
+            },
+        )
         .collect()
 }

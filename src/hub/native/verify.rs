@@ -13,6 +13,7 @@ use crate::hub::file::HubFile;
 
 /// What [`HubClient::verify`] found for one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verification {
     /// Not in the cache: nothing to check (a download is always checked).
     NotCached,

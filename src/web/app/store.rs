@@ -11,6 +11,7 @@ use super::net::origin;
 use crate::hub::{cache_put, delete_cache, is_quota_exceeded, js_message, open_cache};
 use crate::web::history::{History, HistoryEntry};
 
+/// The Cache API cache that holds the history: its index and its images.
 pub const HISTORY_CACHE: &str = "schnell-history-v1";
 
 pub struct HistoryStore {

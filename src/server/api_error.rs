@@ -10,15 +10,22 @@ use crate::protocol::{ErrorBody, ErrorDetail};
 /// One API error, ready to send.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// What went wrong, for the client.
     pub message: String,
+    /// OpenAI's error `type`, such as `invalid_request_error`.
     pub kind: &'static str,
+    /// The request field at fault, if one is.
     pub param: Option<&'static str>,
+    /// OpenAI's error `code`, such as `queue_full`.
     pub code: Option<&'static str>,
+    /// `Retry-After`, in seconds, when trying again may help.
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// 400: the request is wrong; `param` names the field at fault.
     pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -30,6 +37,7 @@ impl ApiError {
         }
     }
 
+    /// 401: the API key is missing or wrong.
     pub fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
@@ -41,6 +49,7 @@ impl ApiError {
         }
     }
 
+    /// 413: the body is over `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +61,7 @@ impl ApiError {
         }
     }
 
+    /// 408: the body did not arrive within `limit`.
     pub fn body_timeout(limit: std::time::Duration) -> Self {
         Self {
             status: StatusCode::REQUEST_TIMEOUT,
@@ -66,6 +76,7 @@ impl ApiError {
         }
     }
 
+    /// 500: the server failed; the message says where.
     pub fn internal(message: String) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,6 +88,7 @@ impl ApiError {
         }
     }
 
+    /// 429: all `max` places in the queue are taken.
     pub fn queue_full(max: usize) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -88,6 +100,7 @@ impl ApiError {
         }
     }
 
+    /// 429: all `max` places for edits' uploads are taken.
     pub fn uploads_full(max: usize) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -99,6 +112,7 @@ impl ApiError {
         }
     }
 
+    /// 503: the model is not ready; the message says how far it is.
     pub fn not_ready(message: String) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +124,7 @@ impl ApiError {
         }
     }
 
+    /// 404: no such endpoint or image.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

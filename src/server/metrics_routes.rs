@@ -1,0 +1,41 @@
+//! `GET /metrics`, in OpenMetrics text (which Prometheus scrapes), and the
+//! middleware that counts every answer. Behind the API key when one is set.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::api_error::ApiError;
+use super::state::AppState;
+
+/// Counts every answer by its status (middleware on the whole router).
+pub async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.metrics.count_answer(response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let in_use = state.max_queue - state.queue.available_permits();
+    let downloaded: u64 = state.engine.status().files.values().map(|f| f.done).sum();
+    let text = match state.metrics.render(in_use, state.max_queue, downloaded) {
+        Ok(text) => text,
+        Err(e) => return ApiError::internal(format!("encoding the metrics: {e}")).into_response(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

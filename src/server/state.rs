@@ -1,0 +1,42 @@
+//! What every handler sees: the engine, the queue, the image store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::api_error::ApiError;
+#[cfg(doc)]
+use super::limits::MAX_UPLOADS;
+use super::metrics::Metrics;
+use super::redact::Redactor;
+use super::store::ImageStore;
+use crate::flux::{FluxSchnell, ModelDescription};
+
+/// What every handler sees.
+pub struct AppState {
+    pub(super) engine: FluxSchnell,
+    pub(super) model: &'static ModelDescription,
+    pub(super) queue: Arc<Semaphore>,
+    pub(super) max_queue: usize,
+    pub(super) api_key: Option<String>,
+    pub(super) images: ImageStore,
+    pub(super) public_url: Option<String>,
+    /// Takes local paths out of what clients see.
+    pub(super) redact: Redactor,
+    pub(super) body_timeout: Duration,
+    pub(super) upload_timeout: Duration,
+    /// [`MAX_UPLOADS`] places for edits' bodies.
+    pub(super) uploads: Arc<Semaphore>,
+    pub(super) started: u64,
+    pub(super) metrics: Metrics,
+}
+
+impl AppState {
+    /// What a failed generation tells the client, without local paths.
+    pub(super) fn flux_error(&self, e: &crate::flux::FluxError) -> ApiError {
+        let mut error = ApiError::from_flux(e);
+        error.message = self.redact.apply(&error.message);
+        error
+    }
+}

@@ -1,0 +1,32 @@
+//! `schnell --version` and `schnell devices`: the back ends built in.
+
+use std::process::Command;
+
+use crate::run::BIN;
+
+#[test]
+fn version_and_devices_name_the_back_ends_built_in() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8(out.stdout).unwrap();
+    let expected = if cfg!(feature = "cuda") {
+        "back ends: cpu, cuda"
+    } else {
+        "back ends: cpu"
+    };
+    assert!(version.contains(expected), "{version}");
+
+    let out = Command::new(BIN).arg("devices").output().unwrap();
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(listed.contains("cpu: compiled in\n  cpu: "), "{listed}");
+    assert!(
+        listed.contains("metal: not compiled in (macOS only"),
+        "{listed}"
+    );
+    if !cfg!(feature = "cuda") {
+        assert!(out.status.success());
+        assert!(
+            listed.contains("cuda: not compiled in (scripts/build-cuda.sh"),
+            "{listed}"
+        );
+    }
+}
