@@ -28,7 +28,7 @@ import urllib.request
 
 FLUX = "black-forest-labs/FLUX.1-schnell"
 CLIP = "openai/clip-vit-large-patch14"
-T5_TOKENS = 256  # schnell's T5 length (src/flux/text.rs)
+T5_TOKENS = 256  # schnell's T5 length (src/tokens.rs)
 CLIP_TOKENS = 77
 
 

@@ -142,7 +142,7 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     // An edit loads the encoder for its image, beside everything else, and
     // frees it: its weights (fewer than the decoder's: 34 M parameters
     // against 50 M in FLUX's; planned as many) and activations. On the CPU
-    // in f32 the encoder is `vae_cpu`'s, which, as its decoder, makes no
+    // in f32 the encoder is `model::vae::cpu`'s, which, as its decoder, makes no
     // unfolded copies.
     let encode = if work.edit {
         let owned = work.cpu && work.dtype == DType::F32;
