@@ -12,7 +12,8 @@
 //! the server gracefully: what CI runs, on the test mirror's random-weight
 //! tiny models (`HF_ENDPOINT`), whose images are noise.
 
-// Native only: built for wasm32 too, where it does nothing.
+// Native only: it builds for wasm32 too (`cargo check --target
+// wasm32-unknown-unknown --all-targets`), where it does nothing.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(not(target_arch = "wasm32"))]
     native::main()?;
@@ -71,10 +72,15 @@ mod native {
         Ok(())
     }
 
-    /// Waits for `/readyz`, then posts one small generation.
+    /// Waits for `/readyz` (at most ten minutes), then posts one small
+    /// generation.
     async fn ask_for_one_image(url: &str) -> Result<ImagesResponse, Box<dyn std::error::Error>> {
         let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err("the model was not ready within ten minutes".into());
+            }
             let ready: Readiness = client
                 .get(format!("{url}/readyz"))
                 .send()

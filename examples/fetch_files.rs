@@ -9,7 +9,8 @@
 //! Python's `huggingface_hub` finds them too; a second run makes no request
 //! for them. CI points it at the test mirror (`HF_ENDPOINT`).
 
-// Native only: built for wasm32 too, where it does nothing.
+// Native only: it builds for wasm32 too (`cargo check --target
+// wasm32-unknown-unknown --all-targets`), where it does nothing.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(not(target_arch = "wasm32"))]
     native::main()?;

@@ -9,7 +9,8 @@
 //! CI points it at the test mirror's random-weight tiny models (`HF_ENDPOINT`,
 //! `HF_HUB_CACHE`), whose images are noise.
 
-// Native only: built for wasm32 too, where it does nothing.
+// Native only: it builds for wasm32 too (`cargo check --target
+// wasm32-unknown-unknown --all-targets`), where it does nothing.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(not(target_arch = "wasm32"))]
     native::main()?;

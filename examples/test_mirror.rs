@@ -5,8 +5,8 @@
 //!
 //! `cargo run --example test_mirror -- DIR`
 
-// Native tooling: built for wasm32 too (by `cargo test --target wasm32-unknown-unknown`, which builds
-// the examples), where it does nothing.
+// Native tooling: it builds for wasm32 too (`cargo check --target
+// wasm32-unknown-unknown --all-targets`), where it does nothing.
 fn main() {
     #[cfg(not(target_arch = "wasm32"))]
     native::main();

@@ -25,9 +25,11 @@ cd "$(dirname "$0")/.."
 RUN_TMP="$(mktemp -d)"
 export TMPDIR="$RUN_TMP"
 mirror_pid=""
+pids=()
 cleanup() {
     local status=$?
     if [ -n "$mirror_pid" ]; then kill "$mirror_pid" 2>/dev/null || true; fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$RUN_TMP"
     report_times
     return "$status"
@@ -90,7 +92,7 @@ if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; 
     "${tool_profile[@]}" cargo install --locked trunk --version "$TRUNK_VERSION"
 fi
 
-# Trunk builds offline (Trunk.toml): every crate, for every target, first.
+step "fetching every crate, for every target (Trunk builds offline: Trunk.toml)"
 cargo fetch --locked
 
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
@@ -98,11 +100,11 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 step "native: unit, integration and CLI tests, examples built (benchmarks run as smoke tests)"
 cargo test --locked --all-targets
 # The full-disk test mounts a tmpfs in a user namespace: run where the
-# machine allows one (CI's does), reported as skipped where it does not.
-if unshare -Ur true 2>/dev/null; then
+# machine allows that (CI's does), reported as skipped where it does not.
+if unshare -Urm sh -c "mount -t tmpfs -o size=1M tmpfs '$RUN_TMP'" 2>/dev/null; then
     cargo test --locked --test hub_native -- --ignored
 else
-    echo "SKIPPED: tests/hub_native.rs's full-disk test (no user namespaces here)"
+    echo "SKIPPED: tests/hub_native.rs's full-disk test (no tmpfs mount in a user namespace here)"
 fi
 
 step "native: the README's and the docs' Rust examples (doc-tests)"
@@ -122,21 +124,28 @@ MIRROR_URL="$(head -1 "$mirror_out")"
 
 step "examples/ on the tiny models: generate (one-shot and stream), fetch files, embed the server"
 examples_dir="$(mktemp -d)"
-for example in generate_image generate_stream fetch_files embed_server; do
-    echo "-- cargo run --example $example"
-    (cd "$examples_dir" && HF_ENDPOINT="$MIRROR_URL" HF_HUB_CACHE="$examples_dir/cache" HF_TOKEN= \
-        cargo run --locked --quiet --manifest-path "$OLDPWD/Cargo.toml" --example "$example")
+# Sealed off from the user's own Hub settings: the mirror, a new cache, no token.
+run_example() {
+    echo "-- cargo run --example $*"
+    HF_ENDPOINT="$MIRROR_URL" HF_HOME="$examples_dir/home" HF_HUB_CACHE="$examples_dir/cache" HF_TOKEN= \
+        cargo run --locked --quiet --example "$@"
+}
+run_example generate_image -- "a red fox" "$examples_dir/one_shot.png"
+run_example generate_stream -- "a red fox" "$examples_dir/streamed.png"
+for png in one_shot.png streamed.png; do
+    [ -s "$examples_dir/$png" ] || { echo "examples/: no $png was written" >&2; exit 1; }
 done
-for png in image.png; do
-    [ -s "$examples_dir/$png" ] || { echo "the generate examples wrote no $png" >&2; exit 1; }
-done
+cmp -s "$examples_dir/one_shot.png" "$examples_dir/streamed.png" ||
+    { echo "examples/: the one-shot and the streamed image differ (same prompt and seed)" >&2; exit 1; }
+run_example fetch_files
+run_example embed_server
 
 step "browser: huggingface_file over fetch + Cache API, the SSE reader and token counts, in headless Chromium"
 # wasm-bindgen's own test runner (from wasm-bindgen-cli) drives Chromium
 # through ChromeDriver, with the capabilities in webdriver.json (headless).
-# The tests that need the mirror are #[ignore]d for plain runs.
+# The runner is set in .cargo/config.toml. The tests that need the mirror
+# are #[ignore]d for plain runs.
 SCHNELL_TEST_MIRROR="$MIRROR_URL" WASM_BINDGEN_TEST_TIMEOUT=120 \
-    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
     CHROMEDRIVER="$(command -v chromedriver)" \
     cargo test --locked --target wasm32-unknown-unknown --test wasm_hub --test wasm_web -- --include-ignored
 kill "$mirror_pid" 2>/dev/null || true
@@ -150,7 +159,6 @@ trunk build --dist "$target_dir/dist"
 # they run side by side, each into its own log, printed in turn.
 step "side by side: Python huggingface_hub shares schnell's cache; the official openai client; two replicas behind nginx, one killed mid-load"
 logs="$(mktemp -d)"
-pids=()
 names=(interop openai_client nginx_replicas)
 for name in "${names[@]}"; do
     "$VENV/bin/python" "tests/python/$name.py" "$target_dir/debug/schnell" >"$logs/$name.log" 2>&1 &

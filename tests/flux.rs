@@ -162,6 +162,47 @@ async fn n_images_share_each_pass_and_match_the_same_seeds_one_by_one() {
 }
 
 #[tokio::test]
+async fn the_one_shot_calls_give_what_the_stream_gives() {
+    let s = setup(TextEncoders::FluxRepo);
+    let streamed = run(&s.engine, small("a red fox", 5).images(2)).await;
+    let images: Vec<(&Image, u64)> = streamed
+        .iter()
+        .filter_map(|e| match e {
+            GenerateEvent::Done { image, seed, .. } => Some((image, *seed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(images.len(), 2, "{streamed:?}");
+
+    let made = s
+        .engine
+        .generate_images(small("a red fox", 5).images(2))
+        .await
+        .unwrap();
+    assert_eq!(made.images.len(), 2);
+    for (one_shot, (image, seed)) in made.images.iter().zip(&images) {
+        assert_eq!(one_shot.seed, *seed);
+        assert_eq!(&one_shot.image, *image);
+        assert!(one_shot.prompt_tokens > 0 && one_shot.timings.total > Duration::ZERO);
+    }
+
+    // One image, whatever `n` says: the first seed's.
+    let one = s
+        .engine
+        .generate_image(small("a red fox", 5).images(3))
+        .await
+        .unwrap();
+    assert_eq!((one.seed, &one.image), (images[0].1, images[0].0));
+
+    let err = s
+        .engine
+        .generate_image(small("a red fox", 5).size(250, 256))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("width"), "{err}");
+}
+
+#[tokio::test]
 async fn steps_arrive_one_by_one_before_done() {
     let s = setup(TextEncoders::FluxRepo);
     let events = run(&s.engine, small("a lighthouse at night", 1).steps(4)).await;

@@ -144,9 +144,11 @@ impl Generation {
     /// Drains a generation's stream to its end: the images of its `Done`
     /// events, or the error of its `Failed`. `on_event` sees every event
     /// first (downloads, loading, steps), for progress. A stream that ends
-    /// with no image and no failure is [`FluxError::EngineStopped`].
+    /// with fewer than `expected` images and no failure (the engine's thread
+    /// went away) is [`FluxError::EngineStopped`].
     pub async fn collect(
         events: impl futures::Stream<Item = GenerateEvent>,
+        expected: usize,
         mut on_event: impl FnMut(&GenerateEvent),
     ) -> Result<Self, Arc<FluxError>> {
         use futures::StreamExt;
@@ -171,7 +173,7 @@ impl Generation {
                 _ => {}
             }
         }
-        if generation.images.is_empty() {
+        if generation.images.len() < expected.max(1) {
             return Err(Arc::new(FluxError::EngineStopped));
         }
         Ok(generation)
@@ -261,6 +263,56 @@ impl Preview {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done(seed: u64) -> GenerateEvent {
+        GenerateEvent::Done {
+            image: Image {
+                width: 1,
+                height: 1,
+                rgb: vec![seed as u8; 3],
+            },
+            seed,
+            timings: Timings::default(),
+            prompt_tokens: 3,
+        }
+    }
+
+    fn collect(events: Vec<GenerateEvent>, expected: usize) -> Result<Generation, Arc<FluxError>> {
+        let mut seen = 0;
+        let result = futures::executor::block_on(Generation::collect(
+            futures::stream::iter(events.clone()),
+            expected,
+            |_| seen += 1,
+        ));
+        assert_eq!(seen, events.len(), "on_event sees every event");
+        result
+    }
+
+    #[test]
+    fn collect_keeps_every_image_in_order_and_the_warnings() {
+        let warning = GenerateEvent::Warning {
+            message: "cut".into(),
+        };
+        let made = collect(vec![warning, done(7), done(8)], 2).unwrap();
+        let seeds: Vec<u64> = made.images.iter().map(|g| g.seed).collect();
+        assert_eq!(seeds, [7, 8]);
+        assert_eq!(made.images[1].image.rgb, [8; 3]);
+        assert_eq!(made.images[0].prompt_tokens, 3);
+        assert_eq!(made.warnings, ["cut"]);
+    }
+
+    #[test]
+    fn collect_fails_on_failed_and_on_a_stream_cut_short() {
+        let failed = GenerateEvent::Failed {
+            error: Arc::new(FluxError::Cancelled),
+        };
+        let err = collect(vec![done(1), failed], 2).unwrap_err();
+        assert!(matches!(*err, FluxError::Cancelled), "{err}");
+        for (events, expected) in [(vec![], 1), (vec![done(1)], 2)] {
+            let err = collect(events, expected).unwrap_err();
+            assert!(matches!(*err, FluxError::EngineStopped), "{err}");
+        }
+    }
 
     #[test]
     fn images_encode_in_every_output_format() {

@@ -282,8 +282,6 @@ pub fn on_cpu_f32(x: &candle_core::Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// What the tests of the submodules share.
-
 #[cfg(test)]
 mod tests {
     use super::*;

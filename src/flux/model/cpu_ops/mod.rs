@@ -1,17 +1,18 @@
 //! f32 layers for the CPU, each pinned by a test to candle's within f32
 //! rounding:
 //! - `conv`: the VAE decoder's, on channels-last feature maps: a Winograd
-//!   3×3 convolution, 1×1 convolutions, group norm fused with SiLU;
+//!   3×3 convolution and 1×1 convolutions; `norm`: group norm fused with
+//!   SiLU;
 //! - `linear`: the transformer's linear layers, with the bias, GELU or a
 //!   gated residual add in the product's pass;
 //! - `transformer_ops`: softmax, q and k normed and rotated in one pass, the
 //!   modulated layer norm;
 //! - `attention`: in row blocks whose scores stay in cache, heads merged.
 //!
-//! Here: the `multiversion!` AVX-512 dispatch, matrix views and products
-//! on `gemm`, per-thread scratch, and a vectorisable `exp` (candle calls
-//! libm's `expf` and `tanhf` once per element: a fifth of a step's time at
-//! 256²).
+//! Here: the `multiversion!` AVX-512 dispatch. In `kernels`: matrix views
+//! and products on `gemm`, per-thread scratch, and a vectorisable `exp`
+//! (candle calls libm's `expf` and `tanhf` once per element: a fifth of a
+//! step's time at 256²).
 //!
 //! Why own them: candle 0.11's CPU `conv2d` gathers its im2col tiles one
 //! element at a time, in NCHW, into a fresh buffer per tile; a profile of
@@ -20,7 +21,7 @@
 //! over a quarter of the pixels each: 4/9 of the direct multiply-adds, and
 //! no im2col at all. Its transforms' coefficients are 0, ±½ and ±1, so it
 //! stays within f32 rounding of the direct sum (pinned against candle's
-//! `conv2d` below).
+//! `conv2d` in `conv/tests.rs`).
 
 /// Defines a function whose body is compiled twice: for the baseline
 /// x86-64 target (SSE2) and for AVX-512, chosen at run time. The loops
@@ -70,6 +71,7 @@ pub use linear::{linear, linear_gated_residual, linear_gelu};
 pub use norm::GroupNorm;
 pub use transformer_ops::{heads_norm_rope, layer_norm_modulate, softmax_last_dim};
 
+/// What the tests of the submodules share.
 #[cfg(test)]
 mod test_support {
     use super::FeatureMap;

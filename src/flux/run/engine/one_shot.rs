@@ -11,7 +11,9 @@ use crate::flux::request::output::{GenerateEvent, Generated, Generation};
 
 impl FluxSchnell {
     /// Makes one image (the request's `n` is set to 1) and returns it with
-    /// its seed, timings and token count; the stream's events are dropped.
+    /// its seed, timings and token count. The stream's other events are
+    /// dropped, warnings included: [`FluxSchnell::generate_images`] keeps
+    /// them.
     ///
     /// ```no_run
     /// # async fn run(engine: schnell::flux::FluxSchnell) -> Result<(), Box<dyn std::error::Error>> {
@@ -29,7 +31,8 @@ impl FluxSchnell {
     }
 
     /// Makes every image of the request, in order, and returns them with the
-    /// warnings given on the way.
+    /// warnings given on the way. A stream that ends short of the request's
+    /// `n` images without a failure is [`FluxError::EngineStopped`].
     pub async fn generate_images(
         &self,
         request: GenerateRequest,
@@ -45,6 +48,7 @@ impl FluxSchnell {
         request: GenerateRequest,
         on_event: impl FnMut(&GenerateEvent),
     ) -> Result<Generation, Arc<FluxError>> {
-        Generation::collect(self.generate(request), on_event).await
+        let expected = request.n as usize;
+        Generation::collect(self.generate(request), expected, on_event).await
     }
 }
