@@ -15,16 +15,10 @@
 #     LD_LIBRARY_PATH=<toolkit>/lib/stubs:<toolkit>/lib, the binary starts and
 #     sees no GPU (`schnell devices`).
 #
-# Usage: scripts/build-cuda.sh [build|ci|check]   (default: build)
+# Usage: scripts/build-cuda.sh [build|check]   (default: build)
 #   build: cargo build --release --features cuda, binary in
 #          $CARGO_TARGET_DIR/release/schnell (default target dir:
-#          ~/.cache/schnell-cuda-target, apart from the CPU builds). This is
-#          the binary to carry to a GPU (scripts/gpu-bench.sh).
-#   ci:    the same check for CI, faster: cargo build --features cuda in the
-#          dev profile and in the caller's CARGO_TARGET_DIR, so that every
-#          dependency but candle's comes from the CPU tests' build. The
-#          binary it leaves in $CARGO_TARGET_DIR/debug/schnell is the CUDA
-#          one, until the next CPU build puts the CPU one back.
+#          ~/.cache/schnell-cuda-target, apart from the CPU builds).
 #   check: cargo check --features cuda --all-targets; build scripts still run,
 #          so every CUDA kernel is compiled by nvcc.
 # CUDA_COMPUTE_CAP picks the GPU generation (default 90, Hopper).
@@ -32,8 +26,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-build}"
-case "$mode" in build | ci | check) ;; *)
-    echo "usage: $0 [build|ci|check]" >&2
+case "$mode" in build | check) ;; *)
+    echo "usage: $0 [build|check]" >&2
     exit 2
     ;;
 esac
@@ -81,20 +75,11 @@ fi
 export CUDA_ROOT
 export PATH="$CUDA_ROOT/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-if [ "$mode" != ci ]; then
-    export CARGO_TARGET_DIR="${SCHNELL_CUDA_TARGET_DIR:-$HOME/.cache/schnell-cuda-target}"
-else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-fi
+export CARGO_TARGET_DIR="${SCHNELL_CUDA_TARGET_DIR:-$HOME/.cache/schnell-cuda-target}"
 echo "== cargo $mode --features cuda (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), sm_$CUDA_COMPUTE_CAP, target $CARGO_TARGET_DIR)" >&2
-if [ "$mode" != check ]; then
-    if [ "$mode" = build ]; then
-        cargo build --locked --release --features cuda --bin schnell >&2
-        bin="$CARGO_TARGET_DIR/release/schnell"
-    else
-        cargo build --locked --features cuda --bin schnell >&2
-        bin="$CARGO_TARGET_DIR/debug/schnell"
-    fi
+if [ "$mode" = build ]; then
+    cargo build --locked --release --features cuda --bin schnell >&2
+    bin="$CARGO_TARGET_DIR/release/schnell"
     # The binary loads and runs here, against the stub driver: it must name
     # both back ends and report CUDA as present but without a device.
     version="$(LD_LIBRARY_PATH="$stubs:$CUDA_ROOT/lib" "$bin" --version)"
