@@ -5,14 +5,13 @@ use std::sync::Arc;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::api_error::ApiError;
 use super::output::{encode, image_url, stage_timings, unix_now, OPAQUE};
 use super::request::Checked;
 use super::state::AppState;
-use crate::flux::{GenerateEvent, GenerateRequest, Image, Timings};
+use crate::flux::{GenerateEvent, GenerateRequest, Generated};
 use crate::protocol::{ImageData, ImagesResponse, Size, Usage};
 
 /// Runs a checked request that holds its queue place to the end, and
@@ -86,41 +85,22 @@ pub(super) async fn images(
     .into_response()
 }
 
-/// A finished image and what it took.
-struct Done {
-    image: Image,
-    seed: u64,
-    timings: Timings,
-    prompt_tokens: usize,
-}
-
-/// The request's `n` images, in order (batched in the engine as memory allows).
-async fn run_to_end(state: &AppState, request: GenerateRequest) -> Result<Vec<Done>, ApiError> {
-    let n = request.n as usize;
-    let mut all = Vec::with_capacity(n);
-    let mut events = std::pin::pin!(state.engine.generate(request));
-    while let Some(event) = events.next().await {
-        match event {
-            GenerateEvent::Done {
-                image,
-                seed,
-                timings,
-                prompt_tokens,
-            } => {
-                state.metrics.image_done(&timings);
-                all.push(Done {
-                    image,
-                    seed,
-                    timings,
-                    prompt_tokens,
-                });
-                if all.len() == n {
-                    return Ok(all);
-                }
+/// The request's `n` images, in order (batched in the engine as memory
+/// allows), each counted in the metrics as it arrives.
+async fn run_to_end(
+    state: &AppState,
+    request: GenerateRequest,
+) -> Result<Vec<Generated>, ApiError> {
+    let made = state
+        .engine
+        .generate_images_with(request, |event| {
+            if let GenerateEvent::Done { timings, .. } = event {
+                state.metrics.image_done(timings);
             }
-            GenerateEvent::Failed { error } => return Err(state.flux_error(&error)),
-            _ => {}
-        }
+        })
+        .await;
+    match made {
+        Ok(generation) => Ok(generation.images),
+        Err(error) => Err(state.flux_error(&error)),
     }
-    Err(ApiError::from_flux(&crate::flux::FluxError::EngineStopped))
 }
