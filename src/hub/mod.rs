@@ -8,7 +8,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Model code asks for files through [`HubModel`] (or the free functions) and never
+//! Model code asks for files through `HubModel` (natively) or the free functions and never
 //! touches a download client: the backend decides how bytes arrive (concurrently,
 //! resumably, verified) and reports what happens as [`HubEvent`]s.
 
