@@ -13,7 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 
 use super::error::DevResult;
 use super::random::Recorded;
-use crate::flux::gguf::{
+use crate::flux::weights::gguf::{
     ggml_type_id, is_flux_block_matrix, layout, t5_hf_to_llama, write_header, write_tensor_data,
     ALIGNMENT,
 };
@@ -152,11 +152,11 @@ fn write(path: &Path, metadata: &[(&str, Value)], mut planned: Vec<Planned>) -> 
 /// Rewrites the GGUF file at `path` with its tensors renamed by `rename`
 /// (others keep their names), for tests that break a file on purpose.
 pub fn rename_gguf_tensors(path: &Path, rename: impl Fn(&str) -> Option<String>) -> DevResult<()> {
-    let named = crate::flux::Named {
+    let named = crate::flux::weights::named::Named {
         file: HubFile::new("local/file", "model.gguf"),
         path: path.to_path_buf(),
     };
-    let bytes = crate::flux::gguf::GgufFile::open(&named)?.renamed(rename)?;
+    let bytes = crate::flux::weights::gguf::GgufFile::open(&named)?.renamed(rename)?;
     std::fs::write(path, bytes)?;
     Ok(())
 }

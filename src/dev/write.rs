@@ -14,11 +14,9 @@ use super::error::DevResult;
 use super::json::json_bytes;
 use super::sizes::{ModelSizes, WriteOptions};
 use super::{gguf, random, safetensors, tokenizers};
-use crate::flux::transformer::Flux;
-use crate::flux::{
-    clip_text_config, flux_config, t5_config, vae_config, ConfigSource, Quant, T5Quant,
-    TextEncoders, FLUX_SCHNELL,
-};
+use crate::flux::model::transformer::Flux;
+use crate::flux::weights::config::{clip_text_config, flux_config, t5_config, vae_config};
+use crate::flux::{ConfigSource, Quant, T5Quant, TextEncoders, FLUX_SCHNELL};
 use crate::hub::HubFile;
 
 /// Every file of both text-encoder sets, in every type, at toy sizes, laid

@@ -19,12 +19,6 @@ pub(crate) mod request;
 pub(crate) mod run;
 pub(crate) mod weights;
 
-// For `dev` (random models) until it names the rooms itself.
-pub(crate) use model::transformer;
-pub(crate) use weights::config::{clip_text_config, flux_config, t5_config, vae_config};
-pub(crate) use weights::gguf;
-pub(crate) use weights::named::Named;
-
 pub use error::FluxError;
 pub use plan::choice::{QuantChoice, QuantPlan};
 pub use plan::device::{
