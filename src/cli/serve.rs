@@ -34,9 +34,14 @@ pub struct ServeArgs {
     /// (an empty key is refused).
     #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
     api_key: Option<String>,
-    /// Allow browser calls from this origin (repeat; `*` for any).
+    /// Allow browser calls from this origin, e.g. http://localhost:8081
+    /// (repeat; `*` for any). Other sites' pages are refused.
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// Answer to this host name too, besides localhost, IP addresses and
+    /// --public-url's host (repeat; `*` for any). Other names are refused.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
     /// The Trunk-built web UI.
     #[arg(long, default_value = "dist")]
     dist: PathBuf,
@@ -61,6 +66,10 @@ pub struct ServeArgs {
     /// Time a client has to send an edit's body (its image, up to 50 MiB).
     #[arg(long, value_parser = parse_duration, default_value = "2m")]
     upload_timeout: Duration,
+    /// Cut a request body that, after its first 5 s, has arrived slower than
+    /// this a second on average (0 for no minimum).
+    #[arg(long, value_parser = parse_bytes, default_value = "16KiB")]
+    min_body_rate: u64,
     /// Close a connection with no request in flight after this long.
     #[arg(long, value_parser = parse_duration, default_value = "75s")]
     idle_timeout: Duration,
@@ -99,11 +108,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .max_queue(args.max_queue.max(1))
             .api_key(api_key)
             .cors_origins(args.cors_origins)
+            .allowed_hosts(args.allowed_hosts)
             .dist(args.dist)
             .hub_cache(hub_cache)
             .public_url(args.public_url)
             .body_timeout(args.header_timeout)
             .upload_timeout(args.upload_timeout)
+            .min_body_rate(args.min_body_rate)
             .image_dir(args.image_dir)
             .image_dir_max(args.image_dir_max),
     )

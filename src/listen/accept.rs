@@ -12,12 +12,21 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::connection::serve_connection;
+use super::grace::GraceOver;
 use super::options::ServeOptions;
 use super::registry::Registry;
+
+/// A request still running when the grace period is over has this long to
+/// answer (a stream its last event, see [`GraceOver`]) before its
+/// connection is closed.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting
 /// (new connections are refused), lets requests in flight finish for up to
 /// [`ServeOptions::shutdown_grace`], closes what is left and returns.
+///
+/// Each request carries its peer's address (axum's `ConnectInfo`) and a
+/// [`GraceOver`] in its extensions.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -28,15 +37,16 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (grace_tx, grace_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
     'accept: loop {
         // Reap finished connections so the set does not grow.
         while tasks.try_join_next().is_some() {}
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) if is_per_connection(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors, most likely: make room, and
@@ -70,8 +80,9 @@ pub async fn serve(
         let options = options.clone();
         let registry = registry.clone();
         let stop = stop_rx.clone();
+        let grace = GraceOver(grace_rx.clone());
         tasks.spawn(async move {
-            serve_connection(stream, app, &conn, &options, stop).await;
+            serve_connection(stream, peer, app, &conn, &options, stop, grace).await;
             registry.remove(conn.id);
             drop(permit);
         });
@@ -93,10 +104,17 @@ pub async fn serve(
     .await;
     if drained.is_err() {
         tracing::warn!(
-            closed = tasks.len(),
-            "shutdown grace period over: closing the remaining connections"
+            open = tasks.len(),
+            "shutdown grace period over: requests still running get their last words, then their connections close"
         );
-        tasks.shutdown().await;
+        let _ = grace_tx.send(true);
+        let answered = tokio::time::timeout(LAST_WORDS, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if answered.is_err() {
+            tasks.shutdown().await;
+        }
     }
     Ok(())
 }

@@ -2,10 +2,11 @@
 //! request heads and clients that stopped reading.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::grace::GraceOver;
 use super::options::ServeOptions;
 use super::registry::{Active, Conn};
 use super::tracked::{Guarded, Tracked};
@@ -32,19 +34,23 @@ enum Closed {
 /// `stop`) its response in flight is sent.
 pub(super) async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     conn: &Arc<Conn>,
     options: &ServeOptions,
     mut stop: watch::Receiver<bool>,
+    grace: GraceOver,
 ) {
     let io = TokioIo::new(Tracked {
         io: stream,
         conn: conn.clone(),
     });
     let service_conn = conn.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let guard = Active::start(service_conn.clone());
         let mut app = app.clone();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(grace.clone());
         async move {
             let response = tower_service::Service::call(&mut app, request.map(Body::new)).await?;
             // The request counts as in flight until its body is sent (or dropped).

@@ -11,11 +11,13 @@
 
 mod accept;
 mod connection;
+mod grace;
 mod options;
 mod registry;
 mod signal;
 mod tracked;
 
 pub use self::accept::serve;
+pub use self::grace::GraceOver;
 pub use self::options::{default_max_connections, ServeOptions};
 pub use self::signal::shutdown_signal;

@@ -16,6 +16,7 @@ pub use images::{
     OutputFormat, OutputTokensDetails, ResponseFormat, Size, StageTimings, Usage, MAX_IMAGES,
     MAX_PARTIAL_IMAGES,
 };
+pub(crate) use status::human_bytes;
 pub use status::{
     ErrorBody, ErrorDetail, Model, ModelList, Phase, Queue, Readiness, Retry, Tokenizers,
 };

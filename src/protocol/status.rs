@@ -187,7 +187,8 @@ impl Readiness {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// Bytes in words: GB, MB or kB.
+pub(crate) fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
         n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),

@@ -2,31 +2,38 @@
 //! and `/v1/images/edits`), the images it serves by URL, `GET /v1/models`,
 //! and JSON errors for unknown paths and methods.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::answer::images;
 use super::api_error::ApiError;
-use super::body::read_body;
+use super::body::{declared_length_fits, read_body};
 use super::events::stream;
-use super::fields::parse;
+use super::fields::{field_error, parse};
 use super::form;
-use super::limits::{MAX_BODY, MAX_EDIT_BODY, MAX_UPLOADS};
 use super::request::{admit, check, fits, parse_json, ready, Checked};
+use super::site::content_type_is;
 use super::state::AppState;
 use crate::flux::{Image, InitImage, Mask};
+use crate::listen::GraceOver;
 use crate::protocol::{Model, ModelList};
 
 /// `POST /v1/images/generations`: a JSON body, answered whole or streamed.
-pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Response {
+pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let grace_over = GraceOver::of(&parts.extensions);
     let checked = async {
-        let body = read_body(body, MAX_BODY, state.body_timeout).await?;
+        // Browsers send other types from any page without asking first.
+        content_type_is(&parts.headers, "application/json")?;
+        declared_length_fits(&parts.headers, state.body.max)?;
+        let body = read_body(body, state.body).await?;
         let checked = check(&state, parse_json(&body)?, None)?;
         ready(&state)?;
         fits(&state, &checked)?;
@@ -40,31 +47,36 @@ pub async fn generations(State(state): State<Arc<AppState>>, body: Body) -> Resp
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    respond(state, checked, permit).await
+    respond(state, checked, permit, grace_over).await
 }
 
 /// `POST /v1/images/edits`: FLUX image-to-image, inpainting with a mask.
-pub async fn edits(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    // At most [`MAX_UPLOADS`] bodies (each up to
-    // [`MAX_EDIT_BODY`]) are read and decoded at once, beside the
-    // queue, so that slow uploads never hold its places.
-    let upload = match ready(&state).and_then(|()| {
-        state
-            .uploads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::uploads_full(MAX_UPLOADS))
-    }) {
+pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let grace_over = GraceOver::of(&parts.extensions);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    // A few bodies (each up to [`MAX_EDIT_BODY`](super::MAX_EDIT_BODY)) are
+    // read and decoded at once, beside the queue, so that slow uploads never
+    // hold its places; and a few for each client (see `uploads`).
+    let upload = match content_type_is(&parts.headers, "multipart/form-data")
+        .and_then(|()| declared_length_fits(&parts.headers, state.upload.max))
+        .and_then(|()| ready(&state))
+        .and_then(|()| state.uploads.take(peer))
+    {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let checked = async {
-        let body = read_body(body, MAX_EDIT_BODY, state.upload_timeout).await?;
-        let content_type = headers
+        let body = read_body(body, state.upload).await?;
+        let content_type = parts
+            .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let form = form::parse(content_type, body).await?;
-        let parsed = parse(serde_json::Value::Object(form.fields))?;
+        let parsed = parse(serde_json::Value::Object(form.fields)).map_err(field_error)?;
         let strength = parsed
             .strength
             .map_or(crate::flux::DEFAULT_STRENGTH, |s| s as f32);
@@ -93,18 +105,27 @@ pub async fn edits(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         Err(e) => return e.into_response(),
     };
     match admit(&state) {
-        Ok(permit) => respond(state, checked, permit).await,
+        Ok(permit) => respond(state, checked, permit, grace_over).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// Runs a checked request that holds its queue place: the images in one
-/// answer, or a stream of events.
-async fn respond(state: Arc<AppState>, checked: Checked, permit: OwnedSemaphorePermit) -> Response {
+/// answer, or a stream of events. Either says so when the server's shutdown
+/// grace runs out first (`grace_over`), rather than just closing.
+async fn respond(
+    state: Arc<AppState>,
+    checked: Checked,
+    permit: OwnedSemaphorePermit,
+    grace_over: impl Future<Output = ()> + Send + 'static,
+) -> Response {
     if checked.wire.stream {
-        return stream(state, checked, permit).into_response();
+        return stream(state, checked, permit, grace_over).into_response();
     }
-    images(state, checked, permit).await
+    tokio::select! {
+        answer = images(state, checked, permit) => answer,
+        () = grace_over => ApiError::shutting_down().into_response(),
+    }
 }
 
 /// `GET /v1/images/{id}.{png|jpeg}`: an image made with `response_format: "url"`.

@@ -136,6 +136,102 @@ impl ApiError {
         }
     }
 
+    /// An error of `status` and `code` that no field is at fault for.
+    fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            message,
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+            retry_after: None,
+        }
+    }
+
+    /// 403: a browser page from another site sent this request.
+    pub fn foreign_origin(origin: &str) -> Self {
+        Self::refused(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!(
+                "requests from web pages at {origin} are refused: start the server with `--cors-origin {origin}` to allow that site"
+            ),
+        )
+    }
+
+    /// 403: a browser sent this request for another site's page, which did
+    /// not say which (no `Origin`).
+    pub fn cross_site() -> Self {
+        Self::refused(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "requests from another site's web pages are refused (`Sec-Fetch-Site: cross-site`): allow a site with `--cors-origin`".into(),
+        )
+    }
+
+    /// 421: the `Host` is not a name this server answers to.
+    pub fn foreign_host(host: &str) -> Self {
+        Self::refused(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!(
+                "this server does not answer to the host name {host:?}: start it with `--allowed-host {host}` (or `--public-url`) to allow it; a proxy in front should pass the original `Host`"
+            ),
+        )
+    }
+
+    /// 415: the body's `Content-Type` is not `expected`.
+    pub fn media_type(given: Option<&str>, expected: &str) -> Self {
+        Self::refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the body with `Content-Type: {expected}` (this one is {})",
+                given.map_or("without one".to_string(), |g| format!("{g:?}"))
+            ),
+        )
+    }
+
+    /// 408: the body arrived slower than `min_rate` bytes a second.
+    pub fn body_too_slow(received: usize, elapsed: std::time::Duration, min_rate: u64) -> Self {
+        Self::refused(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body arrived too slowly: {} in {:.1} s, under the minimum of {}/s",
+                byte_size(received),
+                elapsed.as_secs_f64(),
+                byte_size(min_rate as usize)
+            ),
+        )
+    }
+
+    /// 503: the server is stopping and this request ran out of time.
+    pub fn shutting_down() -> Self {
+        Self {
+            kind: "server_error",
+            retry_after: Some(5),
+            ..Self::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down and its grace period is over: this request was cancelled; try again (another replica may answer)".into(),
+            )
+        }
+    }
+
+    /// 429: this client uses all the upload places one client may.
+    pub fn client_uploads_full(per_client: usize) -> Self {
+        Self {
+            kind: "rate_limit_error",
+            retry_after: Some(2),
+            ..Self::refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "uploads_full",
+                format!("this client is uploading {per_client} edits already, as many as one client may at once; retry shortly"),
+            )
+        }
+    }
+
     /// What a failed generation tells the client.
     pub fn from_flux(e: &FluxError) -> Self {
         match e {
@@ -210,9 +306,11 @@ impl IntoResponse for ApiError {
         response
     }
 }
-/// A body limit in words: KiB below a MiB, else MiB.
+/// A body limit in words: bytes below a KiB, KiB below a MiB, else MiB.
 pub fn byte_size(bytes: usize) -> String {
-    if bytes < 1 << 20 {
+    if bytes < 1 << 10 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
         format!("{} KiB", bytes >> 10)
     } else {
         format!("{} MiB", bytes >> 20)

@@ -1,35 +1,153 @@
-//! Reading a request body whole, within a size and a time limit.
+//! Reading a request body whole, within a size, a time limit and a
+//! minimum rate.
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
 use bytes::BytesMut;
 use futures::StreamExt;
+use tokio::time::{sleep_until, Instant};
 
 use super::api_error::ApiError;
 
-/// The whole body, at most `limit` bytes, within `timeout`: a client
-/// trickling its body cannot hold a connection (or a shutdown) open.
-pub(super) async fn read_body(
-    body: Body,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
-    let read = async {
-        let mut stream = body.into_data_stream();
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::invalid(None, format!("the request body could not be read: {e}"))
-            })?;
-            if buf.len() + chunk.len() > limit {
-                return Err(ApiError::too_large(limit));
+/// What a body must keep to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BodyLimits {
+    /// The most bytes.
+    pub(super) max: usize,
+    /// The whole body arrives within this.
+    pub(super) timeout: Duration,
+    /// After `grace`, bytes a second on average since the start (0: none),
+    /// so that a client trickling its body cannot hold an upload place for
+    /// the whole `timeout`.
+    pub(super) min_rate: u64,
+    pub(super) grace: Duration,
+}
+
+/// 413 at once for a body that says it is too long (`Content-Length`), so
+/// that a client waiting on `Expect: 100-continue` is told before it sends.
+pub(super) fn declared_length_fits(headers: &HeaderMap, max: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max as u64 => Err(ApiError::too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+/// The whole body, within `limits`: a client trickling its body cannot hold
+/// a connection, an upload place or a shutdown.
+pub(super) async fn read_body(body: Body, limits: BodyLimits) -> Result<Bytes, ApiError> {
+    let start = Instant::now();
+    let deadline = start + limits.timeout;
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    loop {
+        // When the bytes so far fall under the minimum rate.
+        let too_slow_at = (limits.min_rate > 0).then(|| {
+            let earned = Duration::from_secs_f64(buf.len() as f64 / limits.min_rate as f64);
+            start + limits.grace.max(earned)
+        });
+        let wake = too_slow_at.map_or(deadline, |at| at.min(deadline));
+        tokio::select! {
+            chunk = stream.next() => match chunk {
+                None => return Ok(buf.freeze()),
+                Some(Err(e)) => {
+                    return Err(ApiError::invalid(
+                        None,
+                        format!("the request body could not be read: {e}"),
+                    ))
+                }
+                Some(Ok(chunk)) => {
+                    if buf.len() + chunk.len() > limits.max {
+                        return Err(ApiError::too_large(limits.max));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            },
+            () = sleep_until(wake) => {
+                return Err(if wake >= deadline {
+                    ApiError::body_timeout(limits.timeout)
+                } else {
+                    ApiError::body_too_slow(buf.len(), start.elapsed(), limits.min_rate)
+                });
             }
-            buf.extend_from_slice(&chunk);
         }
-        Ok(buf.freeze())
-    };
-    tokio::time::timeout(timeout, read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that sends `chunks`, each after `every`.
+    fn paced(chunks: usize, size: usize, every: Duration) -> Body {
+        let stream = futures::stream::iter(0..chunks).then(move |_| async move {
+            tokio::time::sleep(every).await;
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; size]))
+        });
+        Body::from_stream(stream)
+    }
+
+    fn limits(min_rate: u64) -> BodyLimits {
+        BodyLimits {
+            max: 4 << 20,
+            timeout: Duration::from_secs(60),
+            min_rate,
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_under_the_minimum_rate_is_cut_after_the_grace() {
+        // 1 KiB a second against a 16 KiB/s minimum: cut at 5 s.
+        let started = Instant::now();
+        let e = read_body(paced(60, 1024, Duration::from_secs(1)), limits(16 << 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 408);
+        assert!(e.message.contains("too slowly"), "{}", e.message);
+        assert_eq!(started.elapsed().as_secs(), 5);
+        // Without a minimum, the same body arrives whole.
+        let body = read_body(paced(60, 1024, Duration::from_secs(1)), limits(0))
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 60 * 1024);
+        // Fast enough, however long: 32 KiB a second for 40 s.
+        let body = read_body(
+            paced(40, 32 << 10, Duration::from_secs(1)),
+            limits(16 << 10),
+        )
         .await
-        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+        .unwrap();
+        assert_eq!(body.len(), 40 * (32 << 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timeout_and_the_size_still_hold() {
+        let mut l = limits(0);
+        l.timeout = Duration::from_secs(10);
+        let e = read_body(paced(60, 1, Duration::from_secs(1)), l)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 408);
+        assert!(e.message.contains("within 10 s"), "{}", e.message);
+        let e = read_body(paced(5, 1 << 20, Duration::ZERO), limits(0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 413);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, (2u64 << 20).into());
+        assert_eq!(
+            declared_length_fits(&headers, 1 << 20)
+                .unwrap_err()
+                .status
+                .as_u16(),
+            413
+        );
+        assert!(declared_length_fits(&headers, 4 << 20).is_ok());
+    }
 }

@@ -52,8 +52,13 @@ pub struct ServerConfig {
     /// When set, `/v1` wants `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Origins allowed to call the API from a browser; `*` for any. Empty:
-    /// same-origin only.
+    /// same-origin only (and `public_url`'s). Requests from other pages are
+    /// refused with 403, key or no key.
     pub cors_origins: Vec<String>,
+    /// Host names the server answers to besides `localhost`, IP literals
+    /// and `public_url`'s host; `*` for any. Other names get 421, so that a
+    /// DNS-rebinding page cannot reach the server.
+    pub allowed_hosts: Vec<String>,
     /// The Trunk-built UI.
     pub dist: PathBuf,
     /// The Hugging Face cache served read-only at `/hub`.
@@ -68,6 +73,11 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// An edit's body (up to [`MAX_EDIT_BODY`]) must arrive within this.
     pub upload_timeout: Duration,
+    /// After `min_body_rate_grace`, a body must have arrived at this many
+    /// bytes a second on average, or it is cut with 408 (0: no minimum).
+    pub min_body_rate: u64,
+    /// How long a body may be slower than `min_body_rate` at its start.
+    pub min_body_rate_grace: Duration,
     /// Keep `response_format: "url"` images in this folder (which replicas
     /// may share) instead of in memory.
     pub image_dir: Option<PathBuf>,
@@ -81,12 +91,15 @@ impl Default for ServerConfig {
             max_queue: 16,
             api_key: None,
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             dist: PathBuf::from("dist"),
             hub_cache: PathBuf::from("."),
             public_url: None,
             image_ttl: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(30),
             upload_timeout: Duration::from_secs(120),
+            min_body_rate: 16 << 10,
+            min_body_rate_grace: Duration::from_secs(5),
             image_dir: None,
             image_dir_max: 1_000_000_000,
         }
@@ -109,6 +122,24 @@ impl ServerConfig {
     /// Sets [`ServerConfig::cors_origins`].
     pub fn cors_origins(mut self, cors_origins: Vec<String>) -> Self {
         self.cors_origins = cors_origins;
+        self
+    }
+
+    /// Sets [`ServerConfig::allowed_hosts`].
+    pub fn allowed_hosts(mut self, allowed_hosts: Vec<String>) -> Self {
+        self.allowed_hosts = allowed_hosts;
+        self
+    }
+
+    /// Sets [`ServerConfig::min_body_rate`].
+    pub fn min_body_rate(mut self, min_body_rate: u64) -> Self {
+        self.min_body_rate = min_body_rate;
+        self
+    }
+
+    /// Sets [`ServerConfig::min_body_rate_grace`].
+    pub fn min_body_rate_grace(mut self, min_body_rate_grace: Duration) -> Self {
+        self.min_body_rate_grace = min_body_rate_grace;
         self
     }
 

@@ -30,23 +30,30 @@ pub(super) fn field_param(name: &str) -> Option<&'static str> {
     FIELDS.iter().copied().find(|f| *f == name)
 }
 
-/// The request from its fields, JSON's or a form's. The error names the
-/// field at fault (`n: invalid type: string "two", expected u32`), and
-/// `param` says it too.
+/// The request from its fields, a JSON body's or a form's. The error names
+/// the field at fault, whatever its type (`n: invalid type: string "two",
+/// expected u32`), and `param` says it too.
 pub(super) fn parse<'de, D: serde::Deserializer<'de, Error = serde_json::Error>>(
     fields: D,
-) -> Result<ImagesRequest, ApiError> {
-    serde_path_to_error::deserialize(fields).map_err(|e| {
-        let path = e.path().to_string();
-        // Broken JSON is nobody's field, though the path says where it broke.
-        let param = field_param(&path).filter(|_| e.inner().is_data());
-        let message = match param {
-            Some(field) => format!("`{field}`: {}", e.inner()),
-            None => format!(
-                "the body is not valid JSON for this endpoint: {}",
-                e.inner()
-            ),
-        };
-        ApiError::invalid(param, message)
-    })
+) -> Result<ImagesRequest, FieldError> {
+    serde_path_to_error::deserialize(fields)
+}
+
+/// Why fields did not make a request, and where.
+pub(super) type FieldError = serde_path_to_error::Error<serde_json::Error>;
+
+/// A [`FieldError`] as a 400 naming the field.
+pub(super) fn field_error(e: FieldError) -> ApiError {
+    let field = match e.path().iter().next() {
+        Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+        _ => None,
+    };
+    let message = match &field {
+        Some(_) => format!("`{}`: {}", e.path(), e.inner()),
+        None => format!(
+            "the body is not a JSON object of this endpoint's fields: {}",
+            e.inner()
+        ),
+    };
+    ApiError::invalid(field.as_deref().and_then(field_param), message)
 }

@@ -54,6 +54,8 @@ pub struct Metrics {
     queue_in_use: Gauge,
     queue_max: Gauge,
     downloaded: Gauge,
+    stored_images: Gauge,
+    prompt_cache: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,18 @@ impl Default for Metrics {
             "Bytes of the model's files downloaded or found in the cache",
             downloaded.clone(),
         );
+        let stored_images = Gauge::default();
+        registry.register(
+            "stored_images_bytes",
+            "Bytes of response_format url images held in memory (0 with --image-dir)",
+            stored_images.clone(),
+        );
+        let prompt_cache = Gauge::default();
+        registry.register(
+            "prompt_cache_bytes",
+            "Bytes of text encoder outputs kept for recent prompts",
+            prompt_cache.clone(),
+        );
         Self {
             registry,
             requests,
@@ -99,6 +113,8 @@ impl Default for Metrics {
             queue_in_use,
             queue_max,
             downloaded,
+            stored_images,
+            prompt_cache,
         }
     }
 }
@@ -128,25 +144,34 @@ impl Metrics {
     }
 }
 
+/// The gauges' values, read when `/metrics` is asked for.
+pub struct Readings {
+    /// The queue's places in use.
+    pub queue_in_use: u64,
+    /// The queue's places.
+    pub queue_max: u64,
+    /// The model's bytes downloaded or found.
+    pub downloaded: u64,
+    /// Bytes of images held in memory.
+    pub stored_images: u64,
+    /// Bytes of the engine's prompt cache.
+    pub prompt_cache: u64,
+}
+
 impl Metrics {
     /// Counts an answer with `status`.
     pub fn count_answer(&self, status: u16) {
         self.requests.get_or_create(&StatusLabel { status }).inc();
     }
 
-    /// The metrics in OpenMetrics' text format, with the gauges read now:
-    /// the queue's places in use and its size, and the model's bytes
-    /// downloaded.
-    pub fn render(
-        &self,
-        queue_in_use: usize,
-        queue_max: usize,
-        downloaded: u64,
-    ) -> Result<String, std::fmt::Error> {
-        self.queue_in_use.set(queue_in_use as i64);
-        self.queue_max.set(queue_max as i64);
-        self.downloaded
-            .set(i64::try_from(downloaded).unwrap_or(i64::MAX));
+    /// The metrics in OpenMetrics' text format, with the gauges as read now.
+    pub fn render(&self, now: &Readings) -> Result<String, std::fmt::Error> {
+        let set = |gauge: &Gauge, value: u64| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        set(&self.queue_in_use, now.queue_in_use);
+        set(&self.queue_max, now.queue_max);
+        set(&self.downloaded, now.downloaded);
+        set(&self.stored_images, now.stored_images);
+        set(&self.prompt_cache, now.prompt_cache);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

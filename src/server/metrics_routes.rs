@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::api_error::ApiError;
+use super::metrics::Readings;
 use super::state::AppState;
 
 /// Counts every answer by its status (middleware on the whole router).
@@ -24,9 +25,14 @@ pub async fn count_requests(
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let in_use = state.max_queue - state.queue.available_permits();
-    let downloaded: u64 = state.engine.status().files.values().map(|f| f.done).sum();
-    let text = match state.metrics.render(in_use, state.max_queue, downloaded) {
+    let readings = Readings {
+        queue_in_use: (state.max_queue - state.queue.available_permits()) as u64,
+        queue_max: state.max_queue as u64,
+        downloaded: state.engine.status().files.values().map(|f| f.done).sum(),
+        stored_images: state.images.bytes_in_memory() as u64,
+        prompt_cache: state.engine.stats().prompt_cache_bytes,
+    };
+    let text = match state.metrics.render(&readings) {
         Ok(text) => text,
         Err(e) => return ApiError::internal(format!("encoding the metrics: {e}")).into_response(),
     };

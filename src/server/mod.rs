@@ -24,9 +24,11 @@ mod output;
 mod redact;
 mod request;
 mod setup_error;
+mod site;
 mod state;
 mod store;
 mod ui;
+mod uploads;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,10 +40,15 @@ use axum::{middleware, Router};
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::body::BodyLimits;
 pub use self::config::{check_api_key, check_public_url, ServerConfig};
-pub use self::limits::{MAX_BODY, MAX_EDIT_BODY, MAX_UPLOADS, PUBLIC_HUB_JSON_MAX};
+pub use self::limits::{
+    MAX_BODY, MAX_EDIT_BODY, MAX_UPLOADS, MAX_UPLOADS_PER_CLIENT, MEMORY_IMAGES,
+    MEMORY_IMAGES_BYTES, PUBLIC_HUB_JSON_MAX,
+};
 use self::redact::Redactor;
 pub use self::setup_error::ServerError;
+use self::site::Site;
 pub use self::state::AppState;
 use self::store::ImageStore;
 use crate::flux::{FluxSchnell, ModelDescription};
@@ -82,11 +89,16 @@ pub async fn router(
             redact.add(dir, "$IMAGE_DIR").await;
             store
         }
-        None => ImageStore::in_memory(config.image_ttl, 256),
+        None => ImageStore::in_memory(config.image_ttl, MEMORY_IMAGES, MEMORY_IMAGES_BYTES),
     };
     if let Some(home) = dirs::home_dir() {
         redact.add(&home, "~").await;
     }
+    let site = Arc::new(Site::new(
+        &config.allowed_hosts,
+        &config.cors_origins,
+        public_url.as_deref(),
+    ));
     let state = Arc::new(AppState {
         model,
         queue: Arc::new(Semaphore::new(config.max_queue)),
@@ -95,9 +107,19 @@ pub async fn router(
         images,
         public_url,
         redact,
-        body_timeout: config.body_timeout,
-        upload_timeout: config.upload_timeout,
-        uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+        body: BodyLimits {
+            max: MAX_BODY,
+            timeout: config.body_timeout,
+            min_rate: config.min_body_rate,
+            grace: config.min_body_rate_grace,
+        },
+        upload: BodyLimits {
+            max: MAX_EDIT_BODY,
+            timeout: config.upload_timeout,
+            min_rate: config.min_body_rate,
+            grace: config.min_body_rate_grace,
+        },
+        uploads: Arc::default(),
         started: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -149,6 +171,8 @@ pub async fn router(
         .with_state(state.clone())
         .nest("/hub", Arc::new(hub).router())
         .merge(ui::router(&config.dist).await)
+        // Before anything else is looked at (the key included), but counted.
+        .layer(middleware::from_fn_with_state(site, site::guard))
         .layer(middleware::from_fn_with_state(
             state,
             metrics_routes::count_requests,

@@ -39,7 +39,7 @@ pub fn document() -> Value {
         },
     }]}}});
     // The two image endpoints answer alike: images, or a stream of events.
-    let images_answer = |events: &str, bad: &str, limit: usize| {
+    let images_answer = |events: &str, bad: &str, limit: usize, media_type: &str| {
         json!({
             "200": {
                 "description": format!("The images; with `stream`, server-sent events{events} whose names are their `type`"),
@@ -50,9 +50,13 @@ pub fn document() -> Value {
             },
             "400": failure(&format!("{bad} is invalid (`param` names it), or the image would not fit in memory")),
             "401": failure("The API key is missing or wrong"),
+            "403": failure("Sent by another site's web page (`Origin` not allowed)"),
+            "408": failure("The body arrived too late or too slowly"),
             "413": failure(&format!("The body is larger than {}", byte_size(limit))),
+            "415": failure(&format!("The body is not `{media_type}`")),
+            "421": failure("The `Host` is not a name this server answers to"),
             "429": failure("The queue is full: try again after `Retry-After`"),
-            "503": failure("The model is not ready yet"),
+            "503": failure("The model is not ready yet, or the server is shutting down"),
         })
     };
     json!({
@@ -70,7 +74,7 @@ pub fn document() -> Value {
                 "summary": "Make images from a prompt",
                 "security": secured,
                 "requestBody": { "required": true, "content": json_body(&request) },
-                "responses": images_answer("", "A field", MAX_BODY),
+                "responses": images_answer("", "A field", MAX_BODY, "application/json"),
             }},
             "/v1/images/edits": { "post": {
                 "summary": "Edit an image from a prompt (image-to-image; inpainting with a mask)",
@@ -80,6 +84,7 @@ pub fn document() -> Value {
                     " (`image_edit.partial_image`, `image_edit.completed`)",
                     "A field or file",
                     MAX_EDIT_BODY,
+                    "multipart/form-data",
                 ),
             }},
             "/v1/models": { "get": {

@@ -4,10 +4,12 @@
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::api_error::ApiError;
-use super::fields::parse;
+use super::fields::{field_error, parse};
 use super::state::AppState;
-use crate::flux::{GenerateRequest, InitImage, Phase};
-use crate::protocol::{partial_steps, ImagesRequest, OutputFormat, ResponseFormat, Size};
+use crate::flux::{EngineStatus, GenerateRequest, InitImage, Phase};
+use crate::protocol::{
+    human_bytes, partial_steps, ImagesRequest, OutputFormat, ResponseFormat, Size,
+};
 
 /// A request after every field was checked.
 pub(super) struct Checked {
@@ -38,7 +40,25 @@ pub(super) fn parse_json(body: &[u8]) -> Result<ImagesRequest, ApiError> {
             "the request body is empty: send JSON such as {\"prompt\": \"a red fox\", \"size\": \"1024x1024\"}",
         ));
     }
-    let parsed = parse(&mut serde_json::Deserializer::from_slice(body))?;
+    // JSON first, whole: anything but whitespace after the value is an error.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+        ApiError::invalid(
+            None,
+            format!("the body is not one JSON value: {e}; send one object such as {{\"prompt\": \"a red fox\"}}"),
+        )
+    })?;
+    // Then the fields, from the text (a field sent twice is an error).
+    let parsed = match parse(&mut serde_json::Deserializer::from_slice(body)) {
+        Ok(parsed) => parsed,
+        // serde_json's parser reports a number where a string variant
+        // belongs as a syntax error that does not say what it found; from a
+        // value, the same field fails with its type.
+        Err(e) if !e.inner().is_data() => {
+            let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            return Err(field_error(parse(value).err().unwrap_or(e)));
+        }
+        Err(e) => return Err(field_error(e)),
+    };
     if parsed.strength.is_some() {
         return Err(ApiError::invalid(
             Some("strength"),
@@ -105,18 +125,33 @@ pub(super) fn ready(state: &AppState) -> Result<(), ApiError> {
             "the model failed to load: {}",
             state.redact.apply(&status.error.unwrap_or_default())
         ))),
-        phase => {
-            let (done, total) = status
-                .files
-                .values()
-                .fold((0u64, 0u64), |(d, t), f| (d + f.done, t + f.total));
-            Err(ApiError::not_ready(format!(
-                "the model is not ready yet ({phase:?}: {:.1} of {:.1} GB downloaded); see /readyz",
-                done as f64 / 1e9,
-                total as f64 / 1e9
-            )))
-        }
+        _ => Err(ApiError::not_ready(not_ready_yet(&status))),
     }
+}
+
+/// How far loading is, in words: the bytes only once some size is known
+/// (offline, or while the cache is checked, none is), and the attempts that
+/// failed before this one.
+fn not_ready_yet(status: &EngineStatus) -> String {
+    let (done, total) = status
+        .files
+        .values()
+        .fold((0u64, 0u64), |(d, t), f| (d + f.done, t + f.total));
+    let phase = match status.phase {
+        Phase::Downloading if total == 0 => "finding its files".to_string(),
+        Phase::Downloading => format!(
+            "downloading: {} of {}",
+            human_bytes(done),
+            human_bytes(total)
+        ),
+        Phase::Loading => "loading it into memory".to_string(),
+        _ => "starting".to_string(),
+    };
+    let retried = match &status.retry {
+        Some(retry) => format!(", after {} failed attempt(s)", retry.failed),
+        None => String::new(),
+    };
+    format!("the model is not ready yet ({phase}{retried}); see /readyz")
 }
 
 /// A place in the bounded queue, or 429.
@@ -136,4 +171,49 @@ pub(super) fn fits(state: &AppState, checked: &Checked) -> Result<(), ApiError> 
         .engine
         .check_size(request.width, request.height, request.init.is_some())
         .map_err(|e| state.flux_error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flux::{FileProgress, NextAttempt};
+
+    fn status(phase: Phase, files: &[(u64, u64)], retry: Option<u32>) -> EngineStatus {
+        EngineStatus {
+            phase,
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, &(done, total))| (format!("r/f{i}"), FileProgress { done, total }))
+                .collect(),
+            error: None,
+            weights: None,
+            memory: None,
+            retry: retry.map(|failed| NextAttempt {
+                failed,
+                at: std::time::SystemTime::now(),
+            }),
+        }
+    }
+
+    #[test]
+    fn not_ready_says_what_is_known_and_no_empty_figures() {
+        let offline = not_ready_yet(&status(Phase::Downloading, &[(0, 0), (0, 0)], Some(1)));
+        assert_eq!(
+            offline,
+            "the model is not ready yet (finding its files, after 1 failed attempt(s)); see /readyz"
+        );
+        let downloading = not_ready_yet(&status(
+            Phase::Downloading,
+            &[(3_000_000, 12_000_000)],
+            None,
+        ));
+        assert!(
+            downloading.contains("downloading: 3.0 MB of 12.0 MB"),
+            "{downloading}"
+        );
+        let loading = not_ready_yet(&status(Phase::Loading, &[(5, 5)], None));
+        assert!(loading.contains("loading it into memory"), "{loading}");
+        assert!(!loading.contains(" of "), "{loading}");
+    }
 }

@@ -1,16 +1,14 @@
 //! What every handler sees: the engine, the queue, the image store.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::Semaphore;
 
 use super::api_error::ApiError;
-#[cfg(doc)]
-use super::limits::MAX_UPLOADS;
+use super::body::BodyLimits;
 use super::metrics::Metrics;
 use super::redact::Redactor;
 use super::store::ImageStore;
+use super::uploads::UploadPlaces;
 use crate::flux::{FluxSchnell, ModelDescription};
 
 /// What every handler sees.
@@ -24,10 +22,12 @@ pub struct AppState {
     pub(super) public_url: Option<String>,
     /// Takes local paths out of what clients see.
     pub(super) redact: Redactor,
-    pub(super) body_timeout: Duration,
-    pub(super) upload_timeout: Duration,
-    /// [`MAX_UPLOADS`] places for edits' bodies.
-    pub(super) uploads: Arc<Semaphore>,
+    /// What a generation's body must keep to.
+    pub(super) body: BodyLimits,
+    /// What an edit's body must keep to.
+    pub(super) upload: BodyLimits,
+    /// The places for edits' bodies.
+    pub(super) uploads: Arc<UploadPlaces>,
     pub(super) started: u64,
     pub(super) metrics: Metrics,
 }

@@ -40,12 +40,24 @@ fn content_type(name: &str) -> Option<&'static str> {
 
 impl ImageStore {
     /// Images kept in memory for `ttl`, at most `max` of them.
-    pub fn in_memory(ttl: Duration, max: usize) -> Self {
+    pub fn in_memory(ttl: Duration, max: usize, max_bytes: usize) -> Self {
         Self::Memory(MemoryStore {
             ttl,
             max,
+            max_bytes,
             images: Mutex::default(),
         })
+    }
+
+    /// Bytes of images held in memory (none for a folder).
+    pub fn bytes_in_memory(&self) -> usize {
+        match self {
+            Self::Memory(store) => {
+                let images = store.images.lock().expect("not poisoned");
+                images.values().map(|(bytes, _)| bytes.len()).sum()
+            }
+            Self::Dir(_) => 0,
+        }
     }
 
     /// A folder, created if missing, checked writable.
@@ -88,25 +100,34 @@ impl ImageStore {
 }
 
 /// This process's images: expired ones are dropped on every insert, and the
-/// store never holds more than `max` (the oldest go first).
+/// store never holds more than `max` images nor `max_bytes` (the oldest go
+/// first; the newest always stays).
 pub struct MemoryStore {
     ttl: Duration,
     max: usize,
+    max_bytes: usize,
     images: Mutex<HashMap<String, (Bytes, Instant)>>,
 }
 
 impl MemoryStore {
-    fn put(&self, name: String, bytes: Vec<u8>) {
+    fn put(&self, name: String, mut bytes: Vec<u8>) {
         let now = Instant::now();
+        // What is counted is what is held.
+        bytes.shrink_to_fit();
         let mut images = self.images.lock().expect("not poisoned");
         images.retain(|_, (_, expires)| *expires > now);
-        while images.len() >= self.max {
+        let mut held: usize = images.values().map(|(b, _)| b.len()).sum();
+        while !images.is_empty()
+            && (images.len() >= self.max || held + bytes.len() > self.max_bytes)
+        {
             let oldest = images
                 .iter()
                 .min_by_key(|(_, (_, expires))| *expires)
                 .map(|(k, _)| k.clone())
                 .expect("not empty");
-            images.remove(&oldest);
+            if let Some((gone, _)) = images.remove(&oldest) {
+                held -= gone.len();
+            }
         }
         images.insert(name, (Bytes::from(bytes), now + self.ttl));
     }
@@ -251,5 +272,29 @@ mod tests {
         ] {
             assert_eq!(content_type(&bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_memory_store_keeps_within_its_count_and_its_bytes() {
+        let ImageStore::Memory(store) = ImageStore::in_memory(Duration::from_secs(60), 4, 1000)
+        else {
+            unreachable!()
+        };
+        let held = |store: &MemoryStore| {
+            let images = store.images.lock().unwrap();
+            (
+                images.len(),
+                images.values().map(|(b, _)| b.len()).sum::<usize>(),
+            )
+        };
+        for i in 0..10 {
+            store.put(format!("small{i}"), vec![0; 100]);
+        }
+        assert_eq!(held(&store), (4, 400), "the count");
+        store.put("big".into(), vec![0; 901]);
+        assert_eq!(held(&store), (1, 901), "the bytes: the oldest went");
+        assert!(store.get("big").is_some());
+        store.put("huge".into(), vec![0; 5000]);
+        assert_eq!(held(&store), (1, 5000), "the newest always stays");
     }
 }

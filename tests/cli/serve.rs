@@ -98,7 +98,14 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     let cache = tempfile::tempdir().unwrap();
     let log = cache.path().join("serve.log");
     // A long grace: on a busy machine the stream must not be cut for time.
-    let args = ["--endpoint", &hub.endpoint, "--shutdown-grace", "120s"];
+    let args = [
+        "--endpoint",
+        &hub.endpoint,
+        "--shutdown-grace",
+        "120s",
+        "--allowed-host",
+        "studio.lan",
+    ];
     let (mut child, url) = spawn_serve(&args, cache.path(), &log, |_| {});
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -112,6 +119,16 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     {
         assert!(std::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The flag reaches the server: that name is answered, others are not.
+    for (host, status) in [("studio.lan", 200), ("attacker.example", 421)] {
+        let r = http
+            .get(format!("{url}/v1/models"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{host}");
     }
     // About 3 s of steps on the tiny model in a debug build.
     let steps = 12;
@@ -174,7 +191,7 @@ async fn ctrl_c_is_not_held_up_by_a_slow_client() {
     // One byte of headers a second, for as long as the connection lasts.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .unwrap();
     let trickling = stop.clone();
     let client = std::thread::spawn(move || {

@@ -79,7 +79,7 @@ async fn a_client_that_stops_reading_its_response_is_cut_off() {
     {
         use tokio::io::AsyncWriteExt;
         stalled
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .unwrap();
     }
@@ -131,7 +131,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let mut kept = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let mut seen = Vec::new();
@@ -170,7 +170,7 @@ async fn clients_trickling_headers_or_a_body_are_cut_off() {
     let mut slow_head = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let writer = trickle(
         slow_head.try_clone_for_test(),
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ",
         b'a',
     );
     assert!(
@@ -189,7 +189,7 @@ async fn clients_trickling_headers_or_a_body_are_cut_off() {
     let writer = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         let mut write = write;
-        let head = "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+        let head = "POST /v1/images/generations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
         if write.write_all(head.as_bytes()).await.is_err() {
             return;
         }
@@ -289,12 +289,12 @@ async fn shutdown_does_not_wait_on_slow_clients_beyond_the_grace_period() {
     .await;
     let head = trickle(
         tokio::net::TcpStream::connect(s.addr).await.unwrap(),
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ",
         b'a',
     );
     let body = trickle(
         tokio::net::TcpStream::connect(s.addr).await.unwrap(),
-        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        "POST /v1/images/generations HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
         b' ',
     );
     // Both were accepted before this one was answered.

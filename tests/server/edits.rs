@@ -170,7 +170,7 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
         assert_eq!(got, param, "{message}");
         assert!(message.contains(says), "{param}: {message}");
     }
-    // JSON is not an edit, and strength is not a generation's.
+    // JSON is not an edit (415), and strength is not a generation's.
     let r = s
         .http
         .post(format!("{}/v1/images/edits", s.url))
@@ -178,8 +178,12 @@ async fn bad_edits_get_400_naming_the_part_at_fault() {
         .send()
         .await
         .unwrap();
-    let (_, message) = refused(r).await;
-    assert!(message.contains("multipart/form-data"), "{message}");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert!(
+        body.error.message.contains("multipart/form-data"),
+        "{body:?}"
+    );
     let mut body = request("256x256", 1);
     body["strength"] = json!(0.5);
     let (param, _) = refused(s.post(body).await).await;

@@ -20,6 +20,36 @@ async fn bad_requests_get_400_with_a_useful_message() {
         (send_raw("{\"prompt\": ").await.unwrap(), None, "JSON"),
         (send_raw("").await.unwrap(), None, "empty"),
         (
+            send_raw("{\"prompt\":\"a\",\"size\":\"256x256\"}{\"n\":99} garbage")
+                .await
+                .unwrap(),
+            None,
+            "trailing characters",
+        ),
+        (send_raw("[1, 2]").await.unwrap(), None, "JSON object"),
+        (
+            send_raw("{\"prompt\":\"a\",\"n\":1,\"n\":2}")
+                .await
+                .unwrap(),
+            None,
+            "duplicate field `n`",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "response_format": 1 })).await,
+            Some("response_format"),
+            "`response_format`: invalid type",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "size": 5 })).await,
+            Some("size"),
+            "`size`",
+        ),
+        (
+            s.post(json!({ "prompt": "x", "stream": "yes" })).await,
+            Some("stream"),
+            "`stream`",
+        ),
+        (
             s.post(json!({ "prompt": "x", "size": "1000x1000" })).await,
             Some("size"),
             "1008",

@@ -7,6 +7,7 @@ mod support;
 
 mod access;
 mod connections;
+mod cross_site;
 mod edits;
 mod errors;
 mod generations;
@@ -14,3 +15,4 @@ mod observability;
 mod queue;
 mod stored_images;
 mod streams;
+mod uploads;

@@ -13,7 +13,8 @@ async fn metrics_count_requests_stages_and_images() {
     let s = ready(ServerConfig::default()).await;
     assert_eq!(s.post(request("256x256", 1)).await.status(), StatusCode::OK);
     // Two images in one batch: one pass a step for both.
-    let two = json!({ "prompt": "x", "size": "256x256", "steps": 1, "n": 2 });
+    let two =
+        json!({ "prompt": "x", "size": "256x256", "steps": 1, "n": 2, "response_format": "url" });
     assert_eq!(s.post(two).await.status(), StatusCode::OK);
     let bad = s.post(json!({ "prompt": "x", "n": 99 })).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
@@ -44,6 +45,11 @@ async fn metrics_count_requests_stages_and_images() {
     );
     assert_eq!(value("schnell_queue_capacity"), 16.0);
     assert!(value("schnell_model_downloaded_bytes") > 0.0);
+    // What memory holds besides the model: the two images kept for their
+    // URLs, and the first prompt's encodings (the worker records them after
+    // each job, so before it ran the second).
+    assert!(value("schnell_stored_images_bytes") > 0.0);
+    assert!(value("schnell_prompt_cache_bytes") > 0.0);
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     // Behind the key, when there is one.

@@ -10,13 +10,16 @@ use crate::support::server::ready;
 #[tokio::test]
 async fn image_urls_use_the_public_url_when_set() {
     let s = ready(
-        ServerConfig::default().public_url(Some("https://images.example.com/schnell/".into())),
+        ServerConfig::default()
+            .public_url(Some("https://images.example.com/schnell/".into()))
+            // A name it answers to, that the URLs must not be built from.
+            .allowed_hosts(vec!["other.example".into()]),
     )
     .await;
     let r = s
         .http
         .post(format!("{}/v1/images/generations", s.url))
-        .header("host", "evil.example")
+        .header("host", "other.example")
         .json(&json!({ "prompt": "x", "size": "256x256", "steps": 1, "response_format": "url" }))
         .send()
         .await

@@ -1,11 +1,15 @@
-//! Streamed generations: an event per step, partial images spread over the steps.
+//! Streamed generations: an event per step, partial images spread over the steps, and an error event when a shutdown cuts one.
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use reqwest::StatusCode;
 use schnell::protocol::StreamEvent;
-use schnell::server::ServerConfig;
+use schnell::server::{ServeOptions, ServerConfig};
 use serde_json::json;
 
-use crate::support::server::{png_size, ready, request, stream_events};
+use crate::support::server::{png_size, ready, request, start_with, stream_events};
+use crate::support::tiny_models;
 
 #[tokio::test]
 async fn a_streamed_generation_sends_each_step_then_the_image() {
@@ -80,4 +84,50 @@ async fn partial_images_are_spread_over_the_steps() {
             .collect();
         assert_eq!(seen, steps, "partial_images {partials:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_the_shutdown_says_so_in_an_error_event() {
+    // No grace at all: the stream in flight is over as soon as the server stops.
+    let mut s = start_with(
+        tiny_models(),
+        ServerConfig::default(),
+        ServeOptions::default().shutdown_grace(Duration::ZERO),
+        true,
+        |_| {},
+    )
+    .await;
+    let mut body = request("256x256", 1);
+    body["stream"] = json!(true);
+    body["steps"] = json!(50);
+    let r = s.post(body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut chunks = r.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("partial_image") {
+        seen.push_str(std::str::from_utf8(&chunks.next().await.unwrap().unwrap()).unwrap());
+    }
+    let stopped = s.shut_down();
+    while let Some(chunk) = chunks.next().await {
+        seen.push_str(
+            std::str::from_utf8(&chunk.expect("the stream was cut without its last event"))
+                .unwrap(),
+        );
+    }
+    let events = stream_events(&seen);
+    let Some(StreamEvent::Error { error }) = events.last() else {
+        panic!("the stream ended without an error event: {seen}");
+    };
+    assert_eq!(error.code.as_deref(), Some("shutting_down"), "{error:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Completed(_))),
+        "{seen}"
+    );
+    tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
 }

@@ -166,6 +166,17 @@ impl TestServer {
     /// `POST /v1/images/edits` with a multipart body, as OpenAI's clients
     /// send one: the text fields, then the files (each `(field, bytes)`).
     pub async fn edit(&self, text: &[(&str, &str)], files: &[(&str, &[u8])]) -> reqwest::Response {
+        self.edit_with(&self.http, &[], text, files).await
+    }
+
+    /// [`TestServer::edit`] from `http`, with `headers` added.
+    pub async fn edit_with(
+        &self,
+        http: &reqwest::Client,
+        headers: &[(&str, &str)],
+        text: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> reqwest::Response {
         const BOUNDARY: &str = "schnell-test-boundary";
         let mut body = Vec::new();
         for (name, value) in text {
@@ -183,16 +194,14 @@ impl TestServer {
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-        self.http
-            .post(format!("{}/v1/images/edits", self.url))
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={BOUNDARY}"),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        let mut request = http.post(format!("{}/v1/images/edits", self.url)).header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        );
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(body).send().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

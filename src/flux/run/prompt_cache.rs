@@ -89,6 +89,11 @@ impl PromptCache {
         }
     }
 
+    /// Bytes held, within the budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()

@@ -27,6 +27,7 @@ mod fetch;
 mod one_shot;
 mod options;
 mod status;
+mod trim;
 mod worker;
 
 use fetch::{fetch_local, ModelHub};

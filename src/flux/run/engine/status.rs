@@ -89,6 +89,9 @@ pub struct EngineStats {
     pub images: u64,
     /// Requests stopped because their client went away.
     pub cancelled: u64,
+    /// Bytes of text encoder outputs kept for recent prompts (after the
+    /// last job), within the prompt cache's budget.
+    pub prompt_cache_bytes: u64,
 }
 
 /// The live counters behind [`EngineStats`]: the worker adds, anyone reads.
@@ -98,6 +101,7 @@ pub(super) struct Counters {
     pub(super) steps: AtomicU64,
     pub(super) images: AtomicU64,
     pub(super) cancelled: AtomicU64,
+    pub(super) prompt_cache_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +112,7 @@ impl Counters {
             steps: read(&self.steps),
             images: read(&self.images),
             cancelled: read(&self.cancelled),
+            prompt_cache_bytes: read(&self.prompt_cache_bytes),
         }
     }
 }

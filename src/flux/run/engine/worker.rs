@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::options::EngineOptions;
 use super::status::{Phase, Shared};
+use super::trim::release_free_memory;
 
 pub(super) enum Job {
     Load {
@@ -174,6 +175,14 @@ pub(super) fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, sha
                     // them again next time.
                     loaded = None;
                 }
+                if let Some((_, resident)) = &loaded {
+                    let bytes = resident.prompts.bytes() as u64;
+                    shared
+                        .stats
+                        .prompt_cache_bytes
+                        .store(bytes, Ordering::Relaxed);
+                }
+                release_free_memory();
             }
         }
     }
