@@ -66,8 +66,8 @@ pub struct ServeArgs {
     /// Time a client has to send an edit's body (its image, up to 50 MiB).
     #[arg(long, value_parser = parse_duration, default_value = "2m")]
     upload_timeout: Duration,
-    /// Cut a request body that, after its first 5 s, has arrived slower than
-    /// this a second on average (0 for no minimum).
+    /// Cut a request body that brings less than this a second over any 5 s,
+    /// the first included (0 for no minimum).
     #[arg(long, value_parser = parse_bytes, default_value = "16KiB")]
     min_body_rate: u64,
     /// Close a connection with no request in flight after this long.

@@ -123,6 +123,8 @@ async fn respond(
         return stream(state, checked, permit, grace_over).into_response();
     }
     tokio::select! {
+        // A finished answer is sent, even as the grace runs out.
+        biased;
         answer = images(state, checked, permit) => answer,
         () = grace_over => ApiError::shutting_down().into_response(),
     }

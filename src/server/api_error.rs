@@ -192,16 +192,23 @@ impl ApiError {
         )
     }
 
-    /// 408: the body arrived slower than `min_rate` bytes a second.
-    pub fn body_too_slow(received: usize, elapsed: std::time::Duration, min_rate: u64) -> Self {
+    /// 408: the body arrived slower than `min_rate` bytes a second over a
+    /// `window`.
+    pub fn body_too_slow(
+        received: usize,
+        elapsed: std::time::Duration,
+        min_rate: u64,
+        window: std::time::Duration,
+    ) -> Self {
         Self::refused(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             format!(
-                "the request body arrived too slowly: {} in {:.1} s, under the minimum of {}/s",
+                "the request body arrived too slowly: {} in {:.1} s, and under {}/s over the last {} s",
                 byte_size(received),
                 elapsed.as_secs_f64(),
-                byte_size(min_rate as usize)
+                byte_size(min_rate as usize),
+                window.as_secs_f64()
             ),
         )
     }

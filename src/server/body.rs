@@ -1,6 +1,7 @@
 //! Reading a request body whole, within a size, a time limit and a
 //! minimum rate.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -18,9 +19,9 @@ pub(super) struct BodyLimits {
     pub(super) max: usize,
     /// The whole body arrives within this.
     pub(super) timeout: Duration,
-    /// After `grace`, bytes a second on average since the start (0: none),
-    /// so that a client trickling its body cannot hold an upload place for
-    /// the whole `timeout`.
+    /// Bytes a second over every window of `grace`, the first included (0:
+    /// none), so that a client trickling or stalling its body cannot hold an
+    /// upload place for the whole `timeout`.
     pub(super) min_rate: u64,
     pub(super) grace: Duration,
 }
@@ -45,12 +46,9 @@ pub(super) async fn read_body(body: Body, limits: BodyLimits) -> Result<Bytes, A
     let deadline = start + limits.timeout;
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
+    let mut pace = Pace::new(start, limits.min_rate, limits.grace);
     loop {
-        // When the bytes so far fall under the minimum rate.
-        let too_slow_at = (limits.min_rate > 0).then(|| {
-            let earned = Duration::from_secs_f64(buf.len() as f64 / limits.min_rate as f64);
-            start + limits.grace.max(earned)
-        });
+        let too_slow_at = pace.too_slow_at(buf.len());
         let wake = too_slow_at.map_or(deadline, |at| at.min(deadline));
         tokio::select! {
             // What has arrived is read first, even at the deadline.
@@ -68,16 +66,67 @@ pub(super) async fn read_body(body: Body, limits: BodyLimits) -> Result<Bytes, A
                         return Err(ApiError::too_large(limits.max));
                     }
                     buf.extend_from_slice(&chunk);
+                    pace.arrived(Instant::now(), buf.len());
                 }
             },
             () = sleep_until(wake) => {
-                return Err(if wake >= deadline {
-                    ApiError::body_timeout(limits.timeout)
+                return Err(if too_slow_at.is_some_and(|at| at < deadline) {
+                    ApiError::body_too_slow(buf.len(), start.elapsed(), limits.min_rate, limits.grace)
                 } else {
-                    ApiError::body_too_slow(buf.len(), start.elapsed(), limits.min_rate)
+                    ApiError::body_timeout(limits.timeout)
                 });
             }
         }
+    }
+}
+
+/// The minimum rate over a sliding window of `grace`: from `grace` after
+/// the start, every `grace` must bring `min_rate × grace` bytes, so that a
+/// burst at the start buys no time to stall in.
+struct Pace {
+    start: Instant,
+    window: Duration,
+    /// Bytes each window must bring (0: no minimum).
+    need: usize,
+    /// When the body's total reached each value, for the totals that can
+    /// still matter (above the total so far minus `need`); oldest first.
+    marks: VecDeque<(Instant, usize)>,
+}
+
+impl Pace {
+    fn new(start: Instant, min_rate: u64, window: Duration) -> Self {
+        Self {
+            start,
+            window,
+            need: (min_rate as f64 * window.as_secs_f64()) as usize,
+            marks: VecDeque::new(),
+        }
+    }
+
+    fn arrived(&mut self, at: Instant, total: usize) {
+        if self.need == 0 {
+            return;
+        }
+        self.marks.push_back((at, total));
+        let floor = total.saturating_sub(self.need);
+        while self.marks.front().is_some_and(|&(_, t)| t <= floor) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// When, if nothing more arrives, the last window will have brought
+    /// too little: the window that starts as the oldest mark that still
+    /// matters is passed (or the first one, if the body has not yet brought
+    /// `need` in all).
+    fn too_slow_at(&self, total: usize) -> Option<Instant> {
+        if self.need == 0 {
+            return None;
+        }
+        let since = match self.marks.front() {
+            Some(&(at, _)) if total >= self.need => at,
+            _ => self.start,
+        };
+        Some(since + self.window)
     }
 }
 
@@ -126,6 +175,27 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(body.len(), 40 * (32 << 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_buys_no_time_to_stall_in() {
+        // 2 MiB at once, then a byte every 4 s: what came first does not
+        // carry the body past a window that brings too little.
+        let burst = futures::stream::once(async {
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 2 << 20]))
+        });
+        let trickle = futures::stream::iter(0..30).then(|_| async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Ok::<_, std::io::Error>(Bytes::from_static(b"x"))
+        });
+        let started = Instant::now();
+        let e = read_body(Body::from_stream(burst.chain(trickle)), limits(16 << 10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 408);
+        assert!(e.message.contains("too slowly"), "{}", e.message);
+        // The window after the burst ends 5 s on, however large the burst.
+        assert_eq!(started.elapsed().as_secs(), 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,10 +73,11 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// An edit's body (up to [`MAX_EDIT_BODY`]) must arrive within this.
     pub upload_timeout: Duration,
-    /// After `min_body_rate_grace`, a body must have arrived at this many
-    /// bytes a second on average, or it is cut with 408 (0: no minimum).
+    /// A body must bring this many bytes a second over every window of
+    /// `min_body_rate_grace` (the first included), or it is cut with 408
+    /// (0: no minimum).
     pub min_body_rate: u64,
-    /// How long a body may be slower than `min_body_rate` at its start.
+    /// The window `min_body_rate` is averaged over.
     pub min_body_rate_grace: Duration,
     /// Keep `response_format: "url"` images in this folder (which replicas
     /// may share) instead of in memory.

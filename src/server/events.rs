@@ -128,13 +128,15 @@ fn until_grace_over(
         if ended {
             return None;
         }
+        // The grace first: once it is over the job is being cancelled, and
+        // events still queued would only delay the last word.
         tokio::select! {
             biased;
-            event = events.next() => event.map(|e| (e, (events, grace_over, false))),
             () = &mut grace_over => {
                 let error = ApiError::shutting_down().detail();
                 Some((StreamEvent::Error { error }, (events, grace_over, true)))
             }
+            event = events.next() => event.map(|e| (e, (events, grace_over, false))),
         }
     })
 }

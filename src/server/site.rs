@@ -69,9 +69,13 @@ impl Site {
         let public = public_url.and_then(Origin::parse);
         Self {
             any_host: allowed_hosts.iter().any(|h| h == "*"),
+            // A port given with a name (`studio.lan:8080`) is not compared.
             hosts: allowed_hosts
                 .iter()
-                .map(|h| bare_host(h))
+                .map(|h| match Authority::from_str(h) {
+                    Ok(authority) => bare_host(authority.host()),
+                    Err(_) => bare_host(h),
+                })
                 .chain(public.iter().map(|o| o.host.clone()))
                 .collect(),
             any_origin: cors_origins.iter().any(|o| o == "*"),
@@ -104,13 +108,16 @@ impl Site {
         let Some(origin) = Origin::parse(origin) else {
             return false; // `null` (a sandboxed frame, a file) or garbage
         };
+        // The scheme is not compared where the `Host` has a port: only one
+        // server answers there. Without one, the server was reached on port
+        // 80, which only `http` origins name (a TLS proxy in front has
+        // `--public-url`, or `--cors-origin`).
         let own = host.is_some_and(|host| {
-            let port = host.port_u16().or(match origin.scheme.as_str() {
-                "https" => Some(443),
-                "http" => Some(80),
-                _ => None,
-            });
-            bare_host(host.host()) == origin.host && port == origin.port
+            let same_port = match host.port_u16() {
+                Some(port) => origin.port == Some(port),
+                None => origin.scheme == "http" && origin.port == Some(80),
+            };
+            bare_host(host.host()) == origin.host && same_port
         });
         own || self.origins.contains(&origin)
     }
@@ -201,7 +208,7 @@ mod tests {
     #[test]
     fn hosts_are_loopback_literals_and_the_names_given() {
         let site = Site::new(
-            &["studio.lan".into()],
+            &["studio.lan:8080".into()],
             &[],
             Some("https://images.example.com/prefix"),
         );
@@ -268,6 +275,11 @@ mod tests {
             post("localhost", "http://localhost"),
             None,
             "port 80 unwritten"
+        );
+        assert_eq!(
+            post("localhost", "https://localhost"),
+            Some(403),
+            "another service's TLS page, port 443"
         );
         assert_eq!(
             post("images.example.com", "https://images.example.com"),

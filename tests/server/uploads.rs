@@ -50,6 +50,7 @@ fn trickling_edit(s: &TestServer) -> tokio::task::JoinHandle<String> {
 
 /// A client from another address (127.0.0.2: the whole of 127/8 is this
 /// machine), as another machine would be.
+#[cfg(target_os = "linux")]
 fn other_client() -> reqwest::Client {
     reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
@@ -57,6 +58,9 @@ fn other_client() -> reqwest::Client {
         .unwrap()
 }
 
+// Another loopback address as another client: all of 127/8 is Linux's
+// loopback, only 127.0.0.1 is macOS's.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_uploads_do_not_lock_out_another_clients_edit() {
     // The minimum rate's grace is long here: what lets the other client in
