@@ -11,11 +11,6 @@ use tokio::sync::watch;
 pub struct GraceOver(pub(super) watch::Receiver<bool>);
 
 impl GraceOver {
-    /// Whether the grace period has run out.
-    pub fn is_over(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// Resolves when the grace period runs out; never, if the server stops
     /// otherwise (its connections are gone with it then).
     pub async fn wait(mut self) {

@@ -150,14 +150,11 @@ pub async fn unknown(method: Method, uri: Uri) -> Response {
 
 /// A known path with another method.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        message: format!("{} does not answer {method}", uri.path()),
-        kind: "invalid_request_error",
-        param: None,
-        code: Some("method_not_allowed"),
-        retry_after: None,
-    }
+    ApiError::refused(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not answer {method}", uri.path()),
+    )
     .into_response()
 }
 

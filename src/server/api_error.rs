@@ -39,41 +39,32 @@ impl ApiError {
 
     /// 401: the API key is missing or wrong.
     pub fn unauthorized() -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or incorrect API key: send `Authorization: Bearer <key>`".into(),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("invalid_api_key"),
-            retry_after: None,
-        }
+        Self::refused(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "missing or incorrect API key: send `Authorization: Bearer <key>`".into(),
+        )
     }
 
     /// 413: the body is over `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
-        Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("the request body is larger than {}", byte_size(limit)),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("request_too_large"),
-            retry_after: None,
-        }
+        Self::refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body is larger than {}", byte_size(limit)),
+        )
     }
 
     /// 408: the body did not arrive within `limit`.
     pub fn body_timeout(limit: std::time::Duration) -> Self {
-        Self {
-            status: StatusCode::REQUEST_TIMEOUT,
-            message: format!(
+        Self::refused(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
                 "the request body did not arrive within {} s",
                 limit.as_secs_f64()
             ),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("request_timeout"),
-            retry_after: None,
-        }
+        )
     }
 
     /// 500: the server failed; the message says where.
@@ -90,54 +81,32 @@ impl ApiError {
 
     /// 429: all `max` places in the queue are taken.
     pub fn queue_full(max: usize) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: format!("the queue is full ({max} requests); retry shortly"),
-            kind: "rate_limit_error",
-            param: None,
-            code: Some("queue_full"),
-            retry_after: Some(2),
-        }
+        Self::busy(
+            "queue_full",
+            format!("the queue is full ({max} requests); retry shortly"),
+        )
     }
 
     /// 429: all `max` places for edits' uploads are taken.
     pub fn uploads_full(max: usize) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: format!("{max} edits are uploading already; retry shortly"),
-            kind: "rate_limit_error",
-            param: None,
-            code: Some("uploads_full"),
-            retry_after: Some(2),
-        }
+        Self::busy(
+            "uploads_full",
+            format!("{max} edits are uploading already; retry shortly"),
+        )
     }
 
     /// 503: the model is not ready; the message says how far it is.
     pub fn not_ready(message: String) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message,
-            kind: "server_error",
-            param: None,
-            code: Some("model_not_ready"),
-            retry_after: Some(5),
-        }
+        Self::unavailable("model_not_ready", message)
     }
 
     /// 404: no such endpoint or image.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("not_found"),
-            retry_after: None,
-        }
+        Self::refused(StatusCode::NOT_FOUND, "not_found", message.into())
     }
 
-    /// An error of `status` and `code` that no field is at fault for.
-    fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
+    /// A request error of `status` and `code` that no field is at fault for.
+    pub fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
         Self {
             status,
             message,
@@ -145,6 +114,24 @@ impl ApiError {
             param: None,
             code: Some(code),
             retry_after: None,
+        }
+    }
+
+    /// 429 with `code`: places are taken; trying again in 2 s may help.
+    fn busy(code: &'static str, message: String) -> Self {
+        Self {
+            kind: "rate_limit_error",
+            retry_after: Some(2),
+            ..Self::refused(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
+    /// 503 with `code`: the server cannot answer now; in 5 s it may.
+    fn unavailable(code: &'static str, message: String) -> Self {
+        Self {
+            kind: "server_error",
+            retry_after: Some(5),
+            ..Self::refused(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
@@ -215,28 +202,18 @@ impl ApiError {
 
     /// 503: the server is stopping and this request ran out of time.
     pub fn shutting_down() -> Self {
-        Self {
-            kind: "server_error",
-            retry_after: Some(5),
-            ..Self::refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down and its grace period is over: this request was cancelled; try again (another replica may answer)".into(),
-            )
-        }
+        Self::unavailable(
+            "shutting_down",
+            "the server is shutting down and its grace period is over: this request was cancelled; try again (another replica may answer)".into(),
+        )
     }
 
     /// 429: this client uses all the upload places one client may.
     pub fn client_uploads_full(per_client: usize) -> Self {
-        Self {
-            kind: "rate_limit_error",
-            retry_after: Some(2),
-            ..Self::refused(
-                StatusCode::TOO_MANY_REQUESTS,
-                "uploads_full",
-                format!("this client is uploading {per_client} edits already, as many as one client may at once; retry shortly"),
-            )
-        }
+        Self::busy(
+            "uploads_full",
+            format!("this client is uploading {per_client} edits already, as many as one client may at once; retry shortly"),
+        )
     }
 
     /// What a failed generation tells the client.
@@ -260,14 +237,11 @@ impl ApiError {
                 code: Some("image_too_large"),
                 ..Self::invalid(Some("size"), e.to_string())
             },
-            FluxError::Cancelled => Self {
-                status: StatusCode::from_u16(499).expect("valid status"),
-                message: e.to_string(),
-                kind: "invalid_request_error",
-                param: None,
-                code: Some("cancelled"),
-                retry_after: None,
-            },
+            FluxError::Cancelled => Self::refused(
+                StatusCode::from_u16(499).expect("valid status"),
+                "cancelled",
+                e.to_string(),
+            ),
             _ => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: e.to_string(),

@@ -40,24 +40,25 @@ pub(super) fn parse_json(body: &[u8]) -> Result<ImagesRequest, ApiError> {
             "the request body is empty: send JSON such as {\"prompt\": \"a red fox\", \"size\": \"1024x1024\"}",
         ));
     }
-    // JSON first, whole: anything but whitespace after the value is an error.
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+    let not_json = |e: serde_json::Error| {
         ApiError::invalid(
             None,
             format!("the body is not one JSON value: {e}; send one object such as {{\"prompt\": \"a red fox\"}}"),
         )
-    })?;
-    // Then the fields, from the text (a field sent twice is an error).
-    let parsed = match parse(&mut serde_json::Deserializer::from_slice(body)) {
-        Ok(parsed) => parsed,
-        // serde_json's parser reports a number where a string variant
-        // belongs as a syntax error that does not say what it found; from a
-        // value, the same field fails with its type.
-        Err(e) if !e.inner().is_data() => {
-            let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    };
+    // The fields, from the text (a field sent twice is an error).
+    let mut text = serde_json::Deserializer::from_slice(body);
+    let parsed = match parse(&mut text) {
+        // Anything but whitespace after the value is an error too.
+        Ok(parsed) => text.end().map(|()| parsed).map_err(not_json)?,
+        Err(e) if e.inner().is_data() => return Err(field_error(e)),
+        // Broken JSON, or what serde_json's parser reports as a syntax error
+        // without saying what it found (a number where a string variant
+        // belongs): from a value, the field fails with its type.
+        Err(e) => {
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
             return Err(field_error(parse(value).err().unwrap_or(e)));
         }
-        Err(e) => return Err(field_error(e)),
     };
     if parsed.strength.is_some() {
         return Err(ApiError::invalid(
