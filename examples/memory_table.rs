@@ -22,8 +22,6 @@ mod native {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     pub fn main() {
-        // As `schnell` itself does (see the function).
-        schnell::flux::memory::keep_q8_0_compact();
         let read = |p: &str| std::fs::read(format!("{FIXTURES}/{p}")).expect("fixture");
         let files = REAL_CONFIGS.map(|p| (ConfigSource(p.into()), read(p)));
         let [a, b, c, d] = &files;
@@ -61,8 +59,8 @@ mod native {
                 .map_or_else(|| "9.52 (bf16)".into(), gb);
             println!(
                 "| {quant} | {flux_file} | {t5} | {t5_file} | {} | {} | {} | {} | {} | {} |",
-                gb(size.flux.resident_bytes(quant, DType::BF16, false)),
-                gb(size.t5.resident_bytes(t5, DType::BF16, false)),
+                gb(size.flux.resident_bytes(quant, DType::BF16)),
+                gb(size.t5.resident_bytes(t5, DType::BF16)),
                 peak(DType::BF16, false, false),
                 peak(DType::BF16, true, false),
                 peak(DType::F32, false, true),

@@ -254,3 +254,75 @@ async fn auto_picks_by_the_memory_budget_and_an_explicit_type_wins() {
     image(&s.engine, 1).await;
     assert_eq!(s.engine.status().weights.unwrap().transformer, Quant::Q2K);
 }
+
+/// Counts the bytes each thread has allocated and not yet freed, and the
+/// peak of that, so that a test can bound what one call of its own takes
+/// while the other tests run beside it. (Frees from another thread count
+/// against that thread; the call measured here frees its own.)
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: isize) {
+        // `try_with`: not during the thread's teardown.
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + bytes;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// The most this thread held at once during `f`, above what it held
+    /// before.
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let start = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(start));
+        let out = f();
+        (out, (PEAK.with(Cell::get) - start).max(0) as usize)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: counting::Counting = counting::Counting;
+
+/// `schnell dev random-models --size real` records the real architecture's
+/// constructor; it once made every weight real (the CPU repack of the linear
+/// layers) and was killed at 24 GB.
+#[test]
+fn recording_the_real_transformer_makes_no_weight() {
+    let sizes = schnell::dev::ModelSizes::real();
+    let (parameters, peak) =
+        counting::peak_during(|| schnell::dev::transformer_parameters(&sizes).unwrap());
+    // FLUX.1-schnell: 11.9 billion parameters (the Hub, in shared/reference/gguf.md).
+    assert!(
+        (11_800_000_000..12_000_000_000).contains(&parameters),
+        "{parameters} parameters: not the real architecture"
+    );
+    assert!(
+        peak < 64 << 20,
+        "recording took {} MB at its peak",
+        peak >> 20
+    );
+}

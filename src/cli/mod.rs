@@ -60,8 +60,6 @@ fn version_line() -> &'static str {
 /// subcommand; errors are printed, and the exit code says whether it failed.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Before any thread starts: candle reads this once.
-    schnell::flux::memory::keep_q8_0_compact();
     let default_log = match cli.command {
         Command::Mirror(_) | Command::Serve(_) => "info",
         _ => "warn",

@@ -24,4 +24,4 @@ mod write;
 pub use self::error::DevResult;
 pub use self::gguf::rename_gguf_tensors;
 pub use self::sizes::{ModelSizes, Size, WriteOptions};
-pub use self::write::{write_models, write_tiny_models};
+pub use self::write::{transformer_parameters, write_models, write_tiny_models};

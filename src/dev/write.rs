@@ -19,6 +19,42 @@ use crate::flux::weights::config::{clip_text_config, flux_config, t5_config, vae
 use crate::flux::{ConfigSource, Quant, T5Quant, TextEncoders, FLUX_SCHNELL};
 use crate::hub::HubFile;
 
+/// The transformer's config at `z` and the tensors its constructor asks
+/// for, recorded without making any of them.
+fn record_transformer(z: &ModelSizes) -> DevResult<(serde_json::Value, Vec<random::Recorded>)> {
+    let transformer_config = json!({
+        "_class_name": "FluxTransformer2DModel",
+        "_note": "random weights for tests and benchmarks: images are noise",
+        "attention_head_dim": z.head_dim,
+        "axes_dims_rope": z.axes_dims_rope,
+        "guidance_embeds": false,
+        "in_channels": 64,
+        "joint_attention_dim": z.t5_d_model,
+        "num_attention_heads": z.heads,
+        "num_layers": z.double_blocks,
+        "num_single_layers": z.single_blocks,
+        "patch_size": 1,
+        "pooled_projection_dim": z.clip_width
+    });
+    let flux_cfg = flux_config(
+        &ConfigSource("random transformer".into()),
+        &json_bytes(&transformer_config),
+    )?;
+    let recorded = random::record(1, |vb| Flux::new(&flux_cfg, vb).map(drop))?;
+    Ok((transformer_config, recorded))
+}
+
+/// The transformer's parameter count at `sizes`, by recording its
+/// constructor as `write_models` does: no weight is made, so this takes
+/// next to no memory even for the real architecture's 12 billion.
+pub fn transformer_parameters(sizes: &ModelSizes) -> DevResult<u64> {
+    let (_, recorded) = record_transformer(sizes)?;
+    Ok(recorded
+        .iter()
+        .map(|t| t.dims.iter().product::<usize>() as u64)
+        .sum())
+}
+
 /// Every file of both text-encoder sets, in every type, at toy sizes, laid
 /// out as `dir/<org>/<name>/<path>` for `schnell mirror --dir dir`. Returns
 /// the files written. Blocking.
@@ -50,25 +86,7 @@ pub fn write_models(dir: &Path, options: &WriteOptions) -> DevResult<Vec<PathBuf
     };
 
     // The transformer, in each type asked for.
-    let transformer_config = json!({
-        "_class_name": "FluxTransformer2DModel",
-        "_note": "random weights for tests and benchmarks: images are noise",
-        "attention_head_dim": z.head_dim,
-        "axes_dims_rope": z.axes_dims_rope,
-        "guidance_embeds": false,
-        "in_channels": 64,
-        "joint_attention_dim": z.t5_d_model,
-        "num_attention_heads": z.heads,
-        "num_layers": z.double_blocks,
-        "num_single_layers": z.single_blocks,
-        "patch_size": 1,
-        "pooled_projection_dim": z.clip_width
-    });
-    let flux_cfg = flux_config(
-        &ConfigSource("random transformer".into()),
-        &json_bytes(&transformer_config),
-    )?;
-    let transformer = random::record(1, |vb| Flux::new(&flux_cfg, vb).map(drop))?;
+    let (transformer_config, transformer) = record_transformer(z)?;
     put(
         &flux.transformer_config,
         json_bytes(&transformer_config),

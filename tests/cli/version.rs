@@ -18,6 +18,13 @@ fn version_and_devices_name_the_back_ends_built_in() {
     let out = Command::new(BIN).arg("devices").output().unwrap();
     let listed = String::from_utf8(out.stdout).unwrap();
     assert!(listed.contains("cpu: compiled in\n  cpu: "), "{listed}");
+    // The kernel set chosen at run time is named.
+    assert!(
+        ["AVX-512 kernels", "AVX2 with FMA kernels", "SSE2 kernels", "NEON kernels"]
+            .iter()
+            .any(|k| listed.contains(k)),
+        "{listed}"
+    );
     assert!(
         listed.contains("metal: not compiled in (macOS only"),
         "{listed}"

@@ -4,6 +4,8 @@
 
 pub mod attention;
 pub mod cpu_ops;
+pub mod linear;
+pub mod t5_encoder;
 pub mod text;
 pub mod transformer;
 pub mod vae;

@@ -3,9 +3,10 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
-use candle_transformers::models::{quantized_t5, t5};
+use candle_transformers::models::t5;
 
 use crate::flux::error::FluxError;
+use crate::flux::model::t5_encoder::QuantizedT5Encoder;
 use crate::flux::weights::gguf::{is_t5_matrix, t5_hf_to_llama, t5_llama_to_hf, GgufFile};
 use crate::flux::weights::named::{load_failure, mmap, Named};
 use crate::flux::weights::quant::T5Quant;
@@ -14,7 +15,7 @@ use crate::flux::weights::quant::T5Quant;
 /// google's file also holds a decoder, which is never read) or a GGUF file.
 pub enum T5 {
     Full(t5::T5EncoderModel),
-    Quantized(quantized_t5::T5EncoderModel),
+    Quantized(QuantizedT5Encoder),
 }
 
 impl T5 {
@@ -34,7 +35,7 @@ impl T5 {
     /// is read, never rewritten on disk. Files already in candle's names
     /// load as they are.
     pub fn load_gguf(
-        config: &quantized_t5::Config,
+        config: &t5::Config,
         weights: &Named,
         quant: T5Quant,
         device: &Device,
@@ -58,7 +59,7 @@ impl T5 {
         } else {
             file.var_builder(device)?
         };
-        let model = quantized_t5::T5EncoderModel::load(vb, config).map_err(|e| {
+        let model = QuantizedT5Encoder::load(vb, config).map_err(|e| {
             // Name a missing tensor as the file names it, too. (With
             // RUST_BACKTRACE set, candle appends a backtrace: first line only.)
             let missing = e
@@ -84,12 +85,11 @@ impl T5 {
 
     /// (1, [`T5_TOKENS`], d_model), in the model's dtype (F32 when quantized).
     pub fn encode(&mut self, ids: &[u32], device: &Device) -> Result<Tensor, FluxError> {
-        let ids = Tensor::new(ids, device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(FluxError::compute("T5 encoding"))?;
         match self {
-            T5::Full(model) => model.forward(&ids),
-            T5::Quantized(model) => model.forward(&ids),
+            T5::Full(model) => Tensor::new(ids, device)
+                .and_then(|t| t.unsqueeze(0))
+                .and_then(|ids| model.forward(&ids)),
+            T5::Quantized(model) => model.forward(ids, device),
         }
         .map_err(FluxError::compute("T5 encoding"))
     }
@@ -148,7 +148,7 @@ pub(crate) fn load_error(files: &[Named], e: candle_core::Error) -> FluxError {
 mod tests {
     use super::*;
     use crate::dev::{write_models, ModelSizes, WriteOptions};
-    use crate::flux::weights::config::{quantized_t5_config, t5_config, ConfigSource};
+    use crate::flux::weights::config::{t5_config, ConfigSource};
     use crate::flux::weights::tokenizers::*;
     use crate::hub::HubFile;
     use tokenizers::Tokenizer;
@@ -265,7 +265,6 @@ mod tests {
         let config_bytes = named(dir.path(), files.t5_config.clone()).read().unwrap();
         let src = ConfigSource("t5 config".into());
         let cfg = t5_config(&src, &config_bytes).unwrap();
-        let qcfg = quantized_t5_config(&src, &config_bytes).unwrap();
         let shards = crate::flux::FLUX_SCHNELL
             .files(
                 crate::flux::TextEncoders::FluxRepo,
@@ -284,7 +283,7 @@ mod tests {
             .unwrap()
             .encode(&ids, &cpu)
             .unwrap();
-        let quantized = T5::load_gguf(&qcfg, &gguf, T5Quant::Q8_0, &cpu)
+        let quantized = T5::load_gguf(&cfg, &gguf, T5Quant::Q8_0, &cpu)
             .unwrap()
             .encode(&ids, &cpu)
             .unwrap();
@@ -312,13 +311,9 @@ mod tests {
             .unwrap()
             .renamed_var_builder(&cpu, swapped)
             .unwrap();
-        let ids_tensor = Tensor::new(ids.as_slice(), &cpu)
+        let wrong = QuantizedT5Encoder::load(vb, &cfg)
             .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let wrong = quantized_t5::T5EncoderModel::load(vb, &qcfg)
-            .unwrap()
-            .forward(&ids_tensor)
+            .forward(&ids, &cpu)
             .unwrap();
         let (right, wrong) = (relative(&quantized), relative(&wrong));
         assert!(
@@ -328,7 +323,7 @@ mod tests {
 
         crate::dev::rename_gguf_tensors(&gguf.path, crate::flux::weights::gguf::t5_llama_to_hf)
             .unwrap();
-        let same = T5::load_gguf(&qcfg, &gguf, T5Quant::Q8_0, &cpu)
+        let same = T5::load_gguf(&cfg, &gguf, T5Quant::Q8_0, &cpu)
             .unwrap()
             .encode(&ids, &cpu)
             .unwrap();

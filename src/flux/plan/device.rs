@@ -138,7 +138,10 @@ pub fn backend_reports() -> Vec<BackendReport> {
         BackendReport {
             backend: "cpu",
             compiled: true,
-            devices: Ok(vec![format!("cpu: {threads} threads")]),
+            devices: Ok(vec![format!(
+                "cpu: {threads} threads, {} kernels (GGUF weights dequantized a panel at a time)",
+                crate::flux::model::cpu_ops::cpu_kernels()
+            )]),
         },
         BackendReport {
             backend: "cuda",

@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::autoencoder;
 use candle_transformers::models::flux::model;
-use candle_transformers::models::flux::{quantized_model, WithForward};
-use candle_transformers::models::{quantized_t5, t5};
+use candle_transformers::models::flux::WithForward;
+use candle_transformers::models::t5;
 
 use crate::flux::error::FluxError;
 use crate::flux::model::text::{load_error, Clip, T5};
@@ -28,8 +28,6 @@ pub struct LocalModel {
     pub flux_config: model::Config,
     pub vae_config: autoencoder::Config,
     pub t5_config: t5::Config,
-    /// The same file, for candle's quantized T5 (its fields are private).
-    pub quantized_t5_config: Option<quantized_t5::Config>,
     pub clip_config: ClipTextConfig,
     pub device: Device,
     pub dtype: DType,
@@ -49,9 +47,6 @@ impl LocalModel {
         let vae_config = config::vae_config(&source(&files.vae_config), &files.vae_config.read()?)?;
         let t5_json = files.t5_config.read()?;
         let t5_config = config::t5_config(&source(&files.t5_config), &t5_json)?;
-        let quantized_t5_config = (files.t5_quant != T5Quant::None)
-            .then(|| config::quantized_t5_config(&source(&files.t5_config), &t5_json))
-            .transpose()?;
         let clip_config =
             config::clip_text_config(&source(&files.clip_config), &files.clip_config.read()?)?;
         config::check_coupling(
@@ -65,7 +60,6 @@ impl LocalModel {
             flux_config,
             vae_config,
             t5_config,
-            quantized_t5_config,
             clip_config,
             device,
             dtype,
@@ -73,15 +67,15 @@ impl LocalModel {
     }
 
     pub fn load_t5(&self) -> Result<T5, FluxError> {
-        match &self.quantized_t5_config {
-            None => T5::load(
+        match self.files.t5_quant {
+            T5Quant::None => T5::load(
                 &self.t5_config,
                 &self.files.t5_weights,
                 self.dtype,
                 &self.device,
             ),
-            Some(config) => T5::load_gguf(
-                config,
+            _ => T5::load_gguf(
+                &self.t5_config,
                 &self.files.t5_weights[0],
                 self.files.t5_quant,
                 &self.device,
@@ -95,22 +89,22 @@ impl LocalModel {
             None => {
                 let vb = mmap(files, self.dtype, &self.device)?;
                 Flux::new(&self.flux_config, vb)
-                    .map(|flux| Transformer::Full(Box::new(flux)))
+                    .map(|flux| Transformer(Box::new(flux)))
                     .map_err(|e| load_error(files, e))
             }
             Some(expected) => {
                 let file = GgufFile::open(&self.files.transformer)?;
                 file.check_type(expected, is_flux_block_matrix)?;
                 let vb = file.var_builder(&self.device)?;
-                quantized_model::Flux::new(&self.flux_config, vb)
-                    .map(|flux| Transformer::Quantized(Box::new(flux)))
+                Flux::new(&self.flux_config, vb)
+                    .map(|flux| Transformer(Box::new(flux)))
                     .map_err(|e| load_error(files, e))
             }
         }
     }
 
-    /// The dtype the transformer computes in: candle's quantized FLUX keeps
-    /// biases and norms in F32, so its inputs must be F32 too.
+    /// The dtype the transformer computes in: with GGUF weights its biases
+    /// and norms are F32, so its inputs must be F32 too.
     pub fn flux_dtype(&self) -> DType {
         if self.files.quant == Quant::None {
             self.dtype
@@ -162,10 +156,7 @@ pub struct Resident {
 }
 
 /// The FLUX transformer, from safetensors or from a GGUF file.
-pub enum Transformer {
-    Full(Box<Flux>),
-    Quantized(Box<quantized_model::Flux>),
-}
+pub struct Transformer(Box<Flux>);
 
 impl Transformer {
     /// One pass: the velocity at timestep `t`.
@@ -178,10 +169,7 @@ impl Transformer {
         t: &Tensor,
         y: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        match self {
-            Transformer::Full(m) => m.forward(img, img_ids, txt, txt_ids, t, y, None),
-            Transformer::Quantized(m) => m.forward(img, img_ids, txt, txt_ids, t, y, None),
-        }
+        self.0.forward(img, img_ids, txt, txt_ids, t, y, None)
     }
 }
 

@@ -114,25 +114,47 @@ pub(super) fn matmul(
     scale: f32,
     parallelism: Parallelism,
 ) {
+    let (m, n) = (lhs.rows, rhs.cols);
+    if m > 0 && n > 0 {
+        assert!(
+            (m - 1) * dst_stride + n <= dst.len(),
+            "a product past its slice"
+        );
+    }
+    // SAFETY: `dst` holds the product's rows (checked above), and is
+    // borrowed mutably, so apart from the inputs.
+    unsafe { matmul_unchecked(dst.as_mut_ptr(), dst_stride, accumulate, lhs, rhs, scale, parallelism) }
+}
+
+/// [`matmul`] into a raw `dst`, for threads that write disjoint columns of
+/// one output.
+///
+/// # Safety
+/// `dst` must be valid for writes of `lhs.rows` rows of `rhs.cols` values,
+/// `dst_stride` apart, that nothing else reads or writes meanwhile.
+pub(super) unsafe fn matmul_unchecked(
+    dst: *mut f32,
+    dst_stride: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    parallelism: Parallelism,
+) {
     let (lhs, rhs) = (lhs.checked(), rhs.checked());
     assert_eq!(lhs.cols, rhs.rows, "matrix product of mismatched shapes");
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        (m - 1) * dst_stride + n <= dst.len(),
-        "a product past its slice"
-    );
-    // SAFETY: every element the three views and `dst` reach lies inside its
-    // slice (checked above), and `dst` is borrowed mutably, so apart from
-    // the inputs.
+    // SAFETY: every element the two views reach lies inside its slice
+    // (`checked`), and `dst` is the caller's promise.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_stride as isize,
             accumulate,
@@ -172,6 +194,10 @@ pub(super) struct Scratch {
     pub(super) m: Vec<f32>,
     pub(super) transform: Vec<f32>,
     pub(super) zeros: Vec<f32>,
+    /// A dequantized panel of a quantized weight, and one row of it (see
+    /// `quantized`).
+    pub(super) panel: Vec<f32>,
+    pub(super) row: Vec<f32>,
 }
 
 /// Frees every pool thread's scratch: after a decode it holds up to about

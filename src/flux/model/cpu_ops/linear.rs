@@ -8,10 +8,34 @@
 //! is applied to each row while it is in cache: a single block's `linear1`
 //! (1280 × 5376) takes 34 ms this way, against 40 ms for candle's.
 
+use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::*;
+use super::quantized::{accumulate_product, QuantizedRows};
+
+/// A linear layer's weight `(n, k)`: f32 (stored either way round), or a
+/// GGUF matrix that stays quantized (see `quantized`).
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    /// An f32 tensor on the CPU.
+    F32(&'a Tensor),
+    /// A quantized matrix on the CPU (see [`super::takes_quantized`]).
+    Quantized(&'a QTensor),
+}
+
+impl<'a> From<&'a Tensor> for Weight<'a> {
+    fn from(weight: &'a Tensor) -> Self {
+        Weight::F32(weight)
+    }
+}
+
+impl<'a> From<&'a QTensor> for Weight<'a> {
+    fn from(weight: &'a QTensor) -> Self {
+        Weight::Quantized(weight)
+    }
+}
 
 /// What happens to each output row after the product and its bias.
 #[derive(Clone, Copy)]
@@ -52,10 +76,26 @@ fn weight_view<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<View<'a>>
     Ok(view)
 }
 
+/// The weight as the product reads it.
+enum Operand<'a> {
+    F32(View<'a>),
+    Quantized(QuantizedRows<'a>),
+}
+
+impl Operand<'_> {
+    /// `(n, k)`.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Operand::F32(w) => (w.cols, w.rows),
+            Operand::Quantized(w) => (w.n, w.k),
+        }
+    }
+}
+
 /// `then(x · wᵀ + bias)` for `x` the columns of `parts` side by side (each
 /// read in place, and multiplied by its rows of `wᵀ`: no concatenation),
 /// rows of `n` values, as a `(…, n)` tensor of the parts' leading dims.
-fn product(parts: &[&Tensor], weight: &Tensor, bias: &Tensor, then: &Then) -> Result<Tensor> {
+fn product(parts: &[&Tensor], weight: Weight, bias: Option<&Tensor>, then: &Then) -> Result<Tensor> {
     let Some(first) = parts.first() else {
         candle_core::bail!("linear: no input");
     };
@@ -64,14 +104,31 @@ fn product(parts: &[&Tensor], weight: &Tensor, bias: &Tensor, then: &Then) -> Re
         .map(|x| with_even_rows(x))
         .collect::<Result<Vec<_>>>()?;
     let guards: Vec<_> = parts.iter().map(|x| x.storage_and_layout()).collect();
-    let (w_storage, w_layout) = weight.storage_and_layout();
-    let (b_storage, b_layout) = bias.storage_and_layout();
-    use candle_core::Storage::Cpu;
-    let (Cpu(ws), Cpu(bs)) = (&*w_storage, &*b_storage) else {
-        candle_core::bail!("linear: CPU tensors only");
+    let f32_weight = match weight {
+        Weight::F32(w) => Some(w.storage_and_layout()),
+        Weight::Quantized(_) => None,
     };
-    let w = weight_view(ws, w_layout)?;
-    let bias = Rows::of(bs, b_layout, "linear", "bias")?;
+    let w = match (&f32_weight, weight) {
+        (Some((storage, layout)), _) => {
+            let candle_core::Storage::Cpu(ws) = &**storage else {
+                candle_core::bail!("linear: CPU tensors only");
+            };
+            Operand::F32(weight_view(ws, layout)?)
+        }
+        (None, Weight::Quantized(q)) => Operand::Quantized(QuantizedRows::of(q)?),
+        (None, Weight::F32(_)) => unreachable!("an f32 weight's storage is taken above"),
+    };
+    let b_guard = bias.map(|b| b.storage_and_layout());
+    use candle_core::Storage::Cpu;
+    let bias = match &b_guard {
+        Some((storage, layout)) => {
+            let Cpu(bs) = &**storage else {
+                candle_core::bail!("linear: CPU tensors only");
+            };
+            Some(Rows::of(bs, layout, "linear", "bias")?)
+        }
+        None => None,
+    };
     let mut inputs = Vec::with_capacity(parts.len());
     for (storage, layout) in &guards {
         let Cpu(xs) = &**storage else {
@@ -79,14 +136,15 @@ fn product(parts: &[&Tensor], weight: &Tensor, bias: &Tensor, then: &Then) -> Re
         };
         inputs.push(Rows::of(xs, layout, "linear", "input")?);
     }
-    let (n, m) = (w.cols, inputs[0].count);
+    let (n, w_k) = w.shape();
+    let m = inputs[0].count;
     let k: usize = inputs.iter().map(|x| x.len).sum();
-    if k != w.rows || inputs.iter().any(|x| x.count != m) || bias.count != 1 || bias.len != n {
+    let bias_fits = bias.is_none_or(|b| b.count == 1 && b.len == n);
+    if k != w_k || inputs.iter().any(|x| x.count != m) || !bias_fits {
         candle_core::bail!(
-            "linear: input {:?}, weight {:?}, bias {:?}",
+            "linear: input {:?}, weight ({n}, {w_k}), bias {:?}",
             parts.iter().map(|x| x.dims().to_vec()).collect::<Vec<_>>(),
-            w_layout.shape(),
-            b_layout.shape()
+            bias.map(|b| b.len)
         );
     }
     if let Then::GatedResidual { residual, gate } = then {
@@ -101,38 +159,51 @@ fn product(parts: &[&Tensor], weight: &Tensor, bias: &Tensor, then: &Then) -> Re
             );
         }
     }
-    let bias = bias.row(0);
-    // Rows of the bias, for gemm to add onto: a pass of writes only, where
-    // a zeroed buffer costs the same and the bias would need another pass.
+    // Rows of the bias (or zeros), for gemm to add onto: a pass of writes
+    // only, where a zeroed buffer costs the same and the bias would need
+    // another pass.
     let mut out = Vec::with_capacity(m * n);
     if m * n > 0 {
+        let bias = bias.map(|b| b.row(0));
         out.spare_capacity_mut()[..m * n]
             .par_chunks_mut(n)
             .with_min_len(64)
-            .for_each(|row| {
-                for (o, &b) in row.iter_mut().zip(bias) {
-                    o.write(b);
+            .for_each(|row| match bias {
+                Some(bias) => {
+                    for (o, &b) in row.iter_mut().zip(bias) {
+                        o.write(b);
+                    }
+                }
+                None => {
+                    for o in row.iter_mut() {
+                        o.write(0.0);
+                    }
                 }
             });
     }
     // SAFETY: all `m · n` elements were written just above.
     unsafe { out.set_len(m * n) };
-    let mut k0 = 0;
-    for x in &inputs {
-        let lhs = View {
-            data: x.data,
-            rows: m,
-            cols: x.len,
-            row_stride: x.stride,
-            col_stride: 1,
-        };
-        let rhs = View {
-            data: &w.data[k0 * w.row_stride..],
-            rows: x.len,
-            ..w
-        };
-        matmul(&mut out, n, true, lhs, rhs, 1.0, all_threads());
-        k0 += x.len;
+    match &w {
+        Operand::F32(w) => {
+            let mut k0 = 0;
+            for x in &inputs {
+                let lhs = View {
+                    data: x.data,
+                    rows: m,
+                    cols: x.len,
+                    row_stride: x.stride,
+                    col_stride: 1,
+                };
+                let rhs = View {
+                    data: &w.data[k0 * w.row_stride..],
+                    rows: x.len,
+                    ..*w
+                };
+                matmul(&mut out, n, true, lhs, rhs, 1.0, all_threads());
+                k0 += x.len;
+            }
+        }
+        Operand::Quantized(w) => accumulate_product(&mut out, &inputs, w),
     }
     match *then {
         Then::Nothing => {}
@@ -153,7 +224,8 @@ fn product(parts: &[&Tensor], weight: &Tensor, bias: &Tensor, then: &Then) -> Re
     if let Some(last) = dims.last_mut() {
         *last = n;
     }
-    drop((guards, w_storage, b_storage));
+    drop(w);
+    drop((guards, f32_weight, b_guard));
     Tensor::from_vec(out, dims, first.device())
 }
 
@@ -185,26 +257,35 @@ multiversion! {
     }
 }
 
-/// candle-nn's `Linear` with a bias, `x · wᵀ + b`, for f32 tensors on the
-/// CPU; `w` may be stored either way round.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    product(&[x], weight, bias, &Then::Nothing)
+/// candle-nn's `Linear`, `x · wᵀ + b`, for f32 tensors on the CPU; `w`
+/// may be stored either way round, or quantized.
+pub fn linear<'a>(
+    x: &Tensor,
+    weight: impl Into<Weight<'a>>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    product(&[x], weight.into(), bias, &Then::Nothing)
 }
 
 /// `x · wᵀ + b` with GELU (tanh approximation) applied to its columns from
 /// `from` on, as [`linear`]: a single block's `linear1`, whose columns are
 /// q, k, v and then the MLP's hidden layer.
-pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, from: usize) -> Result<Tensor> {
-    product(&[x], weight, bias, &Then::Gelu { from })
+pub fn linear_gelu<'a>(
+    x: &Tensor,
+    weight: impl Into<Weight<'a>>,
+    bias: Option<&Tensor>,
+    from: usize,
+) -> Result<Tensor> {
+    product(&[x], weight.into(), bias, &Then::Gelu { from })
 }
 
 /// `residual + gate ⊙ (x · wᵀ + b)`, as [`linear`], for a `(b, L, n)`
 /// residual and a `(b, 1, n)` gate, and `x` the columns of `parts` side by
 /// side.
-pub fn linear_gated_residual(
+pub fn linear_gated_residual<'a>(
     parts: &[&Tensor],
-    weight: &Tensor,
-    bias: &Tensor,
+    weight: impl Into<Weight<'a>>,
+    bias: Option<&Tensor>,
     gate: &Tensor,
     residual: &Tensor,
 ) -> Result<Tensor> {
@@ -219,7 +300,7 @@ pub fn linear_gated_residual(
         residual: Rows::of(rs, r_layout, "linear", "residual")?,
         gate: Rows::of(gs, g_layout, "linear", "gate")?,
     };
-    let out = product(parts, weight, bias, &then)?;
+    let out = product(parts, weight.into(), bias, &then)?;
     if out.dims() != residual.dims() {
         candle_core::bail!(
             "linear: a residual {:?} for a product {:?}",
@@ -253,26 +334,26 @@ mod tests {
         let x = randn(&[2, 9, k]);
         let expected = reference.forward(&x).unwrap();
         for w in [&weight, &transposed] {
-            close(&linear(&x, w, &bias).unwrap(), &expected, "linear");
+            close(&linear(&x, w, Some(&bias)).unwrap(), &expected, "linear");
         }
         // A narrow view of a wider tensor is read in place.
         let wide = randn(&[2, 9, k + 10]);
         let view = wide.narrow(2, 4, k).unwrap();
         let expected_view = reference.forward(&view.contiguous().unwrap()).unwrap();
         close(
-            &linear(&view, &transposed, &bias).unwrap(),
+            &linear(&view, &transposed, Some(&bias)).unwrap(),
             &expected_view,
             "a view",
         );
         // Rows of two batch items with a gap between them are copied first.
         let rows = x.narrow(1, 3, 4).unwrap();
         close(
-            &linear(&rows, &transposed, &bias).unwrap(),
+            &linear(&rows, &transposed, Some(&bias)).unwrap(),
             &expected.narrow(1, 3, 4).unwrap(),
             "a row range",
         );
         close(
-            &linear_gelu(&x, &transposed, &bias, 0).unwrap(),
+            &linear_gelu(&x, &transposed, Some(&bias), 0).unwrap(),
             &expected.gelu().unwrap(),
             "linear_gelu",
         );
@@ -286,7 +367,7 @@ mod tests {
         )
         .unwrap();
         close(
-            &linear_gelu(&x, &transposed, &bias, from).unwrap(),
+            &linear_gelu(&x, &transposed, Some(&bias), from).unwrap(),
             &partly,
             "GELU from a column on",
         );
@@ -295,7 +376,7 @@ mod tests {
         let residual = randn(&[2, 9, n]);
         let gated = (&residual + gate.broadcast_mul(&expected).unwrap()).unwrap();
         close(
-            &linear_gated_residual(&[&x], &transposed, &bias, &gate, &residual).unwrap(),
+            &linear_gated_residual(&[&x], &transposed, Some(&bias), &gate, &residual).unwrap(),
             &gated,
             "linear_gated_residual",
         );
@@ -311,7 +392,7 @@ mod tests {
             &linear_gated_residual(
                 &[&left.contiguous().unwrap(), &right_view],
                 &transposed,
-                &bias,
+                Some(&bias),
                 &gate,
                 &residual,
             )
@@ -324,12 +405,12 @@ mod tests {
     #[test]
     fn mismatched_shapes_are_errors_naming_the_layer() {
         let (weight, bias) = (randn(&[5, 4]), randn(&[5]));
-        let err = linear(&randn(&[2, 3]), &weight, &bias).unwrap_err();
+        let err = linear(&randn(&[2, 3]), &weight, Some(&bias)).unwrap_err();
         assert!(err.to_string().contains("linear"), "{err}");
-        assert!(linear(&randn(&[2, 4]), &weight, &randn(&[6])).is_err());
+        assert!(linear(&randn(&[2, 4]), &weight, Some(&randn(&[6]))).is_err());
         let gate = randn(&[1, 5]);
         assert!(
-            linear_gated_residual(&[&randn(&[2, 4])], &weight, &bias, &gate, &randn(&[3, 5]))
+            linear_gated_residual(&[&randn(&[2, 4])], &weight, Some(&bias), &gate, &randn(&[3, 5]))
                 .is_err(),
             "a residual of other rows"
         );
@@ -337,7 +418,7 @@ mod tests {
             linear_gated_residual(
                 &[&randn(&[2, 4])],
                 &weight,
-                &bias,
+                Some(&bias),
                 &randn(&[1, 4]),
                 &randn(&[2, 5])
             )
@@ -346,7 +427,7 @@ mod tests {
         );
         let parts = [&randn(&[2, 3]), &randn(&[3, 1])];
         assert!(
-            linear_gated_residual(&parts, &weight, &bias, &randn(&[1, 5]), &randn(&[2, 5]))
+            linear_gated_residual(&parts, &weight, Some(&bias), &randn(&[1, 5]), &randn(&[2, 5]))
                 .is_err(),
             "parts of other rows"
         );

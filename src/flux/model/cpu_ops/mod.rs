@@ -4,7 +4,8 @@
 //!   3×3 convolution and 1×1 convolutions; `norm`: group norm fused with
 //!   SiLU;
 //! - `linear`: the transformer's linear layers, with the bias, GELU or a
-//!   gated residual add in the product's pass;
+//!   gated residual add in the product's pass; `quantized`: their products
+//!   with GGUF weights, dequantized a panel at a time;
 //! - `transformer_ops`: softmax, q and k normed and rotated in one pass, the
 //!   modulated layer norm;
 //! - `attention`: in row blocks whose scores stay in cache, heads merged.
@@ -57,18 +58,46 @@ macro_rules! multiversion {
     };
 }
 
+/// The instruction set this CPU's layers run with, chosen at run time: the
+/// owned loops' (`multiversion!`) and gemm's, which dispatches the same way
+/// (AVX-512 where the CPU has it, else AVX2 with FMA, else the baseline; NEON
+/// on aarch64).
+pub fn cpu_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("fma") {
+            return "AVX-512";
+        }
+        if has!("avx2") && has!("fma") {
+            return "AVX2 with FMA";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}
+
 mod attention;
 mod conv;
 mod kernels;
 mod linear;
 mod norm;
+mod quantized;
 mod transformer_ops;
 
 pub use attention::{attention, attention_merged_heads, attention_tensors};
 pub use conv::{Conv1x1, Conv3x3, FeatureMap, Resample};
 pub use kernels::{on_cpu_f32, release_scratch};
-pub use linear::{linear, linear_gated_residual, linear_gelu};
+pub use linear::{linear, linear_gated_residual, linear_gelu, Weight};
 pub use norm::GroupNorm;
+pub use quantized::{dequantize_rows, takes_quantized};
 pub use transformer_ops::{heads_norm_rope, layer_norm_modulate, softmax_last_dim};
 
 /// What the tests of the submodules share.

@@ -2,7 +2,7 @@
 
 use crate::flux::model::cpu_ops::on_cpu_f32;
 use candle_core::{Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 use candle_transformers::models::flux::model::Config;
 
 use super::layers::*;
@@ -47,7 +47,7 @@ pub(super) struct Modulation1 {
 }
 
 impl Modulation1 {
-    pub(super) fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, vb: Weights) -> Result<Self> {
         let lin = linear(dim, 3 * dim, vb.pp("lin"))?;
         Ok(Self { lin })
     }
@@ -75,7 +75,7 @@ pub(super) struct Modulation2 {
 }
 
 impl Modulation2 {
-    pub(super) fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, vb: Weights) -> Result<Self> {
         let lin = linear(dim, 6 * dim, vb.pp("lin"))?;
         Ok(Self { lin })
     }
@@ -116,7 +116,7 @@ impl SelfAttention {
         dim: usize,
         num_heads: usize,
         qkv_bias: bool,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let head_dim = dim / num_heads;
         let qkv = linear_b(dim, dim * 3, qkv_bias, vb.pp("qkv"))?;
@@ -149,7 +149,7 @@ pub(super) struct Mlp {
 }
 
 impl Mlp {
-    pub(super) fn new(in_sz: usize, mlp_sz: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(in_sz: usize, mlp_sz: usize, vb: Weights) -> Result<Self> {
         let lin1 = linear(in_sz, mlp_sz, vb.pp("0"))?;
         let lin2 = linear(mlp_sz, in_sz, vb.pp("2"))?;
         Ok(Self { lin1, lin2 })
@@ -179,7 +179,7 @@ pub struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    pub(super) fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &Config, vb: Weights) -> Result<Self> {
         let h_sz = cfg.hidden_size;
         let mlp_sz = (h_sz as f64 * cfg.mlp_ratio) as usize;
         let img_mod = Modulation2::new(h_sz, vb.pp("img_mod"))?;
@@ -264,7 +264,7 @@ pub struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    pub(super) fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &Config, vb: Weights) -> Result<Self> {
         let h_sz = cfg.hidden_size;
         let mlp_sz = (h_sz as f64 * cfg.mlp_ratio) as usize;
         let head_dim = h_sz / cfg.num_heads;
@@ -325,7 +325,7 @@ pub struct LastLayer {
 }
 
 impl LastLayer {
-    pub(super) fn new(h_sz: usize, p_sz: usize, out_c: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(h_sz: usize, p_sz: usize, out_c: usize, vb: Weights) -> Result<Self> {
         let norm_final = layer_norm(h_sz, vb.pp("norm_final"))?;
         let linear = linear(h_sz, p_sz * p_sz * out_c, vb.pp("linear"))?;
         let ada_ln_modulation = self::linear(h_sz, 2 * h_sz, vb.pp("adaLN_modulation.1"))?;

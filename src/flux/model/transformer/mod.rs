@@ -14,7 +14,6 @@
 //! below). Elsewhere the layers are candle's. The config type is candle's.
 
 use candle_core::{IndexOp, Result, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::flux::model::Config;
 use candle_transformers::models::flux::WithForward;
 
@@ -39,7 +38,10 @@ pub struct Flux {
 }
 
 impl Flux {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// The transformer of `cfg`, its tensors from safetensors (a candle
+    /// `VarBuilder`) or a GGUF file (`quantized_var_builder::VarBuilder`).
+    pub fn new<'a>(cfg: &Config, weights: impl Into<Weights<'a>>) -> Result<Self> {
+        let vb: Weights = weights.into();
         let img_in = linear(cfg.in_channels, cfg.hidden_size, vb.pp("img_in"))?;
         let txt_in = linear(cfg.context_in_dim, cfg.hidden_size, vb.pp("txt_in"))?;
         let mut double_blocks = Vec::with_capacity(cfg.depth);

@@ -44,9 +44,8 @@ fn bf16_positions_match_f32_ones_at_2048px() {
     );
 }
 
-/// A small FLUX with random weights shared by both implementations.
-fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
-    let cfg = Config {
+fn tiny_config() -> Config {
+    Config {
         in_channels: 64,
         vec_in_dim: 24,
         context_in_dim: 40,
@@ -59,10 +58,14 @@ fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
         theta: 10_000,
         qkv_bias: true,
         guidance_embed: false,
-    };
+    }
+}
+
+/// Random weights for candle's tiny FLUX, in `dtype`, and that model.
+fn tiny_vars(cfg: &Config, dtype: DType) -> (VarMap, candle_flux::Flux) {
     let vars = VarMap::new();
     let vb = VarBuilder::from_varmap(&vars, dtype, &Device::Cpu);
-    let theirs = candle_flux::Flux::new(&cfg, vb.clone()).unwrap();
+    let theirs = candle_flux::Flux::new(cfg, vb).unwrap();
     // A VarMap makes norm scales of zero, which would zero q and k and
     // leave the attention (and RoPE) untested: give them values.
     for (name, var) in vars.data().lock().unwrap().iter() {
@@ -71,15 +74,27 @@ fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
             var.set(&scale.to_dtype(dtype).unwrap()).unwrap();
         }
     }
+    (vars, theirs)
+}
+
+/// A small FLUX with random weights shared by both implementations.
+fn tiny_pair_in(dtype: DType) -> (Flux, candle_flux::Flux) {
+    let cfg = tiny_config();
+    let (vars, theirs) = tiny_vars(&cfg, dtype);
+    let vb = VarBuilder::from_varmap(&vars, dtype, &Device::Cpu);
     // The second model reads the tensors the first created.
     let ours = Flux::new(&cfg, vb).unwrap();
     (ours, theirs)
 }
 
-/// Both models' outputs for one random input in `dtype`, and the
-/// largest output value.
-fn both_forwards(dtype: DType) -> (Tensor, Tensor, f32) {
-    let (ours, theirs) = tiny_pair_in(dtype);
+/// One random input in `dtype`, with `txt_rows` text tokens, to two
+/// models: their outputs, and the largest value of the first.
+fn forwards(
+    ours: &impl WithForward,
+    theirs: &impl WithForward,
+    dtype: DType,
+    txt_rows: usize,
+) -> (Tensor, Tensor, f32) {
     let dev = Device::Cpu;
     let randn = |shape: (usize, usize, usize)| {
         let t = Tensor::randn(0f32, 1., shape, &dev).unwrap();
@@ -87,8 +102,8 @@ fn both_forwards(dtype: DType) -> (Tensor, Tensor, f32) {
     };
     let img = randn((1, 16, 64));
     let img_ids = image_ids(64).to_dtype(dtype).unwrap();
-    let txt = randn((1, 7, 40));
-    let txt_ids = Tensor::zeros((1, 7, 3), dtype, &dev).unwrap();
+    let txt = randn((1, txt_rows, 40));
+    let txt_ids = Tensor::zeros((1, txt_rows, 3), dtype, &dev).unwrap();
     let t = Tensor::new(&[0.75f32], &dev)
         .unwrap()
         .to_dtype(dtype)
@@ -105,6 +120,52 @@ fn both_forwards(dtype: DType) -> (Tensor, Tensor, f32) {
     let top = max_abs_diff(&a, &Tensor::zeros_like(&a).unwrap());
     assert!(top > 0.0);
     (a, b, top)
+}
+
+/// Both models' outputs for one random input in `dtype`, and the
+/// largest output value.
+fn both_forwards(dtype: DType) -> (Tensor, Tensor, f32) {
+    let (ours, theirs) = tiny_pair_in(dtype);
+    forwards(&ours, &theirs, dtype, 7)
+}
+
+/// The tiny model from a GGUF file whose matrices are Q4_0 (the embedders'
+/// and the last layer's kept in f32, as city96 keeps them unquantized):
+/// ours on it computes what candle's full-precision FLUX computes on the
+/// same weights dequantized, within f32 rounding. 16 image rows take the
+/// panel products, 7 text rows and the modulations' one the row-by-row
+/// ones. (candle's own quantized FLUX rounds its inputs to 8 bits instead.)
+#[test]
+fn gguf_forward_is_candles_on_the_dequantized_weights() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_transformers::quantized_var_builder::VarBuilder as GgufVarBuilder;
+    let cfg = tiny_config();
+    let (vars, _) = tiny_vars(&cfg, DType::F32);
+    let unquantized = ["img_in", "txt_in", "time_in", "vector_in", "final_layer"];
+    let mut tensors = Vec::new();
+    for (name, var) in vars.data().lock().unwrap().iter() {
+        let t = var.as_tensor();
+        let keep = unquantized.iter().any(|p| name.starts_with(p));
+        let dtype = match t.rank() == 2 && !keep {
+            true => GgmlDType::Q4_0,
+            false => GgmlDType::F32,
+        };
+        tensors.push((name.clone(), QTensor::quantize(t, dtype).unwrap()));
+    }
+    let named: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut file, &[], &named).unwrap();
+    let vb = GgufVarBuilder::from_gguf_buffer(file.get_ref(), &Device::Cpu).unwrap();
+    let ours = Flux::new(&cfg, vb).unwrap();
+    let dequantized = tensors
+        .iter()
+        .map(|(n, q)| (n.clone(), q.dequantize(&Device::Cpu).unwrap()))
+        .collect();
+    let vb = VarBuilder::from_tensors(dequantized, DType::F32, &Device::Cpu);
+    let theirs = candle_flux::Flux::new(&cfg, vb).unwrap();
+    let (a, b, top) = forwards(&ours, &theirs, DType::F32, 7);
+    let err = max_abs_diff(&a, &b);
+    assert!(err < 1e-5 * top, "off by {err} (values up to {top})");
 }
 
 #[test]

@@ -88,7 +88,8 @@ pub struct Workload {
     pub height: u32,
     /// Whether only one part is loaded at a time (`--low-memory`).
     pub low_memory: bool,
-    /// On the CPU (candle repacks some quantized types there).
+    /// On the CPU (elsewhere T5's GGUF embedding is dequantized whole for
+    /// each encoding, and the VAE's encoder is candle's).
     pub cpu: bool,
     /// The VAE decodes in tiles (`vae::Decoder::decode_tiled`).
     pub tiled_vae: bool,
@@ -104,11 +105,15 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let s = work.dtype.size_in_bytes() as u64;
     let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
     let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
-    let flux = size.flux.resident_bytes(quant, work.dtype, work.cpu);
-    // T5 while it encodes (candle repacks on first use), and while it loads
-    // (the renamed file in memory; nothing repacked yet).
-    let t5 = size.t5.resident_bytes(t5q, work.dtype, work.cpu);
-    let t5_load = size.t5.resident_bytes(t5q, work.dtype, false) + size.t5.load_extra_bytes(t5q);
+    let flux = size.flux.resident_bytes(quant, work.dtype);
+    // T5 while it encodes (on a GPU with its GGUF embedding dequantized
+    // whole), and while it loads (the renamed file in memory).
+    let t5 = size.t5.resident_bytes(t5q, work.dtype);
+    let t5_gpu_table = match t5q != T5Quant::None && !work.cpu {
+        true => size.t5.embedding * 4,
+        false => 0,
+    };
+    let t5_load = t5 + size.t5.load_extra_bytes(t5q);
 
     // The quantized transformer computes in F32.
     let flux_s = if quant == Quant::None { s } else { 4 };
@@ -125,7 +130,7 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let batch = u64::from(work.batch.max(1));
     let flux_act = scores(batch * size.flux_heads * tokens * tokens * flux_s)
         + batch * 4 * tokens * mlp_wide * flux_s;
-    let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4;
+    let t5_act = 3 * size.t5.heads * T5_TOKENS * T5_TOKENS * 4 + t5_gpu_table;
     // The VAE: its mid-block attention at latent size, or about eight
     // full-resolution tensors as wide as its last block (norms, activations
     // and convolutions each make one; the tiny model at 2048², 32 channels,

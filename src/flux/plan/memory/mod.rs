@@ -16,6 +16,6 @@ mod tests;
 pub use budget::{choose, fixed, MemoryBudget};
 pub use estimate::{estimate_peak, ModelSize, Workload, REAL_CONFIGS};
 pub use params::{
-    clip_bytes, cpu_repack_overhead, decoder_bytes, keep_q8_0_compact, FluxParams, T5Params,
+    clip_bytes, decoder_bytes, FluxParams, T5Params,
 };
 pub use sizing::{Sizing, VaeDecode};

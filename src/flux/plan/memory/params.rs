@@ -1,7 +1,6 @@
-//! Parameter counts and bytes: the transformer's and T5's by how their files store them, CLIP's, the VAE decoder's, and what candle's CPU repacking adds.
+//! Parameter counts and bytes: the transformer's and T5's by how their files store them, CLIP's and the VAE decoder's.
 
 use crate::flux::weights::quant::{Quant, T5Quant};
-use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use candle_transformers::models::clip::text_model::ClipTextConfig;
 use candle_transformers::models::flux::{autoencoder, model};
@@ -70,14 +69,13 @@ impl FluxParams {
         )
     }
 
-    /// In memory: candle keeps block matrices quantized (plus, on the CPU,
-    /// the copy it repacks some types into) and widens the F16 tensors to
+    /// In memory: block matrices stay quantized (nothing repacks them: on
+    /// the CPU the products are `cpu_ops`'), the F16 tensors are widened to
     /// F32; safetensors load whole in `dtype`.
-    pub fn resident_bytes(&self, quant: Quant, dtype: DType, cpu: bool) -> u64 {
-        match quant.ggml() {
-            Some(ggml) => {
-                quantized_bytes(self.block_matrices, ggml, quant.bits_per_weight(), cpu)
-                    + (self.top_matrices + self.vectors) * 4
+    pub fn resident_bytes(&self, quant: Quant, dtype: DType) -> u64 {
+        match quant.bits_per_weight() {
+            Some(bpw) => {
+                quantized_bytes(self.block_matrices, bpw) + (self.top_matrices + self.vectors) * 4
             }
             None => self.total() * dtype.size_in_bytes() as u64,
         }
@@ -85,15 +83,9 @@ impl FluxParams {
 }
 
 /// `params` weights quantized at `bits_per_weight` (of the file: mixes
-/// included), plus on the CPU the copy candle repacks `ggml` into.
-pub(crate) fn quantized_bytes(
-    params: u64,
-    ggml: GgmlDType,
-    bits_per_weight: Option<f64>,
-    cpu: bool,
-) -> u64 {
-    let bytes = params as f64 * bits_per_weight.expect("a GGUF type has bits per weight") / 8.0;
-    (bytes * (1.0 + cpu_repack_overhead(ggml, cpu))) as u64
+/// included).
+pub(crate) fn quantized_bytes(params: u64, bits_per_weight: f64) -> u64 {
+    (params as f64 * bits_per_weight / 8.0) as u64
 }
 
 /// T5's encoder parameters.
@@ -128,14 +120,13 @@ impl T5Params {
         }
     }
 
-    /// In memory. GGUF: the matrices quantized (city96's real files give the
-    /// bits per weight, mixes included; on the CPU, plus candle's repacked
-    /// copy), the embedding widened to F32.
-    pub fn resident_bytes(&self, quant: T5Quant, dtype: DType, cpu: bool) -> u64 {
-        match quant.ggml() {
-            Some(ggml) => {
-                quantized_bytes(self.matrices, ggml, quant.bits_per_weight(), cpu)
-                    + (self.embedding + self.vectors) * 4
+    /// In memory. GGUF: the matrices and the embedding quantized (city96's
+    /// real files give the bits per weight, mixes included; the embedding's
+    /// rows are dequantized as they are looked up), the norms in F32.
+    pub fn resident_bytes(&self, quant: T5Quant, dtype: DType) -> u64 {
+        match quant.bits_per_weight() {
+            Some(bpw) => {
+                quantized_bytes(self.matrices + self.embedding, bpw) + self.vectors * 4
             }
             None => (self.embedding + self.matrices + self.vectors) * dtype.size_in_bytes() as u64,
         }
@@ -147,70 +138,6 @@ impl T5Params {
         quant.bits_per_weight().map_or(0, |bpw| {
             ((self.matrices + self.embedding) as f64 * bpw / 8.0) as u64
         })
-    }
-}
-
-/// What candle 0.11's CPU matmul adds to a quantized weight, per byte of it.
-///
-/// On x86_64 with AVX2, candle repacks Q4K weights (into tiles 4/3 their
-/// size), Q6K weights used in batched matmuls (FLUX's and T5's always are;
-/// 1.52×) and, on CPUs with AVX-VNNI unless `MISTRALRS_FORCE_AVX2=1`, Q8_0
-/// weights (1×), on first use, and keeps the copy beside the original
-/// (candle-core `quantized/repack_x86.rs`). aarch64 repacks Q4_0, Q4K, Q5K,
-/// Q6K and Q8_0 likewise; its sizes are assumed equal to the originals'.
-pub fn cpu_repack_overhead(dtype: GgmlDType, cpu: bool) -> f64 {
-    if !cpu {
-        return 0.0;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return 0.0;
-        }
-        let env = |k: &str| std::env::var(k).as_deref() == Ok("1");
-        let avx512_vnni = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni");
-        let vnni = !env("MISTRALRS_FORCE_AVX2")
-            && (avx512_vnni
-                || env("MISTRALRS_FORCE_AVXVNNI")
-                || std::arch::is_x86_feature_detected!("avxvnni"));
-        match dtype {
-            GgmlDType::Q4K => 3072.0 / 2304.0,
-            GgmlDType::Q6K => 5120.0 / 3360.0,
-            GgmlDType::Q8_0 if vnni => 1.0,
-            _ => 0.0,
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        match dtype {
-            GgmlDType::Q4_0
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K
-            | GgmlDType::Q6K
-            | GgmlDType::Q8_0 => 1.0,
-            _ => 0.0,
-        }
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = dtype;
-        0.0
-    }
-}
-
-/// Asks candle to keep Q8_0 weights compact on the CPU: on CPUs with
-/// AVX-VNNI candle 0.11 keeps a repacked copy of them beside the originals,
-/// doubling their memory (12.7 GB more for FLUX's transformer), while its
-/// AVX2 tier does not. candle reads the switch (`MISTRALRS_FORCE_AVX2`) from
-/// the environment once, so call this first thing in `main`, before any
-/// thread starts. A choice already in the environment stays.
-pub fn keep_q8_0_compact() {
-    #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("MISTRALRS_FORCE_AVX2").is_none()
-        && std::env::var_os("MISTRALRS_FORCE_AVXVNNI").is_none()
-    {
-        std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
     }
 }
 

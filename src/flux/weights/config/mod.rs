@@ -3,7 +3,7 @@
 
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 use candle_transformers::models::flux::{autoencoder, model};
-use candle_transformers::models::{quantized_t5, t5};
+use candle_transformers::models::t5;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -166,14 +166,6 @@ pub fn vae_config(source: &ConfigSource, json: &[u8]) -> Result<autoencoder::Con
 
 /// T5's `config.json` (google's, or the FLUX repo's `text_encoder_2/`).
 pub fn t5_config(source: &ConfigSource, json: &[u8]) -> Result<t5::Config, FluxError> {
-    parse(source, json)
-}
-
-/// The same file for candle's quantized T5, whose config is a type of its own.
-pub fn quantized_t5_config(
-    source: &ConfigSource,
-    json: &[u8],
-) -> Result<quantized_t5::Config, FluxError> {
     parse(source, json)
 }
 

@@ -1,0 +1,338 @@
+//! Products with GGUF weights that stay quantized in memory.
+//!
+//! Each thread takes a panel of [`PANEL`] output columns at a time,
+//! dequantizes those rows of the weight into its own scratch, and lets gemm
+//! multiply every input row by the panel while it is still in cache. FLUX's
+//! products have hundreds to thousands of rows (512 at 256², 1280 at 512²),
+//! so each dequantized value is used that many times, and the product runs
+//! at the f32 layers' speed plus one pass of dequantization. candle's CPU
+//! `QMatMul` instead takes a dot product per output element against 8-bit
+//! quantized input rows, with no tiling (candle issue 3707): 80 GFLOP/s on
+//! this machine's two cores, against gemm's 240-310.
+//!
+//! No f32 copy of a weight outlives the panel being used: a panel is
+//! `PANEL × k` values, 3 MB for most of FLUX's products (`k` = 3072), 15 MB
+//! for a single block's `linear2` (`k` = 15360), per thread.
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Result, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::kernels::{grown, madd, matmul_unchecked, Rows, Scratch, View, SCRATCH};
+
+/// Output columns per panel: enough that gemm's packing of the input rows,
+/// once per panel, is amortised; few enough that a layer has several panels
+/// per thread. 128 and 512 were up to 10% slower at FLUX's shapes.
+const PANEL: usize = 256;
+
+/// Below this many input rows a panel's dequantized values are used too few
+/// times to pay for laying them out for gemm: each row of the weight is
+/// dequantized and dotted with the inputs where it is (the modulations and
+/// embedders have one input row per image).
+const MIN_ROWS_FOR_PANELS: usize = 16;
+
+/// Dequantizes whole blocks: `bytes` holds `values.len() / block` of them.
+type Dequantize = fn(bytes: &[u8], values: &mut [f32]);
+
+fn dequantize<T: GgmlType>(bytes: &[u8], values: &mut [f32]) {
+    let size = std::mem::size_of::<T>();
+    assert!(
+        bytes.len() % size == 0 && bytes.as_ptr().align_offset(std::mem::align_of::<T>()) == 0,
+        "quantized rows that are not whole aligned blocks"
+    );
+    // SAFETY: the bytes are whole blocks of `T`, aligned for it (checked
+    // above), and every bit pattern of a block's fields is a value.
+    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
+    T::to_float(blocks, values);
+}
+
+/// The dequantizer of the types GGUF files of FLUX and T5 hold; `None` for
+/// the others, which stay on candle's path.
+fn dequantizer(dtype: GgmlDType) -> Option<Dequantize> {
+    Some(match dtype {
+        GgmlDType::F32 => dequantize::<f32>,
+        GgmlDType::F16 => dequantize::<half::f16>,
+        GgmlDType::BF16 => dequantize::<half::bf16>,
+        GgmlDType::Q4_0 => dequantize::<BlockQ4_0>,
+        GgmlDType::Q4_1 => dequantize::<BlockQ4_1>,
+        GgmlDType::Q5_0 => dequantize::<BlockQ5_0>,
+        GgmlDType::Q5_1 => dequantize::<BlockQ5_1>,
+        GgmlDType::Q8_0 => dequantize::<BlockQ8_0>,
+        GgmlDType::Q2K => dequantize::<BlockQ2K>,
+        GgmlDType::Q3K => dequantize::<BlockQ3K>,
+        GgmlDType::Q4K => dequantize::<BlockQ4K>,
+        GgmlDType::Q5K => dequantize::<BlockQ5K>,
+        GgmlDType::Q6K => dequantize::<BlockQ6K>,
+        _ => return None,
+    })
+}
+
+/// Whether `weight` is a matrix these products take: on the CPU, of a
+/// type they dequantize, its rows whole blocks.
+pub fn takes_quantized(weight: &QTensor) -> bool {
+    let dtype = weight.dtype();
+    weight.device().is_cpu()
+        && dequantizer(dtype).is_some()
+        && weight
+            .shape()
+            .dims2()
+            .is_ok_and(|(_, k)| k % dtype.block_size() == 0)
+}
+
+/// The rows `ids` of a matrix `(n, k)`, as an `(ids, k)` f32 tensor on
+/// `device`: an embedding lookup that leaves the table quantized on the CPU
+/// (elsewhere the table is dequantized whole).
+pub fn dequantize_rows(weight: &QTensor, ids: &[u32], device: &Device) -> Result<Tensor> {
+    if !takes_quantized(weight) {
+        let ids = Tensor::new(ids, device)?;
+        return weight.dequantize(device)?.index_select(&ids, 0);
+    }
+    let rows = QuantizedRows::of(weight)?;
+    let mut values = vec![0f32; ids.len() * rows.k];
+    for (&id, row) in ids.iter().zip(values.chunks_exact_mut(rows.k.max(1))) {
+        if id as usize >= rows.n {
+            candle_core::bail!("embedding: token id {id} past the table's {} rows", rows.n);
+        }
+        rows.row(id as usize, row);
+    }
+    Tensor::from_vec(values, (ids.len(), rows.k), &Device::Cpu)?.to_device(device)
+}
+
+/// A GGUF matrix `(n, k)` on the CPU, read a row at a time.
+pub(super) struct QuantizedRows<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    row_bytes: usize,
+    dequantize: Dequantize,
+}
+
+impl<'a> QuantizedRows<'a> {
+    pub(super) fn of(weight: &'a QTensor) -> Result<Self> {
+        let dtype = weight.dtype();
+        let (n, k) = weight.shape().dims2()?;
+        let Some(dequantize) = dequantizer(dtype).filter(|_| weight.device().is_cpu()) else {
+            candle_core::bail!("linear: a {dtype:?} weight on {:?}", weight.device().location());
+        };
+        if k % dtype.block_size() != 0 {
+            candle_core::bail!(
+                "linear: a {dtype:?} weight's rows of {k} are not whole blocks of {}",
+                dtype.block_size()
+            );
+        }
+        let row_bytes = k / dtype.block_size() * dtype.type_size();
+        let bytes = weight.data()?;
+        if bytes.len() != n * row_bytes {
+            candle_core::bail!(
+                "linear: a {dtype:?} weight ({n}, {k}) holds {} bytes",
+                bytes.len()
+            );
+        }
+        Ok(Self {
+            bytes,
+            n,
+            k,
+            row_bytes,
+            dequantize,
+        })
+    }
+
+    fn row(&self, j: usize, values: &mut [f32]) {
+        (self.dequantize)(&self.bytes[j * self.row_bytes..][..self.row_bytes], values);
+    }
+}
+
+/// `out += x · wᵀ` for `x` the columns of `inputs` side by side, `out`
+/// `m × n` rows of stride `n`.
+pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &QuantizedRows) {
+    let (n, k) = (w.n, w.k);
+    let m = inputs.first().map_or(0, |x| x.count);
+    assert!(
+        inputs.iter().map(|x| x.len).sum::<usize>() == k && out.len() >= m * n,
+        "a quantized product of mismatched shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = SendPtr(out.as_mut_ptr());
+    if m < MIN_ROWS_FOR_PANELS {
+        return few_rows(out, n, inputs, w);
+    }
+    (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
+        let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+        SCRATCH.with_borrow_mut(|scratch| {
+            // Each row of the weight goes to a column of the panel, so
+            // that gemm reads `k × cols` row-major, which it packs faster
+            // than the weight's own layout: 3-8% per product here.
+            let Scratch { panel, row, .. } = scratch;
+            let row = grown(row, k);
+            let panel = grown(panel, cols * k);
+            for j in 0..cols {
+                w.row(j0 + j, row);
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * cols + j] = v;
+                }
+            }
+            let mut k0 = 0;
+            for x in inputs {
+                let lhs = View {
+                    data: x.data,
+                    rows: m,
+                    cols: x.len,
+                    row_stride: x.stride,
+                    col_stride: 1,
+                };
+                let rhs = View {
+                    data: &panel[k0 * cols..],
+                    rows: x.len,
+                    cols,
+                    row_stride: cols,
+                    col_stride: 1,
+                };
+                let dst = out.at(j0);
+                // SAFETY: this panel's columns `j0..j0 + cols` of the `m`
+                // rows of stride `n` lie inside `out` (asserted above), and
+                // no other panel writes them.
+                unsafe { matmul_unchecked(dst, n, true, lhs, rhs, 1.0, Parallelism::None) };
+                k0 += x.len;
+            }
+        });
+    });
+}
+
+/// [`accumulate_product`] for a few input rows: each output column is the
+/// dot products of one dequantized row of the weight with them.
+fn few_rows(out: SendPtr, n: usize, inputs: &[Rows], w: &QuantizedRows) {
+    let m = inputs[0].count;
+    (0..n).into_par_iter().with_min_len(64).for_each_init(
+        || vec![0f32; w.k],
+        |row, j| {
+            w.row(j, row);
+            for i in 0..m {
+                let mut k0 = 0;
+                let mut sum = 0.0;
+                for x in inputs {
+                    sum += dot(x.row(i), &row[k0..k0 + x.len]);
+                    k0 += x.len;
+                }
+                // SAFETY: `(i, j)` lies in the `m × n` output (asserted by
+                // the caller), and only this task writes column `j`.
+                unsafe { *out.at(i * n + j) += sum };
+            }
+        },
+    );
+}
+
+multiversion! {
+    /// `Σ a·b`, in 16 lanes so that it vectorises.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut lanes = [0f32; 16];
+        let (chunks_a, chunks_b) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: f32 = chunks_a.remainder().iter().zip(chunks_b.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in chunks_a.zip(chunks_b) {
+            for l in 0..16 {
+                lanes[l] = madd::<FMA>(x[l], y[l], lanes[l]);
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+/// The output's start, shared by the threads that write its panels.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: each thread writes only its own panels' columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output (see `accumulate_product`).
+        unsafe { self.0.add(offset) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{linear, linear_gated_residual, linear_gelu};
+    use super::*;
+    use candle_core::{Device, Module, Tensor};
+
+    /// Every type city96's FLUX and T5 files hold.
+    const TYPES: [GgmlDType; 13] = [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q6K,
+        GgmlDType::Q5K,
+        GgmlDType::Q5_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4_0,
+        GgmlDType::Q3K,
+        GgmlDType::Q2K,
+    ];
+
+    fn close(a: &Tensor, b: &Tensor, what: &str) {
+        let err = crate::flux::test_util::max_abs_diff(a, b);
+        let top = crate::flux::test_util::max_abs_diff(b, &b.zeros_like().unwrap());
+        assert!(err <= 2e-5 * top.max(1.0), "{what}: off by {err} (values up to {top})");
+    }
+
+    /// Each type's product is candle's dequantize-then-matmul within f32
+    /// rounding: rows not a multiple of gemm's tiles, columns not a multiple
+    /// of the panel, and inputs as views in parts.
+    #[test]
+    fn every_type_matches_dequantize_then_matmul() {
+        // k: two K-quant superblocks; n: two panels and a partial one.
+        let (k, n) = (512, 2 * PANEL + 37);
+        let bias = randn(&[n]);
+        for dtype in TYPES {
+            let weight = randn(&[n, k]);
+            let q = QTensor::quantize(&weight, dtype).unwrap();
+            assert!(takes_quantized(&q), "{dtype:?}");
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let reference = candle_nn::Linear::new(dense, Some(bias.clone()));
+            for rows in [1, 7, 45] {
+                let x = randn(&[1, rows, k]);
+                let expected = reference.forward(&x).unwrap();
+                let what = format!("{dtype:?}, {rows} rows");
+                close(&linear(&x, &q, Some(&bias)).unwrap(), &expected, &what);
+                close(
+                    &linear_gelu(&x, &q, Some(&bias), 0).unwrap(),
+                    &expected.gelu().unwrap(),
+                    &format!("{what}, GELU"),
+                );
+                // The input in two parts, the second a view.
+                let (left, right) = (x.narrow(2, 0, 256).unwrap(), x.narrow(2, 256, k - 256).unwrap());
+                let gate = randn(&[1, 1, n]);
+                let residual = randn(&[1, rows, n]);
+                let gated = (&residual + gate.broadcast_mul(&expected).unwrap()).unwrap();
+                close(
+                    &linear_gated_residual(&[&left, &right], &q, Some(&bias), &gate, &residual).unwrap(),
+                    &gated,
+                    &format!("{what}, gated, in parts"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_naming_the_layer() {
+        let q = QTensor::quantize(&randn(&[8, 64]), GgmlDType::Q4_0).unwrap();
+        let err = linear(&randn(&[20, 96]), &q, Some(&randn(&[8]))).unwrap_err();
+        assert!(err.to_string().contains("linear"), "{err}");
+        assert!(linear(&randn(&[20, 64]), &q, Some(&randn(&[9]))).is_err(), "a bias of 9");
+    }
+}
