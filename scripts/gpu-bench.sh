@@ -107,7 +107,10 @@ print(":".join(sorted(dirs)))')"
             [ -n "${SKIP_DIFFUSERS:-}" ] || configs+=,diffusers
             [ -n "${SKIP_F32:-}" ] || [ "$dtype" = f32 ] || configs+=,f32
         else
+            # candle's quantized kernels, then the same layers dequantized to
+            # bf16 per product (SCHNELL_GGUF_GPU_PRODUCT=dequantize).
             configs="$set"
+            [ "$device" = cpu ] || configs+=",$set+dequantize"
         fi
         elapsed "writing the $size random-weight model ($set) into $work/models"
         rm -rf "$work/models"

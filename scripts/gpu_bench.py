@@ -98,13 +98,13 @@ def http_json(url, body=None, timeout=3600):
         return e.code, json.loads(e.read() or b"{}")
 
 
-def serve_config(args, name, extra, sizes, warm_up):
+def serve_config(args, name, extra, sizes, warm_up, extra_env=None):
     """One `schnell serve` process: waits until ready, optionally warms up at
     256² with one step, then one request per size. Returns its rows; the
     images go to --out as schnell-<name>-<side>.png."""
     port = args.port
     cmd = [args.bin, "serve", "--addr", f"127.0.0.1:{port}", "--device", args.device_flag] + extra
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=args.cache)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=args.cache, **(extra_env or {}))
     log = open(os.path.join(args.out, f"serve-{name}.log"), "w")
     print(f"== schnell {name}: {' '.join(cmd[1:])}", flush=True)
     rows = []
@@ -228,7 +228,11 @@ def cmd_run(args):
                             "--width", str(side), "--height", str(side)], check=True)
             keep([run_diffusers(args, noise, side)])
         else:  # a GGUF type; CLIP and the VAE run in --dtype
-            keep(serve_config(args, name, ["--dtype", args.dtype, "--quant", name], [side], True))
+            # `q4_0+dequantize`: its layers dequantized to bf16 per product
+            # and multiplied by cuBLAS, against candle's quantized kernels.
+            quant, _, product = name.partition("+")
+            env = {"SCHNELL_GGUF_GPU_PRODUCT": product} if product else {}
+            keep(serve_config(args, name, ["--dtype", args.dtype, "--quant", quant], [side], True, env))
 
 
 def report(args, rows, sizes):
@@ -442,7 +446,8 @@ def main():
     r.add_argument("--seed", type=int, default=7)
     r.add_argument("--configs", default="bf16,q8_0,q4_0,f32,diffusers",
                    type=lambda s: [c for c in s.split(",") if c],
-                   help="bf16, f32, diffusers, or a GGUF type (q8_0, q4_0, ...)")
+                   help="bf16, f32, diffusers, a GGUF type (q8_0, q4_0, ...), or TYPE+dequantize "
+                        "(its layers dequantized to bf16 per product on the GPU)")
     r.add_argument("--prompt", default="a photo of a red fox in the snow, golden hour")
     r.add_argument("--port", type=int, default=8191)
     r.set_defaults(func=cmd_run)

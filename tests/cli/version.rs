@@ -20,9 +20,14 @@ fn version_and_devices_name_the_back_ends_built_in() {
     assert!(listed.contains("cpu: compiled in\n  cpu: "), "{listed}");
     // The kernel set chosen at run time is named.
     assert!(
-        ["AVX-512 kernels", "AVX2 with FMA kernels", "SSE2 kernels", "NEON kernels"]
-            .iter()
-            .any(|k| listed.contains(k)),
+        [
+            "AVX-512 kernels",
+            "AVX2 with FMA kernels",
+            "SSE2 kernels",
+            "NEON kernels"
+        ]
+        .iter()
+        .any(|k| listed.contains(k)),
         "{listed}"
     );
     assert!(

@@ -10,9 +10,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::quantized_var_builder::VarBuilder as GgufVarBuilder;
 
-/// Where the transformer's tensors come from: safetensors, in the model's
-/// dtype, or a GGUF file, whose matrices stay quantized (its vectors are
-/// read as f32, the dtype the model then computes in).
+/// Where a model's tensors come from: safetensors, in the model's dtype, or
+/// a GGUF file, whose matrices stay quantized (its vectors are read as f32,
+/// the dtype the model then computes in).
 #[derive(Clone)]
 pub enum Weights<'a> {
     /// Safetensors (or any candle `VarBuilder`).
@@ -74,9 +74,14 @@ impl Weights<'_> {
 #[derive(Debug, Clone)]
 pub(crate) enum Linear {
     Float(candle_nn::Linear),
-    /// A GGUF matrix of a quantized type (candle's `QMatMul` holds f16 and
-    /// f32 ones as tensors: those are `Float`).
-    Quantized { weight: Arc<QTensor>, matmul: QMatMul, bias: Option<Tensor> },
+    /// A GGUF matrix: on the CPU of any type `cpu_ops` takes; elsewhere of
+    /// a quantized type (candle's `QMatMul` holds F16 and F32 ones as
+    /// tensors there: those are `Float`).
+    Quantized {
+        weight: Arc<QTensor>,
+        matmul: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
@@ -106,8 +111,15 @@ impl Module for Linear {
         }
         match self {
             Linear::Float(linear) => linear.forward(x),
-            Linear::Quantized { matmul, bias, .. } => {
-                let y = x.apply(matmul)?;
+            Linear::Quantized {
+                weight,
+                matmul,
+                bias,
+            } => {
+                let y = match gpu_product() {
+                    GpuProduct::Quantized => x.apply(matmul)?,
+                    GpuProduct::DequantizedBf16 => dequantized_bf16_product(x, weight)?,
+                };
                 match bias {
                     Some(bias) => y.broadcast_add(bias),
                     None => Ok(y),
@@ -120,8 +132,8 @@ impl Module for Linear {
 /// `candle_nn::linear_b`, but on the CPU the weight is kept transposed: the
 /// same `(out, in)` tensor as a view over `(in, out)` row-major storage. So
 /// `x·wᵀ` multiplies by a row-major matrix, which gemm packs faster: 5–35%
-/// less time per product at this model's shapes. A GGUF weight stays as the
-/// file has it.
+/// less time per product at this model's shapes. A GGUF matrix of a
+/// quantized type stays as the file has it.
 pub(crate) fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: Weights) -> Result<Linear> {
     let vb = match vb {
         Weights::Float(vb) => return Ok(Linear::Float(float_linear(in_dim, out_dim, bias, vb)?)),
@@ -132,6 +144,15 @@ pub(crate) fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: Weights) -
         false => None,
     };
     let weight = vb.get((out_dim, in_dim), "weight")?;
+    // On the CPU every type the products take stays as the file has it, F16
+    // too (candle's `QMatMul` would widen it to an F32 copy).
+    if takes_quantized(&weight) {
+        return Ok(Linear::Quantized {
+            matmul: QMatMul::QTensor(weight.clone()),
+            weight,
+            bias,
+        });
+    }
     Ok(match QMatMul::from_arc(weight.clone())? {
         QMatMul::Tensor(dense) => Linear::Float(candle_nn::Linear::new(repacked(dense)?, bias)),
         QMatMul::TensorF16(dense) => Linear::Float(candle_nn::Linear::new(dense, bias)),
@@ -143,7 +164,12 @@ pub(crate) fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: Weights) -
     })
 }
 
-fn float_linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<candle_nn::Linear> {
+fn float_linear(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<candle_nn::Linear> {
     let linear = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
     let weight = repacked(linear.weight().clone())?;
     Ok(candle_nn::Linear::new(weight, linear.bias().cloned()))
@@ -163,4 +189,62 @@ fn repacked(weight: Tensor) -> Result<Tensor> {
 
 pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: Weights) -> Result<Linear> {
     linear_b(in_dim, out_dim, true, vb)
+}
+
+/// How a GGUF layer multiplies off the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GpuProduct {
+    /// candle's quantized kernels (MMQ on CUDA): the inputs rounded to 8
+    /// bits, the weight read once.
+    Quantized,
+    /// The layer dequantized to bf16 for each product and multiplied by the
+    /// device's matmul (cuBLAS): a transient bf16 copy of one layer.
+    DequantizedBf16,
+}
+
+/// `SCHNELL_GGUF_GPU_PRODUCT=dequantize` picks [`GpuProduct::DequantizedBf16`],
+/// for `scripts/gpu-bench.sh` to measure both at FLUX's row counts; the
+/// default stays candle's until a GPU has said which is faster.
+fn gpu_product() -> GpuProduct {
+    static CHOICE: std::sync::OnceLock<GpuProduct> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(
+        || match std::env::var("SCHNELL_GGUF_GPU_PRODUCT").as_deref() {
+            Ok("dequantize") => GpuProduct::DequantizedBf16,
+            _ => GpuProduct::Quantized,
+        },
+    )
+}
+
+/// `x · wᵀ` with `w` dequantized to bf16 for this product only, computed in
+/// bf16 and returned in `x`'s dtype.
+fn dequantized_bf16_product(x: &Tensor, weight: &QTensor) -> Result<Tensor> {
+    let w = weight.dequantize(x.device())?.to_dtype(DType::BF16)?;
+    x.to_dtype(DType::BF16)?
+        .broadcast_matmul(&w.t()?)?
+        .to_dtype(x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    /// The GPU's other product, run here on the CPU: the dequantized
+    /// weight's product, within bf16 rounding.
+    #[test]
+    fn the_dequantized_bf16_product_is_the_products_within_bf16_rounding() {
+        let cpu = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (48, 64), &cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 5, 64), &cpu).unwrap();
+        let expected = x
+            .broadcast_matmul(&q.dequantize(&cpu).unwrap().t().unwrap())
+            .unwrap();
+        let ours = dequantized_bf16_product(&x, &q).unwrap();
+        assert_eq!(ours.dims(), &[2, 5, 48]);
+        let err = crate::flux::test_util::max_abs_diff(&ours, &expected);
+        let top = crate::flux::test_util::max_abs_diff(&expected, &expected.zeros_like().unwrap());
+        // Inputs and weights rounded to 8 bits of mantissa, over 64 terms.
+        assert!(err <= 0.02 * top, "off by {err} (values up to {top})");
+    }
 }

@@ -63,7 +63,8 @@ impl Attention {
         let relative_bias = first
             .then(|| {
                 let shape = (cfg.relative_attention_num_buckets, cfg.num_heads);
-                vb.get(shape, "relative_attention_bias.weight")?.dequantize(vb.device())
+                vb.get(shape, "relative_attention_bias.weight")?
+                    .dequantize(vb.device())
             })
             .transpose()?;
         Ok(Self {
@@ -79,10 +80,17 @@ impl Attention {
 
     /// The attention's output, and the position bias (made here in the
     /// first layer, passed on to the others).
-    fn forward(&self, xs: &Tensor, bias: Option<&Tensor>, cfg: &Config) -> Result<(Tensor, Tensor)> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: &Config,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, self.d_kv))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, l, self.heads, self.d_kv))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = heads(self.q.forward(xs)?)?;
         let k = heads(self.k.forward(xs)?)?;
@@ -94,7 +102,10 @@ impl Attention {
         };
         let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.heads * self.d_kv))?;
+        let out = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * self.d_kv))?;
         Ok((self.o.forward(&out)?, bias))
     }
 }
@@ -159,7 +170,11 @@ impl Block {
         let (attn, ff) = (vb.pp("layer.0"), vb.pp("layer.1"));
         let dense = ff.pp("DenseReluDense");
         Ok(Self {
-            attention_norm: RmsNorm::load(cfg.d_model, cfg.layer_norm_epsilon, &attn.pp("layer_norm"))?,
+            attention_norm: RmsNorm::load(
+                cfg.d_model,
+                cfg.layer_norm_epsilon,
+                &attn.pp("layer_norm"),
+            )?,
             attention: Attention::load(first, &attn.pp("SelfAttention"), cfg)?,
             ff_norm: RmsNorm::load(cfg.d_model, cfg.layer_norm_epsilon, &ff.pp("layer_norm"))?,
             ff: FeedForward {
@@ -193,7 +208,9 @@ impl QuantizedT5Encoder {
             .into_iter()
             .find(|name| vb.contains_key(&format!("{name}.weight")))
             .unwrap_or("shared");
-        let embeddings = vb.pp(table).get((config.vocab_size, config.d_model), "weight")?;
+        let embeddings = vb
+            .pp(table)
+            .get((config.vocab_size, config.d_model), "weight")?;
         let encoder = vb.pp("encoder");
         let blocks = (0..config.num_layers)
             .map(|i| Block::load(i == 0, &encoder.pp(format!("block.{i}")), config))
@@ -216,7 +233,11 @@ impl QuantizedT5Encoder {
         let mut xs = dequantize_rows(&self.embeddings, ids, device)?.unsqueeze(0)?;
         let mut bias = None;
         for block in &self.blocks {
-            let (ys, b) = block.attention.forward(&block.attention_norm.forward(&xs)?, bias.as_ref(), &self.config)?;
+            let (ys, b) = block.attention.forward(
+                &block.attention_norm.forward(&xs)?,
+                bias.as_ref(),
+                &self.config,
+            )?;
             bias = Some(b);
             xs = (xs + ys)?;
             xs = (&xs + block.ff.forward(&block.ff_norm.forward(&xs)?)?)?;
@@ -251,8 +272,11 @@ mod tests {
         .unwrap();
         let cpu = Device::Cpu;
         let vars = VarMap::new();
-        t5::T5EncoderModel::load(FloatVarBuilder::from_varmap(&vars, DType::F32, &cpu), &config)
-            .unwrap();
+        t5::T5EncoderModel::load(
+            FloatVarBuilder::from_varmap(&vars, DType::F32, &cpu),
+            &config,
+        )
+        .unwrap();
         let mut quantized = Vec::new();
         for (name, var) in vars.data().lock().unwrap().iter() {
             let t = var.as_tensor();
@@ -285,10 +309,18 @@ mod tests {
         let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 50).collect();
         let a = ours.forward(&ids, &cpu).unwrap();
         let b = theirs
-            .forward(&Tensor::new(ids.as_slice(), &cpu).unwrap().unsqueeze(0).unwrap())
+            .forward(
+                &Tensor::new(ids.as_slice(), &cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            )
             .unwrap();
         let err = crate::flux::test_util::max_abs_diff(&a, &b);
         let top = crate::flux::test_util::max_abs_diff(&b, &b.zeros_like().unwrap());
-        assert!(top > 0.0 && err <= 1e-4 * top, "off by {err} (values up to {top})");
+        assert!(
+            top > 0.0 && err <= 1e-4 * top,
+            "off by {err} (values up to {top})"
+        );
     }
 }

@@ -123,7 +123,17 @@ pub(super) fn matmul(
     }
     // SAFETY: `dst` holds the product's rows (checked above), and is
     // borrowed mutably, so apart from the inputs.
-    unsafe { matmul_unchecked(dst.as_mut_ptr(), dst_stride, accumulate, lhs, rhs, scale, parallelism) }
+    unsafe {
+        matmul_unchecked(
+            dst.as_mut_ptr(),
+            dst_stride,
+            accumulate,
+            lhs,
+            rhs,
+            scale,
+            parallelism,
+        )
+    }
 }
 
 /// [`matmul`] into a raw `dst`, for threads that write disjoint columns of

@@ -95,7 +95,12 @@ impl Operand<'_> {
 /// `then(x · wᵀ + bias)` for `x` the columns of `parts` side by side (each
 /// read in place, and multiplied by its rows of `wᵀ`: no concatenation),
 /// rows of `n` values, as a `(…, n)` tensor of the parts' leading dims.
-fn product(parts: &[&Tensor], weight: Weight, bias: Option<&Tensor>, then: &Then) -> Result<Tensor> {
+fn product(
+    parts: &[&Tensor],
+    weight: Weight,
+    bias: Option<&Tensor>,
+    then: &Then,
+) -> Result<Tensor> {
     let Some(first) = parts.first() else {
         candle_core::bail!("linear: no input");
     };
@@ -410,8 +415,14 @@ mod tests {
         assert!(linear(&randn(&[2, 4]), &weight, Some(&randn(&[6]))).is_err());
         let gate = randn(&[1, 5]);
         assert!(
-            linear_gated_residual(&[&randn(&[2, 4])], &weight, Some(&bias), &gate, &randn(&[3, 5]))
-                .is_err(),
+            linear_gated_residual(
+                &[&randn(&[2, 4])],
+                &weight,
+                Some(&bias),
+                &gate,
+                &randn(&[3, 5])
+            )
+            .is_err(),
             "a residual of other rows"
         );
         assert!(
@@ -427,8 +438,14 @@ mod tests {
         );
         let parts = [&randn(&[2, 3]), &randn(&[3, 1])];
         assert!(
-            linear_gated_residual(&parts, &weight, Some(&bias), &randn(&[1, 5]), &randn(&[2, 5]))
-                .is_err(),
+            linear_gated_residual(
+                &parts,
+                &weight,
+                Some(&bias),
+                &randn(&[1, 5]),
+                &randn(&[2, 5])
+            )
+            .is_err(),
             "parts of other rows"
         );
     }

@@ -5,18 +5,19 @@
 //! multiply every input row by the panel while it is still in cache. FLUX's
 //! products have hundreds to thousands of rows (512 at 256², 1280 at 512²),
 //! so each dequantized value is used that many times, and the product runs
-//! at the f32 layers' speed plus one pass of dequantization. candle's CPU
-//! `QMatMul` instead takes a dot product per output element against 8-bit
-//! quantized input rows, with no tiling (candle issue 3707): 80 GFLOP/s on
-//! this machine's two cores, against gemm's 240-310.
+//! at nearly the f32 layers' speed plus one pass of dequantization. candle's
+//! CPU `QMatMul` instead takes a dot product per output element against
+//! 8-bit quantized input rows, with no tiling (candle issue 3707): for
+//! Q4_0 at 512 × 3072 × 3072 on this machine's two cores, 13 GFLOP/s
+//! against 157 here and 190-210 for the f32 products (BENCHMARKS.md).
 //!
 //! No f32 copy of a weight outlives the panel being used: a panel is
 //! `PANEL × k` values, 3 MB for most of FLUX's products (`k` = 3072), 15 MB
 //! for a single block's `linear2` (`k` = 15360), per thread.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8_0, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
@@ -30,6 +31,10 @@ use super::kernels::{grown, madd, matmul_unchecked, Rows, Scratch, View, SCRATCH
 /// per thread. 128 and 512 were up to 10% slower at FLUX's shapes.
 const PANEL: usize = 256;
 
+/// Rows of the weight dequantized together before they are written across
+/// the panel: 16 f32 are a cache line.
+const GROUP: usize = 16;
+
 /// Below this many input rows a panel's dequantized values are used too few
 /// times to pay for laying them out for gemm: each row of the weight is
 /// dequantized and dotted with the inputs where it is (the modulations and
@@ -42,12 +47,14 @@ type Dequantize = fn(bytes: &[u8], values: &mut [f32]);
 fn dequantize<T: GgmlType>(bytes: &[u8], values: &mut [f32]) {
     let size = std::mem::size_of::<T>();
     assert!(
-        bytes.len() % size == 0 && bytes.as_ptr().align_offset(std::mem::align_of::<T>()) == 0,
+        bytes.len().is_multiple_of(size)
+            && bytes.as_ptr().align_offset(std::mem::align_of::<T>()) == 0,
         "quantized rows that are not whole aligned blocks"
     );
     // SAFETY: the bytes are whole blocks of `T`, aligned for it (checked
     // above), and every bit pattern of a block's fields is a value.
-    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
+    let blocks =
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
     T::to_float(blocks, values);
 }
 
@@ -117,7 +124,10 @@ impl<'a> QuantizedRows<'a> {
         let dtype = weight.dtype();
         let (n, k) = weight.shape().dims2()?;
         let Some(dequantize) = dequantizer(dtype).filter(|_| weight.device().is_cpu()) else {
-            candle_core::bail!("linear: a {dtype:?} weight on {:?}", weight.device().location());
+            candle_core::bail!(
+                "linear: a {dtype:?} weight on {:?}",
+                weight.device().location()
+            );
         };
         if k % dtype.block_size() != 0 {
             candle_core::bail!(
@@ -168,15 +178,18 @@ pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &Quantized
         SCRATCH.with_borrow_mut(|scratch| {
             // Each row of the weight goes to a column of the panel, so
             // that gemm reads `k × cols` row-major, which it packs faster
-            // than the weight's own layout: 3-8% per product here.
+            // than the weight's own layout: 3-8% per product here. The rows
+            // are dequantized `GROUP` at a time and then written across, a
+            // whole cache line of the panel at once.
             let Scratch { panel, row, .. } = scratch;
-            let row = grown(row, k);
+            let rows = grown(row, GROUP * k);
             let panel = grown(panel, cols * k);
-            for j in 0..cols {
-                w.row(j0 + j, row);
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * cols + j] = v;
+            for g in (0..cols).step_by(GROUP) {
+                let group = GROUP.min(cols - g);
+                for (r, values) in rows.chunks_exact_mut(k).take(group).enumerate() {
+                    w.row(j0 + g + r, values);
                 }
+                transpose_into(panel, cols, g, &rows[..group * k], k);
             }
             let mut k0 = 0;
             for x in inputs {
@@ -226,6 +239,36 @@ fn few_rows(out: SendPtr, n: usize, inputs: &[Rows], w: &QuantizedRows) {
             }
         },
     );
+}
+
+multiversion! {
+    /// Writes `rows` (each `k` long) as the columns `first..` of `panel`,
+    /// whose rows are `cols` long: a whole group in 16×16 tiles, whose
+    /// fixed sizes let the compiler keep them in registers.
+    fn transpose_into(panel: &mut [f32], cols: usize, first: usize, rows: &[f32], k: usize) {
+        let group = rows.len() / k;
+        let whole = if group == GROUP { k / GROUP * GROUP } else { 0 };
+        for kc in (0..whole).step_by(GROUP) {
+            let mut tile = [[0f32; GROUP]; GROUP];
+            for (r, line) in tile.iter_mut().enumerate() {
+                line.copy_from_slice(&rows[r * k + kc..][..GROUP]);
+            }
+            for c in 0..GROUP {
+                let line: &mut [f32; GROUP] = (&mut panel[(kc + c) * cols + first..][..GROUP])
+                    .try_into()
+                    .expect("a whole line");
+                for r in 0..GROUP {
+                    line[r] = tile[r][c];
+                }
+            }
+        }
+        for kk in whole..k {
+            let line = &mut panel[kk * cols + first..][..group];
+            for (r, v) in line.iter_mut().enumerate() {
+                *v = rows[r * k + kk];
+            }
+        }
+    }
 }
 
 multiversion! {
@@ -287,7 +330,10 @@ mod tests {
     fn close(a: &Tensor, b: &Tensor, what: &str) {
         let err = crate::flux::test_util::max_abs_diff(a, b);
         let top = crate::flux::test_util::max_abs_diff(b, &b.zeros_like().unwrap());
-        assert!(err <= 2e-5 * top.max(1.0), "{what}: off by {err} (values up to {top})");
+        assert!(
+            err <= 2e-5 * top.max(1.0),
+            "{what}: off by {err} (values up to {top})"
+        );
     }
 
     /// Each type's product is candle's dequantize-then-matmul within f32
@@ -315,16 +361,58 @@ mod tests {
                     &format!("{what}, GELU"),
                 );
                 // The input in two parts, the second a view.
-                let (left, right) = (x.narrow(2, 0, 256).unwrap(), x.narrow(2, 256, k - 256).unwrap());
+                let (left, right) = (
+                    x.narrow(2, 0, 256).unwrap(),
+                    x.narrow(2, 256, k - 256).unwrap(),
+                );
                 let gate = randn(&[1, 1, n]);
                 let residual = randn(&[1, rows, n]);
                 let gated = (&residual + gate.broadcast_mul(&expected).unwrap()).unwrap();
                 close(
-                    &linear_gated_residual(&[&left, &right], &q, Some(&bias), &gate, &residual).unwrap(),
+                    &linear_gated_residual(&[&left, &right], &q, Some(&bias), &gate, &residual)
+                        .unwrap(),
                     &gated,
                     &format!("{what}, gated, in parts"),
                 );
             }
+        }
+    }
+
+    /// Rows that are not a whole number of 16-value tiles (F16 and F32
+    /// have blocks of one value) take the transposition's tail.
+    #[test]
+    fn rows_of_any_width_match_for_unit_blocks() {
+        let (k, n) = (40, PANEL + 3);
+        let bias = randn(&[n]);
+        for dtype in [GgmlDType::F16, GgmlDType::F32] {
+            let q = QTensor::quantize(&randn(&[n, k]), dtype).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let reference = candle_nn::Linear::new(dense, Some(bias.clone()));
+            let x = randn(&[2, 20, k]);
+            let expected = reference.forward(&x).unwrap();
+            close(
+                &linear(&x, &q, Some(&bias)).unwrap(),
+                &expected,
+                &format!("{dtype:?}"),
+            );
+        }
+    }
+
+    #[test]
+    fn looked_up_rows_are_the_dequantized_tables() {
+        let table = randn(&[40, 64]);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::F16] {
+            let q = QTensor::quantize(&table, dtype).unwrap();
+            let ids = [3u32, 0, 39, 3];
+            let expected = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            let rows = dequantize_rows(&q, &ids, &Device::Cpu).unwrap();
+            assert_eq!(vec(&rows), vec(&expected), "{dtype:?}");
+            let err = dequantize_rows(&q, &[40], &Device::Cpu).unwrap_err();
+            assert!(err.to_string().contains("token id 40"), "{err}");
         }
     }
 
@@ -333,6 +421,9 @@ mod tests {
         let q = QTensor::quantize(&randn(&[8, 64]), GgmlDType::Q4_0).unwrap();
         let err = linear(&randn(&[20, 96]), &q, Some(&randn(&[8]))).unwrap_err();
         assert!(err.to_string().contains("linear"), "{err}");
-        assert!(linear(&randn(&[20, 64]), &q, Some(&randn(&[9]))).is_err(), "a bias of 9");
+        assert!(
+            linear(&randn(&[20, 64]), &q, Some(&randn(&[9]))).is_err(),
+            "a bias of 9"
+        );
     }
 }

@@ -112,12 +112,7 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub(super) fn new(
-        dim: usize,
-        num_heads: usize,
-        qkv_bias: bool,
-        vb: Weights,
-    ) -> Result<Self> {
+    pub(super) fn new(dim: usize, num_heads: usize, qkv_bias: bool, vb: Weights) -> Result<Self> {
         let head_dim = dim / num_heads;
         let qkv = linear_b(dim, dim * 3, qkv_bias, vb.pp("qkv"))?;
         let norm = QkNorm::new(head_dim, vb.pp("norm"))?;

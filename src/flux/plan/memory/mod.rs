@@ -15,7 +15,5 @@ mod tests;
 
 pub use budget::{choose, fixed, MemoryBudget};
 pub use estimate::{estimate_peak, ModelSize, Workload, REAL_CONFIGS};
-pub use params::{
-    clip_bytes, decoder_bytes, FluxParams, T5Params,
-};
+pub use params::{clip_bytes, decoder_bytes, FluxParams, T5Params};
 pub use sizing::{Sizing, VaeDecode};

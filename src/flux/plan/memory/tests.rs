@@ -105,7 +105,10 @@ fn quantized_weights_stay_as_compact_as_their_files() {
     let flux = size.flux.resident_bytes(Quant::Q4KS, DType::F32);
     let gguf = size.flux.gguf_bytes(Quant::Q4KS).unwrap();
     // Only the F16 embedders and vectors are widened to F32.
-    assert!(flux > gguf && flux < gguf + 200_000_000, "{flux} against {gguf}");
+    assert!(
+        flux > gguf && flux < gguf + 200_000_000,
+        "{flux} against {gguf}"
+    );
 }
 
 #[test]
