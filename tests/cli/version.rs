@@ -21,10 +21,10 @@ fn version_and_devices_name_the_back_ends_built_in() {
     // The kernel set chosen at run time is named.
     assert!(
         [
-            "AVX-512 kernels",
-            "AVX2 with FMA kernels",
-            "SSE2 kernels",
-            "NEON kernels"
+            "kernels: AVX-512",
+            "kernels: AVX2 with FMA",
+            "kernels: SSE2",
+            "kernels: NEON"
         ]
         .iter()
         .any(|k| listed.contains(k)),

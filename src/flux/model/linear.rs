@@ -70,7 +70,8 @@ impl Weights<'_> {
 /// pass and a new tensor for each; a quantized weight stays quantized and is
 /// dequantized a panel (or a row) at a time, so candle's CPU `QMatMul`,
 /// which rounds the inputs to 8 bits and repacks some types into a second
-/// copy of the weight, is never used.
+/// copy of the weight, is not used for f32 inputs, the dtype GGUF models
+/// compute in (`LocalModel::flux_dtype`, T5's encoder).
 #[derive(Debug, Clone)]
 pub(crate) enum Linear {
     Float(candle_nn::Linear),
@@ -197,8 +198,8 @@ enum GpuProduct {
     /// candle's quantized kernels (MMQ on CUDA): the inputs rounded to 8
     /// bits, the weight read once.
     Quantized,
-    /// The layer dequantized to bf16 for each product and multiplied by the
-    /// device's matmul (cuBLAS): a transient bf16 copy of one layer.
+    /// The layer dequantized for each product and multiplied by the device's
+    /// matmul (cuBLAS) in bf16: transient f32 and bf16 copies of one layer.
     DequantizedBf16,
 }
 

@@ -139,7 +139,7 @@ pub fn backend_reports() -> Vec<BackendReport> {
             backend: "cpu",
             compiled: true,
             devices: Ok(vec![format!(
-                "cpu: {threads} threads, {} kernels (GGUF weights dequantized a panel at a time)",
+                "cpu: {threads} threads, kernels: {} (GGUF weights dequantized a panel at a time)",
                 crate::flux::model::cpu_ops::cpu_kernels()
             )]),
         },

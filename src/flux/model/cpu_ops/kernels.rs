@@ -101,6 +101,17 @@ impl<'a> Rows<'a> {
     pub(super) fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.stride..][..self.len]
     }
+
+    /// The rows as a `count × len` matrix.
+    pub(super) fn as_matrix(&self) -> View<'a> {
+        View {
+            data: self.data,
+            rows: self.count,
+            cols: self.len,
+            row_stride: self.stride,
+            col_stride: 1,
+        }
+    }
 }
 
 /// `dst = (accumulate ? dst : 0) + scale · lhs · rhs`, with `dst` a
@@ -211,7 +222,8 @@ pub(super) struct Scratch {
 }
 
 /// Frees every pool thread's scratch: after a decode it holds up to about
-/// 10 MB per thread, which on a many-core machine adds up.
+/// 10 MB per thread, after a quantized product up to 17 MB (a panel of a
+/// single block's `linear2`), which on a many-core machine adds up.
 pub fn release_scratch() {
     rayon::broadcast(|_| SCRATCH.with_borrow_mut(|scratch| *scratch = Scratch::default()));
 }

@@ -192,13 +192,7 @@ fn product(
         Operand::F32(w) => {
             let mut k0 = 0;
             for x in &inputs {
-                let lhs = View {
-                    data: x.data,
-                    rows: m,
-                    cols: x.len,
-                    row_stride: x.stride,
-                    col_stride: 1,
-                };
+                let lhs = x.as_matrix();
                 let rhs = View {
                     data: &w.data[k0 * w.row_stride..],
                     rows: x.len,

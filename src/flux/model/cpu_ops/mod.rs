@@ -58,10 +58,10 @@ macro_rules! multiversion {
     };
 }
 
-/// The instruction set this CPU's layers run with, chosen at run time: the
-/// owned loops' (`multiversion!`) and gemm's, which dispatches the same way
-/// (AVX-512 where the CPU has it, else AVX2 with FMA, else the baseline; NEON
-/// on aarch64).
+/// The instruction sets this CPU's layers run with, chosen at run time:
+/// gemm's products use AVX-512 where the CPU has it, else AVX2 with FMA,
+/// else the baseline (NEON on aarch64); the owned loops (`multiversion!`)
+/// AVX-512 or the baseline.
 pub fn cpu_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
@@ -70,7 +70,7 @@ pub fn cpu_kernels() -> &'static str {
             return "AVX-512";
         }
         if has!("avx2") && has!("fma") {
-            return "AVX2 with FMA";
+            return "AVX2 with FMA in the matrix products, SSE2 elsewhere";
         }
         "SSE2"
     }

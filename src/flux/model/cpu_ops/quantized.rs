@@ -11,9 +11,10 @@
 //! Q4_0 at 512 × 3072 × 3072 on this machine's two cores, 13 GFLOP/s
 //! against 157 here and 190-210 for the f32 products (BENCHMARKS.md).
 //!
-//! No f32 copy of a weight outlives the panel being used: a panel is
+//! No f32 copy of a weight is made beyond the panel being used: a panel is
 //! `PANEL × k` values, 3 MB for most of FLUX's products (`k` = 3072), 15 MB
-//! for a single block's `linear2` (`k` = 15360), per thread.
+//! for a single block's `linear2` (`k` = 15360), per thread, in scratch that
+//! the engine frees after each job (`release_scratch`).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -166,7 +167,7 @@ pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &Quantized
         inputs.iter().map(|x| x.len).sum::<usize>() == k && out.len() >= m * n,
         "a quantized product of mismatched shapes"
     );
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return;
     }
     let out = SendPtr(out.as_mut_ptr());
@@ -193,13 +194,7 @@ pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &Quantized
             }
             let mut k0 = 0;
             for x in inputs {
-                let lhs = View {
-                    data: x.data,
-                    rows: m,
-                    cols: x.len,
-                    row_stride: x.stride,
-                    col_stride: 1,
-                };
+                let lhs = x.as_matrix();
                 let rhs = View {
                     data: &panel[k0 * cols..],
                     rows: x.len,

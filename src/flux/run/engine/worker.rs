@@ -182,6 +182,9 @@ pub(super) fn worker(queue: std_mpsc::Receiver<Job>, options: EngineOptions, sha
                         .prompt_cache_bytes
                         .store(bytes, Ordering::Relaxed);
                 }
+                // The CPU layers' per-thread scratch too (a dequantized
+                // panel, a decode's tiles), then the allocator's free pages.
+                crate::flux::model::cpu_ops::release_scratch();
                 release_free_memory();
             }
         }
