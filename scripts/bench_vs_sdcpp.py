@@ -85,13 +85,13 @@ def run_sdcpp(python, files, side, steps, threads, out):
     if proc.returncode != 0 or not lines:
         sys.exit(f"stable-diffusion.cpp failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     report = json.loads(lines[-1])
-    side_report = report["sides"][str(side)] if isinstance(report.get("sides"), dict) else report["sides"][0]
+    side_report = report["sides"][str(side)]
     return {
         "load_s": report.get("load_s"),
         "text_encoding_s": side_report["text_encoding_s"],
         "step_s": side_report["sampling_s"] / steps,
         "vae_decode_s": side_report["vae_decode_s"],
-        "peak_rss_gb": report["peak_rss_kib"] * 1024 / 1e9 if "peak_rss_kib" in report else side_report["peak_rss_kib"] * 1024 / 1e9,
+        "peak_rss_gb": report["peak_rss_kib"] * 1024 / 1e9,
         "cpu": report.get("cpu_features"),
         "repacked": report.get("repacked"),
     }

@@ -80,7 +80,6 @@ pub(crate) enum Linear {
     /// tensors there: those are `Float`).
     Quantized {
         weight: Arc<QTensor>,
-        matmul: QMatMul,
         bias: Option<Tensor>,
     },
 }
@@ -112,13 +111,9 @@ impl Module for Linear {
         }
         match self {
             Linear::Float(linear) => linear.forward(x),
-            Linear::Quantized {
-                weight,
-                matmul,
-                bias,
-            } => {
+            Linear::Quantized { weight, bias } => {
                 let y = match gpu_product() {
-                    GpuProduct::Quantized => x.apply(matmul)?,
+                    GpuProduct::Quantized => x.apply(&QMatMul::QTensor(weight.clone()))?,
                     GpuProduct::DequantizedBf16 => dequantized_bf16_product(x, weight)?,
                 };
                 match bias {
@@ -148,20 +143,12 @@ pub(crate) fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: Weights) -
     // On the CPU every type the products take stays as the file has it, F16
     // too (candle's `QMatMul` would widen it to an F32 copy).
     if takes_quantized(&weight) {
-        return Ok(Linear::Quantized {
-            matmul: QMatMul::QTensor(weight.clone()),
-            weight,
-            bias,
-        });
+        return Ok(Linear::Quantized { weight, bias });
     }
     Ok(match QMatMul::from_arc(weight.clone())? {
         QMatMul::Tensor(dense) => Linear::Float(candle_nn::Linear::new(repacked(dense)?, bias)),
         QMatMul::TensorF16(dense) => Linear::Float(candle_nn::Linear::new(dense, bias)),
-        matmul @ QMatMul::QTensor(_) => Linear::Quantized {
-            weight,
-            matmul,
-            bias,
-        },
+        QMatMul::QTensor(_) => Linear::Quantized { weight, bias },
     })
 }
 

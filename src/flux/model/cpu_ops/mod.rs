@@ -44,11 +44,7 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body::<true>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if crate::flux::model::cpu_ops::has_avx512() {
                     // SAFETY: the CPU has every feature `avx512` is compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
@@ -56,6 +52,14 @@ macro_rules! multiversion {
             body::<false>($($arg),*)
         }
     };
+}
+
+/// Whether the CPU has every feature `multiversion!`'s AVX-512 copy is
+/// compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("fma")
 }
 
 /// The instruction sets this CPU's layers run with, chosen at run time:
@@ -66,7 +70,7 @@ pub fn cpu_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("fma") {
+        if has_avx512() {
             return "AVX-512";
         }
         if has!("avx2") && has!("fma") {

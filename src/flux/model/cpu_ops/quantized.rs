@@ -29,7 +29,8 @@ use super::kernels::{grown, madd, matmul_unchecked, Rows, Scratch, View, SCRATCH
 
 /// Output columns per panel: enough that gemm's packing of the input rows,
 /// once per panel, is amortised; few enough that a layer has several panels
-/// per thread. 128 and 512 were up to 10% slower at FLUX's shapes.
+/// per thread. 128 was up to 6% slower at FLUX's shapes (512 was only
+/// measured on a busy machine).
 const PANEL: usize = 256;
 
 /// Rows of the weight dequantized together before they are written across
@@ -179,7 +180,7 @@ pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &Quantized
         SCRATCH.with_borrow_mut(|scratch| {
             // Each row of the weight goes to a column of the panel, so
             // that gemm reads `k × cols` row-major, which it packs faster
-            // than the weight's own layout: 3-8% per product here. The rows
+            // than the weight's own layout: 3-12% per product here. The rows
             // are dequantized `GROUP` at a time and then written across, a
             // whole cache line of the panel at once.
             let Scratch { panel, row, .. } = scratch;
