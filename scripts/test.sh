@@ -11,8 +11,12 @@
 #     test runner drives the browser tests) and Trunk 0.21.14 (builds the web
 #     app), both from crates.io, built at opt-level 1 (tools, not products:
 #     half the build time);
-#   - last, scripts/build-cuda.sh installs CUDA 13.0's toolkit wheels from
-#     PyPI into ~/.cache/schnell-cuda and builds the CUDA binary.
+#   - near the end, scripts/build-cuda.sh installs CUDA 13.0's toolkit wheels
+#     from PyPI into ~/.cache/schnell-cuda and builds the CUDA binary;
+#   - last, scripts/check-aarch64.sh unpacks Debian's rustc-web with its
+#     aarch64 standard library and GCC's aarch64 cross compiler (fetched with
+#     apt-get download) into ~/.cache/schnell-aarch64 and checks the crate
+#     for aarch64.
 # Nothing downloads a browser or a tool at run time.
 # CARGO_TARGET_DIR is honoured, so CI can keep one build between runs.
 # Each step's time is printed at the end, pass or fail.
@@ -178,3 +182,7 @@ done
 step "CUDA: scripts/build-cuda.sh builds --features cuda (toolkit from PyPI); the binary runs against a stub driver"
 # Its own build folder (~/.cache/schnell-cuda-target), kept between runs.
 scripts/build-cuda.sh build >/dev/null
+
+step "aarch64: cargo check --target aarch64-unknown-linux-gnu (scripts/check-aarch64.sh; Debian's rustc-web and cross GCC, unpacked, not installed)"
+# Its own build folder (~/.cache/schnell-aarch64-target), kept between runs.
+scripts/check-aarch64.sh

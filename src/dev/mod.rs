@@ -15,6 +15,7 @@
 mod error;
 mod gguf;
 mod json;
+mod products;
 mod random;
 mod safetensors;
 mod sizes;
@@ -23,5 +24,7 @@ mod write;
 
 pub use self::error::DevResult;
 pub use self::gguf::rename_gguf_tensors;
+pub use self::products::{ProductCase, ProductTiming};
 pub use self::sizes::{ModelSizes, Size, WriteOptions};
 pub use self::write::{transformer_parameters, write_models, write_tiny_models};
+pub use crate::flux::model::cpu_ops::QuantizedProduct;

@@ -20,6 +20,7 @@ pub(crate) mod run;
 pub(crate) mod weights;
 
 pub use error::FluxError;
+pub use model::cpu_ops::{set_quantized_product, QuantizedProduct};
 pub use plan::choice::{QuantChoice, QuantPlan};
 pub use plan::device::{
     backend_reports, parse_dtype, BackendReport, DeviceChoice, COMPILED_BACKENDS,

@@ -30,6 +30,34 @@ fn version_and_devices_name_the_back_ends_built_in() {
         .any(|k| listed.contains(k)),
         "{listed}"
     );
+    // So is the design of the products with GGUF weights: 8 bits where
+    // the CPU has AVX-512 VNNI, unless the environment asks for f32.
+    #[cfg(target_arch = "x86_64")]
+    let vnni = {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512vnni")
+            && has!("f16c")
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    let design = match vnni {
+        true => "(GGUF weights in 8-bit products (AVX-512 VNNI))",
+        false => "(GGUF weights dequantized to f32 a panel at a time)",
+    };
+    assert!(listed.contains(design), "{listed}");
+    let out = Command::new(BIN)
+        .arg("devices")
+        .env("SCHNELL_CPU_QUANTIZED_PRODUCT", "f32")
+        .output()
+        .unwrap();
+    let f32_listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        f32_listed.contains("(GGUF weights dequantized to f32 a panel at a time)"),
+        "{f32_listed}"
+    );
     assert!(
         listed.contains("metal: not compiled in (macOS only"),
         "{listed}"

@@ -139,8 +139,9 @@ pub fn backend_reports() -> Vec<BackendReport> {
             backend: "cpu",
             compiled: true,
             devices: Ok(vec![format!(
-                "cpu: {threads} threads, kernels: {} (GGUF weights dequantized a panel at a time)",
-                crate::flux::model::cpu_ops::cpu_kernels()
+                "cpu: {threads} threads, kernels: {} ({})",
+                crate::flux::model::cpu_ops::cpu_kernels(),
+                crate::flux::model::cpu_ops::quantized_kernels()
             )]),
         },
         BackendReport {

@@ -219,6 +219,13 @@ pub(super) struct Scratch {
     /// `quantized`).
     pub(super) panel: Vec<f32>,
     pub(super) row: Vec<f32>,
+    /// A panel in 8 bits (see `int8`, x86-64 only).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) int8_values: Vec<i8>,
+    #[cfg(target_arch = "x86_64")]
+    pub(super) int8_scales: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
+    pub(super) int8_offsets: Vec<i32>,
 }
 
 /// Frees every pool thread's scratch: after a decode it holds up to about
@@ -228,11 +235,27 @@ pub fn release_scratch() {
     rayon::broadcast(|_| SCRATCH.with_borrow_mut(|scratch| *scratch = Scratch::default()));
 }
 
-pub(super) fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn grown<T: Default + Clone>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     if buffer.len() < len {
-        buffer.resize(len, 0.0);
+        buffer.resize(len, T::default());
     }
     &mut buffer[..len]
+}
+
+/// The output's start, shared by the threads that write its parts.
+#[derive(Clone, Copy)]
+pub(super) struct SendPtr(pub(super) *mut f32);
+
+// SAFETY: each thread writes only its own part of the output (each user
+// says which).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the output.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// `eˣ` in a form the compiler vectorises: Cephes' `expf` (range reduction

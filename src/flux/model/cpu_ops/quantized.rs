@@ -1,20 +1,28 @@
-//! Products with GGUF weights that stay quantized in memory.
+//! Products with GGUF weights that stay quantized in memory, in one of two
+//! designs (issue 26), chosen by measurement (`cargo bench --bench
+//! quantized_products`, BENCHMARKS.md):
+//! - **8 bits** (`int8`, the default where the CPU has AVX-512 VNNI): the
+//!   inputs and a panel of the weight rounded to 8 bits per block of 32 and
+//!   multiplied with integer dot products, 2.5-3.3× as fast as the f32
+//!   panels at FLUX's shapes on this machine's two cores (450-650 GFLOP/s);
+//! - **f32 panels** (below; elsewhere, for F32, F16 and BF16 matrices, for
+//!   T5, and with `SCHNELL_CPU_QUANTIZED_PRODUCT=f32`): each thread takes a
+//!   panel of [`PANEL`] output columns at a time, dequantizes those rows of
+//!   the weight into its own scratch, and lets gemm multiply every input
+//!   row by the panel while it is still in cache, within f32 rounding of
+//!   dequantize-then-matmul (170-210 GFLOP/s).
 //!
-//! Each thread takes a panel of [`PANEL`] output columns at a time,
-//! dequantizes those rows of the weight into its own scratch, and lets gemm
-//! multiply every input row by the panel while it is still in cache. FLUX's
-//! products have hundreds to thousands of rows (512 at 256², 1280 at 512²),
-//! so each dequantized value is used that many times, and the product runs
-//! at nearly the f32 layers' speed plus one pass of dequantization. candle's
-//! CPU `QMatMul` instead takes a dot product per output element against
-//! 8-bit quantized input rows, with no tiling (candle issue 3707): for
-//! Q4_0 at 512 × 3072 × 3072 on this machine's two cores, 13 GFLOP/s
-//! against 157 here and 190-210 for the f32 products (BENCHMARKS.md).
+//! FLUX's products have hundreds to thousands of rows (512 at 256², 1280 at
+//! 512²), so each dequantized value is used that many times. candle's CPU
+//! `QMatMul` instead takes a dot product per output element against 8-bit
+//! quantized input rows, with no tiling (candle issue 3707): for Q4_0 at
+//! 512 × 3072 × 3072 on this machine's two cores, 13 GFLOP/s.
 //!
 //! No f32 copy of a weight is made beyond the panel being used: a panel is
 //! `PANEL × k` values, 3 MB for most of FLUX's products (`k` = 3072), 15 MB
-//! for a single block's `linear2` (`k` = 15360), per thread, in scratch that
-//! the engine frees after each job (`release_scratch`).
+//! for a single block's `linear2` (`k` = 15360), per thread (a quarter of
+//! that in 8 bits), in scratch that the engine frees after each job
+//! (`release_scratch`).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -25,7 +33,9 @@ use candle_core::{Device, Result, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernels::{grown, madd, matmul_unchecked, Rows, Scratch, View, SCRATCH};
+#[cfg(target_arch = "x86_64")]
+use super::int8;
+use super::kernels::{grown, madd, matmul_unchecked, Rows, Scratch, SendPtr, View, SCRATCH};
 
 /// Output columns per panel: enough that gemm's packing of the input rows,
 /// once per panel, is amortised; few enough that a layer has several panels
@@ -112,12 +122,107 @@ pub fn dequantize_rows(weight: &QTensor, ids: &[u32], device: &Device) -> Result
     Tensor::from_vec(values, (ids.len(), rows.k), &Device::Cpu)?.to_device(device)
 }
 
+/// How the products with GGUF weights multiply, where there are enough
+/// input rows for panels (the few-row products always dot f32 rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuantizedProduct {
+    /// Panels dequantized to f32 and multiplied by gemm: within f32
+    /// rounding of candle's dequantize-then-matmul.
+    F32Panels,
+    /// Inputs and panels in 8 bits, multiplied with AVX-512 VNNI (see
+    /// `int8`), for the block-quantized types; F32, F16 and BF16 matrices
+    /// stay on f32 panels. Where the CPU lacks VNNI, f32 panels.
+    Int8,
+}
+
+/// 0: not chosen yet; else `QuantizedProduct as u8 + 1`.
+static PRODUCT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the design of every later product with GGUF weights in this
+/// process. Without a call, `SCHNELL_CPU_QUANTIZED_PRODUCT` (`f32` or
+/// `int8`) chooses, else [`QuantizedProduct::Int8`]: the faster at every
+/// type measured (BENCHMARKS.md).
+pub fn set_quantized_product(product: QuantizedProduct) {
+    PRODUCT.store(product as u8 + 1, std::sync::atomic::Ordering::Relaxed);
+}
+
+thread_local! {
+    /// A design for the products this thread starts (see
+    /// [`with_quantized_product`]).
+    static THIS_THREAD: std::cell::Cell<Option<QuantizedProduct>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the products it starts on this thread made by `design`,
+/// whatever the process chose: tests pin each design while others run.
+pub fn with_quantized_product<R>(design: QuantizedProduct, f: impl FnOnce() -> R) -> R {
+    let before = THIS_THREAD.replace(Some(design));
+    let result = f();
+    THIS_THREAD.set(before);
+    result
+}
+
+/// The design for a product started on this thread: the one
+/// [`with_quantized_product`] gives, else [`set_quantized_product`]'s or the
+/// environment's.
+pub fn quantized_product() -> QuantizedProduct {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(design) = THIS_THREAD.get() {
+        return design;
+    }
+    match PRODUCT.load(Relaxed) {
+        1 => QuantizedProduct::F32Panels,
+        2 => QuantizedProduct::Int8,
+        _ => {
+            let chosen = match std::env::var("SCHNELL_CPU_QUANTIZED_PRODUCT").as_deref() {
+                Ok("f32") => QuantizedProduct::F32Panels,
+                _ => QuantizedProduct::Int8,
+            };
+            // A racing `set_quantized_product` wins.
+            let _ = PRODUCT.compare_exchange(0, chosen as u8 + 1, Relaxed, Relaxed);
+            quantized_product()
+        }
+    }
+}
+
+/// How this process multiplies by GGUF weights, for `schnell devices`.
+pub fn quantized_kernels() -> &'static str {
+    if quantized_product() == QuantizedProduct::Int8 && has_vnni() {
+        "GGUF weights in 8-bit products (AVX-512 VNNI)"
+    } else {
+        "GGUF weights dequantized to f32 a panel at a time"
+    }
+}
+
+/// Whether this CPU runs the 8-bit products.
+fn has_vnni() -> bool {
+    cfg_if::cfg_if! {
+        if #[cfg(target_arch = "x86_64")] {
+            int8::available()
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether a product with a `dtype` weight runs in 8 bits here.
+#[cfg(target_arch = "x86_64")]
+fn in_8_bits(dtype: GgmlDType) -> bool {
+    let quantized = !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+    quantized && quantized_product() == QuantizedProduct::Int8 && has_vnni()
+}
+
 /// A GGUF matrix `(n, k)` on the CPU, read a row at a time.
 pub(super) struct QuantizedRows<'a> {
     bytes: std::borrow::Cow<'a, [u8]>,
     pub(super) n: usize,
     pub(super) k: usize,
     row_bytes: usize,
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "read by the 8-bit products")
+    )]
+    dtype: GgmlDType,
     dequantize: Dequantize,
 }
 
@@ -150,6 +255,7 @@ impl<'a> QuantizedRows<'a> {
             n,
             k,
             row_bytes,
+            dtype,
             dequantize,
         })
     }
@@ -174,6 +280,17 @@ pub(super) fn accumulate_product(out: &mut [f32], inputs: &[Rows], w: &Quantized
     let out = SendPtr(out.as_mut_ptr());
     if m < MIN_ROWS_FOR_PANELS {
         return few_rows(out, n, inputs, w);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if in_8_bits(w.dtype) && int8::fits(inputs) {
+        let row = |j: usize, values: &mut [f32]| w.row(j, values);
+        let (bytes, row_bytes) = (&w.bytes[..], w.row_bytes);
+        let rows = match w.dtype {
+            GgmlDType::Q8_0 => int8::WeightRows::Q8_0 { bytes, row_bytes },
+            GgmlDType::Q4_0 => int8::WeightRows::Q4_0 { bytes, row_bytes },
+            _ => int8::WeightRows::Dequantized(&row),
+        };
+        return int8::accumulate_product(out, inputs, n, k, PANEL, &rows);
     }
     (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
         let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
@@ -284,21 +401,6 @@ multiversion! {
     }
 }
 
-/// The output's start, shared by the threads that write its panels.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-// SAFETY: each thread writes only its own panels' columns.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the output (see `accumulate_product`).
-        unsafe { self.0.add(offset) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -337,6 +439,10 @@ mod tests {
     /// of the panel, and inputs as views in parts.
     #[test]
     fn every_type_matches_dequantize_then_matmul() {
+        with_quantized_product(QuantizedProduct::F32Panels, every_type_matches);
+    }
+
+    fn every_type_matches() {
         // k: two K-quant superblocks; n: two panels and a partial one.
         let (k, n) = (512, 2 * PANEL + 37);
         let bias = randn(&[n]);
@@ -369,6 +475,82 @@ mod tests {
                         .unwrap(),
                     &gated,
                     &format!("{what}, gated, in parts"),
+                );
+            }
+        }
+    }
+
+    /// In 8 bits each type's product is the f32 product of the inputs and
+    /// the dequantized weight, each rounded to 8 bits per block of 32 (the
+    /// weight only where it is not Q8_0 or Q4_0, whose integers are used):
+    /// rows not a multiple of the tile, columns not a multiple of the
+    /// panel or of 16, the input in parts. Inputs split inside a block, and
+    /// F32, F16 and BF16 weights, stay on f32 panels; so does a CPU without
+    /// VNNI.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_type_in_8_bits_is_the_product_of_the_rounded_operands() {
+        let (k, n) = (512, 2 * PANEL + 37);
+        let bias = randn(&[n]);
+        let rounded = |t: &Tensor| {
+            let dims = t.dims().to_vec();
+            let values = if int8::available() {
+                int8::round_to_8_bits(&vec(t))
+            } else {
+                vec(t)
+            };
+            Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+        };
+        for dtype in TYPES {
+            let q = QTensor::quantize(&randn(&[n, k]), dtype).unwrap();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let in_8_bits = !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            // Q8_0's and Q4_0's integers are taken as they are.
+            let rounds_weight = in_8_bits && !matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0);
+            let rounded_weight = if rounds_weight {
+                rounded(&dense)
+            } else {
+                dense.clone()
+            };
+            for rows in [23, 45] {
+                let what = format!("{dtype:?}, {rows} rows");
+                let x = randn(&[1, rows, k]);
+                let x_rounded = if in_8_bits { rounded(&x) } else { x.clone() };
+                let expected = candle_nn::Linear::new(rounded_weight.clone(), Some(bias.clone()))
+                    .forward(&x_rounded)
+                    .unwrap();
+                let ours = with_quantized_product(QuantizedProduct::Int8, || {
+                    linear(&x, &q, Some(&bias)).unwrap()
+                });
+                close(&ours, &expected, &what);
+                let (left, right) = (
+                    x.narrow(2, 0, 256).unwrap(),
+                    x.narrow(2, 256, k - 256).unwrap(),
+                );
+                let (gate, residual) = (randn(&[1, 1, n]), randn(&[1, rows, n]));
+                let gated = with_quantized_product(QuantizedProduct::Int8, || {
+                    linear_gated_residual(&[&left, &right], &q, Some(&bias), &gate, &residual)
+                        .unwrap()
+                });
+                let expected_gated = (&residual + gate.broadcast_mul(&expected).unwrap()).unwrap();
+                close(&gated, &expected_gated, &format!("{what}, gated, in parts"));
+                // Split inside a block: f32 panels, exactly.
+                let (left, right) = (
+                    x.narrow(2, 0, 250).unwrap(),
+                    x.narrow(2, 250, k - 250).unwrap(),
+                );
+                let exact = candle_nn::Linear::new(dense.clone(), Some(bias.clone()))
+                    .forward(&x)
+                    .unwrap();
+                let split = with_quantized_product(QuantizedProduct::Int8, || {
+                    linear_gated_residual(&[&left, &right], &q, Some(&bias), &gate, &residual)
+                        .unwrap()
+                });
+                let exact_gated = (&residual + gate.broadcast_mul(&exact).unwrap()).unwrap();
+                close(
+                    &split,
+                    &exact_gated,
+                    &format!("{what}, split inside a block"),
                 );
             }
         }

@@ -104,7 +104,12 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let (quant, t5q) = plan;
     let s = work.dtype.size_in_bytes() as u64;
     let scale = |bytes_f32: u64| bytes_f32 / 4 * s;
-    let always = scale(size.clip_params_bytes_f32) + scale(size.decoder_bytes_f32);
+    // CLIP beside GGUF weights on the CPU: F16 (`run::loaded::clip_dtype`).
+    let clip = match quant != Quant::None && work.cpu {
+        true => size.clip_params_bytes_f32 / 2,
+        false => scale(size.clip_params_bytes_f32),
+    };
+    let always = clip + scale(size.decoder_bytes_f32);
     let flux = size.flux.resident_bytes(quant, work.dtype);
     // T5 while it encodes (on a GPU with its GGUF embedding dequantized
     // whole), and while it loads (the renamed file in memory).
@@ -160,7 +165,6 @@ pub fn estimate_peak(size: &ModelSize, plan: (Quant, T5Quant), work: &Workload) 
     let peak = if work.low_memory {
         // One part at a time: T5, CLIP, an edit's encoder, the
         // transformer, the decoder.
-        let clip = scale(size.clip_params_bytes_f32);
         let decoder = scale(size.decoder_bytes_f32);
         [
             t5_load.max(t5 + t5_act),
