@@ -3,7 +3,10 @@
 //! and 8-bit inputs and panels (AVX-512 VNNI). Random weights (noise).
 //!
 //! `cargo bench --bench quantized_products` (all types and shapes), or
-//! with arguments: `-- q4_0,q8_0 512,1280` (types, input rows).
+//! with arguments: `-- q4_0,q8_0 512,1280` (types, input rows). Under
+//! `cargo test` (no `--bench`) it is a smoke test: every type once on a
+//! small shape, failing if the 8-bit product is more than 2% from the f32
+//! panels'.
 
 use candle_core::quantized::GgmlDType;
 use schnell::dev::{ProductCase, QuantizedProduct};
@@ -26,6 +29,9 @@ const TYPES: [(&str, GgmlDType); 10] = [
 ];
 
 fn main() -> schnell::dev::DevResult<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return smoke();
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -56,6 +62,27 @@ fn main() -> schnell::dev::DevResult<()> {
                     int8.relative_error
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every type once, 48 rows (tiles and a tail) by 80 columns (a partial
+/// group) by 512 (two K-quant superblocks).
+fn smoke() -> schnell::dev::DevResult<()> {
+    for (name, dtype) in TYPES {
+        let case = ProductCase::new(dtype, 48, 80, 512)?;
+        let int8 = case.time(QuantizedProduct::Int8, 1)?;
+        println!(
+            "{name}: 8 bits {:.1e} from the f32 panels",
+            int8.relative_error
+        );
+        if !(int8.relative_error < 2e-2) {
+            return Err(format!(
+                "{name}: the 8-bit product is {:.1e} from the f32 panels'",
+                int8.relative_error
+            )
+            .into());
         }
     }
     Ok(())

@@ -156,10 +156,15 @@ thread_local! {
 /// Runs `f` with the products it starts on this thread made by `design`,
 /// whatever the process chose: tests pin each design while others run.
 pub fn with_quantized_product<R>(design: QuantizedProduct, f: impl FnOnce() -> R) -> R {
-    let before = THIS_THREAD.replace(Some(design));
-    let result = f();
-    THIS_THREAD.set(before);
-    result
+    /// Gives the thread its design back, even if `f` panics.
+    struct Restore(Option<QuantizedProduct>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THIS_THREAD.set(self.0);
+        }
+    }
+    let _restore = Restore(THIS_THREAD.replace(Some(design)));
+    f()
 }
 
 /// The design for a product started on this thread: the one
@@ -174,9 +179,17 @@ pub fn quantized_product() -> QuantizedProduct {
         1 => QuantizedProduct::F32Panels,
         2 => QuantizedProduct::Int8,
         _ => {
-            let chosen = match std::env::var("SCHNELL_CPU_QUANTIZED_PRODUCT").as_deref() {
+            let asked =
+                std::env::var("SCHNELL_CPU_QUANTIZED_PRODUCT").map(|v| v.to_ascii_lowercase());
+            let chosen = match asked.as_deref() {
                 Ok("f32") => QuantizedProduct::F32Panels,
-                _ => QuantizedProduct::Int8,
+                Ok("int8") | Err(_) => QuantizedProduct::Int8,
+                Ok(other) => {
+                    tracing::warn!(
+                        "SCHNELL_CPU_QUANTIZED_PRODUCT={other:?} is neither f32 nor int8: int8"
+                    );
+                    QuantizedProduct::Int8
+                }
             };
             // A racing `set_quantized_product` wins.
             let _ = PRODUCT.compare_exchange(0, chosen as u8 + 1, Relaxed, Relaxed);
