@@ -7,7 +7,7 @@
 //!   gated residual add in the product's pass; `quantized`: their products
 //!   with GGUF weights, dequantized a panel at a time, or (`int8`) in 8-bit
 //!   integers with AVX-512 VNNI, pinned to the f32 product of the rounded
-//!   operands;
+//!   operands (`design` says which runs);
 //! - `transformer_ops`: softmax, q and k normed and rotated in one pass, the
 //!   modulated layer norm;
 //! - `attention`: in row blocks whose scores stay in cache, heads merged.
@@ -92,6 +92,7 @@ pub fn cpu_kernels() -> &'static str {
 
 mod attention;
 mod conv;
+mod design;
 // AVX-512 VNNI's products: x86-64 only.
 #[cfg(target_arch = "x86_64")]
 mod int8;
@@ -103,13 +104,13 @@ mod transformer_ops;
 
 pub use attention::{attention, attention_merged_heads, attention_tensors};
 pub use conv::{Conv1x1, Conv3x3, FeatureMap, Resample};
+pub use design::{
+    quantized_kernels, set_quantized_product, with_quantized_product, QuantizedProduct,
+};
 pub use kernels::{on_cpu_f32, release_scratch};
 pub use linear::{linear, linear_gated_residual, linear_gelu, Weight};
 pub use norm::GroupNorm;
-pub use quantized::{
-    dequantize_rows, quantized_kernels, set_quantized_product, takes_quantized,
-    with_quantized_product, QuantizedProduct,
-};
+pub use quantized::{dequantize_rows, takes_quantized};
 pub use transformer_ops::{heads_norm_rope, layer_norm_modulate, softmax_last_dim};
 
 /// What the tests of the submodules share.
